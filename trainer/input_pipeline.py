@@ -1,0 +1,179 @@
+"""The input pipeline: TFRecord shards -> batches of static-shape (x, y).
+
+x = defs + [':'] + op, right-padded with 0 to `len_max_input`: int32
+[batch, len_max_input]; y = the first token of res: int32 [batch]. Every
+batch has the same shape (drop_remainder), so a step compiles once.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data
+from trainer import storage
+from trainer import vocab
+
+_FEATURES = {
+    "defs": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
+    "op": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
+    "res": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
+}
+
+
+def list_files(file_pattern: str | Sequence[str]) -> list[str]:
+  """Expands a glob (or a list of globs and paths), local or gs://, sorted.
+
+  Raises:
+    FileNotFoundError: naming a pattern that matches no file.
+  """
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(
+      file_pattern)
+  if not patterns:
+    raise FileNotFoundError("no file pattern given")
+  files = set()
+  for pattern in patterns:
+    matches = [p for p in storage.glob(pattern) if not storage.is_temp_name(p)]
+    if not matches:
+      raise FileNotFoundError(f"no file matches {pattern!r}")
+    files.update(matches)
+  return sorted(files)
+
+
+def check_against_manifests(files: Sequence[str], len_max_input: int) -> None:
+  """Checks the manifest beside each file, where there is one.
+
+  Raises:
+    ValueError: a file whose examples are longer than `len_max_input`, or a
+      manifest with another vocabulary.
+  """
+  by_dir = collections.defaultdict(list)
+  for path in files:
+    by_dir[os.path.dirname(path)].append(path)
+  for directory, paths in sorted(by_dir.items()):
+    manifest = data.read_manifest(directory)
+    if manifest is None:
+      continue  # e.g. the seed's files: the in-graph guard checks them
+    if manifest["vocab"] != list(vocab.VOCAB):
+      raise ValueError(f"the manifest in {directory} has another vocabulary "
+                       f"{manifest['vocab']}, expected {list(vocab.VOCAB)}")
+    recorded = {shard["file"]: shard
+                for entry in manifest["splits"].values()
+                for shard in entry["shards"]}
+    for path in paths:
+      shard = recorded.get(os.path.basename(path))
+      if shard and shard["max_input_length"] > len_max_input:
+        raise ValueError(
+            f"{path} has examples of input length {shard['max_input_length']}"
+            f" (defs + ':' + op), over len_max_input={len_max_input}: raise "
+            "len_max_input or generate with a smaller max_value")
+
+
+def _parse_batch(serialized: tf.Tensor, batch_size: int,
+                 len_max_input: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Parses a batch of serialized Examples into static-shape (x, y)."""
+  parsed = tf.io.parse_example(serialized, _FEATURES)
+  defs, op, res = (tf.cast(parsed[k], tf.int32) for k in ("defs", "op", "res"))
+  separator = tf.RaggedTensor.from_tensor(
+      tf.fill([batch_size, 1], vocab.SEP_ID), row_splits_dtype=tf.int32)
+  x = tf.concat([defs, separator, op], axis=1)  # ragged [batch, (length)]
+  input_length = tf.reduce_max(x.row_lengths())
+  all_ids = tf.concat([x.flat_values, res.flat_values], axis=0)
+  checks = [
+      # Files without a manifest (the seed's, or foreign ones) end here.
+      tf.debugging.Assert(
+          input_length <= len_max_input,
+          ["an example has input length (defs + ':' + op)", input_length,
+           "over len_max_input", len_max_input]),
+      tf.debugging.Assert(
+          tf.reduce_all((all_ids >= 0) & (all_ids < vocab.VOCAB_SIZE)),
+          ["a token id is outside the vocabulary [0, %d):" % vocab.VOCAB_SIZE,
+           tf.reduce_min(all_ids), tf.reduce_max(all_ids)]),
+      tf.debugging.Assert(
+          tf.reduce_min(res.row_lengths()) > 0,
+          ["an example has an empty 'res' feature"]),
+  ]
+  with tf.control_dependencies(checks):
+    x = x.to_tensor(default_value=vocab.PAD_ID,
+                    shape=[batch_size, len_max_input])
+    y = res.to_tensor(shape=[batch_size, 1])[:, 0]
+  return x, y
+
+
+def make_dataset(
+    file_pattern: str | Sequence[str],
+    per_replica_batch_size: int,
+    *,
+    len_max_input: int,
+    training: bool,
+    seed: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    shuffle_buffer_size: int = 16_384,
+    cycle_length: int = 8,
+    deterministic: bool | None = None,
+) -> tf.data.Dataset:
+  """Returns a dataset of (x int32 [batch, len_max_input], y int32 [batch]).
+
+  Args:
+    file_pattern: a glob, or a list of globs and paths, local or gs://.
+    per_replica_batch_size: examples per batch of this input pipeline.
+    len_max_input: the padded input length.
+    training: shuffle and repeat forever; otherwise one ordered pass.
+    seed: seeds the file order and the example shuffle.
+    input_context: from `distribute_datasets_from_function`: this pipeline
+      reads every `num_input_pipelines`-th file.
+    shuffle_buffer_size: examples in the shuffle buffer (training).
+    cycle_length: files read in parallel.
+    deterministic: the order of interleaved reads; default: only in eval.
+
+  Raises:
+    FileNotFoundError: the pattern matches no file.
+    ValueError: a bad batch size, fewer files than input pipelines, or a
+      manifest recording inputs longer than `len_max_input`.
+  """
+  if per_replica_batch_size <= 0:
+    raise ValueError(f"per_replica_batch_size={per_replica_batch_size} must "
+                     "be positive")
+  if deterministic is None:
+    deterministic = not training
+  files = list_files(file_pattern)
+  check_against_manifests(files, len_max_input)
+  if training:
+    files = list(np.random.default_rng(seed).permutation(files))
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  if len(files) < num_pipelines:
+    raise ValueError(
+        f"{len(files)} file(s) match {file_pattern!r} but there are "
+        f"{num_pipelines} input pipelines: each needs at least one file "
+        "(generate more shards)")
+  # Shard by file, before any in-graph shuffle: pipelines read disjoint files.
+  files = files[pipeline_id::num_pipelines]
+
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if training:
+    # Reshuffle the files each epoch; repeat here so reads stream on across
+    # epoch boundaries.
+    dataset = dataset.shuffle(len(files), seed=seed,
+                              reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+  dataset = dataset.interleave(
+      tf.data.TFRecordDataset,
+      cycle_length=min(cycle_length, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic)
+  if training:
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
+  # Batch before parsing: one vectorized parse per batch. drop_remainder
+  # keeps the batch dimension static.
+  dataset = dataset.batch(per_replica_batch_size, drop_remainder=True)
+  dataset = dataset.map(
+      lambda serialized: _parse_batch(serialized, per_replica_batch_size,
+                                      len_max_input),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=deterministic)
+  return dataset.prefetch(tf.data.AUTOTUNE)

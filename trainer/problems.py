@@ -1,0 +1,153 @@
+"""Arithmetic problems and their TFRecord shards, with no TensorFlow import.
+
+A problem is `defs:op:res`, e.g. `x=-12,y=34:y-x:46`: x and y are integers in
+(-max_value, max_value), the order of the definitions and of the operands is
+random, the operation is one of `+ - *`, and `res` is the result as text.
+
+Shard `index` of a split is a pure function of (seed, split, index,
+examples_per_shard, max_value): its random stream is spawned from the seed
+with the key (split, index), so no two shards and no two splits share one.
+The shard is built in memory as the exact bytes of a TFRecord file of
+`tf.train.Example`s with int64-list features `defs`, `op` and `res` (token
+ids), so the generator's worker processes need no TensorFlow. This module is
+imported by those workers: keep TensorFlow out of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import struct
+
+import google_crc32c
+import numpy as np
+
+from trainer import vocab
+
+SPLITS = ("train", "eval")
+OPERATORS = ("+", "-", "*")
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  """The random stream of one shard: independent per (seed, split, index)."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}: expected one of {SPLITS}")
+  sequence = np.random.SeedSequence(
+      entropy=seed, spawn_key=(SPLITS.index(split), index))
+  return np.random.default_rng(sequence)
+
+
+def generate_problems(rng: np.random.Generator, count: int,
+                      max_value: int) -> list[tuple[str, str, str]]:
+  """Returns `count` problems as (defs, op, res) strings."""
+  xs = rng.integers(-max_value + 1, max_value, size=count).tolist()
+  ys = rng.integers(-max_value + 1, max_value, size=count).tolist()
+  operators = rng.integers(0, len(OPERATORS), size=count).tolist()
+  x_defined_first = rng.integers(0, 2, size=count).tolist()
+  x_on_left = rng.integers(0, 2, size=count).tolist()
+  problems = []
+  for x, y, operator, x_first, x_left in zip(
+      xs, ys, operators, x_defined_first, x_on_left):
+    defs = f"x={x},y={y}" if x_first else f"y={y},x={x}"
+    left, right = (x, y) if x_left else (y, x)
+    op = ("x" + OPERATORS[operator] + "y" if x_left
+          else "y" + OPERATORS[operator] + "x")
+    if operator == 0:
+      result = left + right
+    elif operator == 1:
+      result = left - right
+    else:
+      result = left * right
+    problems.append((defs, op, str(result)))
+  return problems
+
+
+def _varint(value: int) -> bytes:
+  if value < 0x80:
+    return bytes((value,))
+  out = bytearray()
+  while value >= 0x80:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _feature_prefix(key: str) -> tuple[bytes, bytes]:
+  key_bytes = key.encode("ascii")
+  return b"\x0a" + _varint(len(key_bytes)) + key_bytes, b"\x12"
+
+
+_DEFS, _OP, _RES = (_feature_prefix(k) for k in ("defs", "op", "res"))
+
+
+def _map_entry(prefix: tuple[bytes, bytes], ids: bytes) -> bytes:
+  # Feature{int64_list (field 3) = Int64List{value (field 1, packed)}}. Ids
+  # are < 128, so each packed varint is the id's own byte.
+  int64_list = b"\x0a" + _varint(len(ids)) + ids
+  feature = b"\x1a" + _varint(len(int64_list)) + int64_list
+  entry = prefix[0] + prefix[1] + _varint(len(feature)) + feature
+  # Features.feature is a map: field 1, one length-delimited entry per key.
+  return b"\x0a" + _varint(len(entry)) + entry
+
+
+def serialize_example(defs: bytes, op: bytes, res: bytes) -> bytes:
+  """The wire bytes of a tf.train.Example with int64 lists defs, op, res.
+
+  Args:
+    defs, op, res: token ids, one byte each (see `vocab.encode_bytes`).
+  """
+  features = (_map_entry(_DEFS, defs) + _map_entry(_OP, op) +
+              _map_entry(_RES, res))
+  return b"\x0a" + _varint(len(features)) + features  # Example.features
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+  """One TFRecord: length, masked crc32c of the length, data, its crc."""
+  length = struct.pack("<Q", len(record))
+  return (length + struct.pack("<I", _masked_crc(length)) + record +
+          struct.pack("<I", _masked_crc(record)))
+
+
+def crc32c_base64(data: bytes) -> str:
+  """CRC32C as GCS reports it: base64 of the big-endian 4 bytes."""
+  return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """One shard's file bytes and what the manifest records of it."""
+  split: str
+  index: int
+  data: bytes
+  num_examples: int
+  max_input_length: int  # longest len(defs) + 1 + len(op)
+
+  @property
+  def crc32c(self) -> str:
+    return crc32c_base64(self.data)
+
+
+def build_shard(seed: int, split: str, index: int, examples_per_shard: int,
+                max_value: int) -> Shard:
+  """Builds shard `index` of `split` (a pure function of its arguments)."""
+  problems = generate_problems(shard_rng(seed, split, index),
+                               examples_per_shard, max_value)
+  encode = vocab.encode_bytes
+  records = []
+  max_input_length = 0
+  for defs, op, res in problems:
+    max_input_length = max(max_input_length, len(defs) + 1 + len(op))
+    records.append(tfrecord_frame(
+        serialize_example(encode(defs), encode(op), encode(res))))
+  return Shard(split, index, b"".join(records), len(problems),
+               max_input_length)
