@@ -81,6 +81,15 @@ class GenerateSpec:
             "num_shards": self.num_shards}
 
 
+def resolve_num_processes(num_processes: int | None) -> int:
+  """None -> one per CPU core; raises DataError unless positive."""
+  if num_processes is None:
+    return os.cpu_count() or 1
+  if num_processes <= 0:
+    raise DataError(f"--num_processes={num_processes} must be positive")
+  return num_processes
+
+
 def _build_shard(spec: GenerateSpec, index: int) -> problems.Shard:
   return problems.build_shard(spec.seed, spec.split, index,
                               spec.examples_per_shard, spec.max_value)
@@ -198,9 +207,7 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   from trainer import progress
   from trainer import storage
   spec.validate()
-  num_processes = num_processes or os.cpu_count() or 1
-  if num_processes <= 0:
-    raise DataError(f"--num_processes={num_processes} must be positive")
+  num_processes = resolve_num_processes(num_processes)
   manifest = _check_out_dir(spec)
   if _is_complete(spec, manifest):
     entry = manifest["splits"][spec.split]
@@ -272,7 +279,6 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-  import tensorflow as tf  # only the parent process runs main
   flag_values = flags.FLAGS
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) > 2:
@@ -283,6 +289,13 @@ def main(argv: list[str]) -> int:
       num_shards=flag_values.num_shards,
       examples_per_shard=flag_values.examples_per_shard,
       max_value=flag_values.max_value, seed=flag_values.seed)
+  try:
+    # Argument errors first, before the slow TensorFlow import.
+    spec.validate()
+    resolve_num_processes(flag_values.num_processes)
+  except DataError as e:
+    return cli.fail(str(e))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     generate(spec, num_processes=flag_values.num_processes)
   except DataError as e:

@@ -1,0 +1,193 @@
+import collections
+import re
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import data
+from trainer import input_pipeline
+from trainer import problems
+from trainer import vocab
+
+LEN = 20
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  """4 train shards of 60 examples, generated for real."""
+  out_dir = tmp_path_factory.mktemp("shards")
+  data.generate(data.GenerateSpec(str(out_dir), "train", 4, 60, 100, seed=5),
+                num_processes=1, show_progress=False)
+  return out_dir
+
+
+def expected_pairs(seed, split, num_shards, per_shard, max_value=100):
+  """Counter of (input text, first result token) the shards hold."""
+  pairs = collections.Counter()
+  for index in range(num_shards):
+    for defs, op, res in problems.generate_problems(
+        problems.shard_rng(seed, split, index), per_shard, max_value):
+      pairs[(f"{defs}:{op}", res[0])] += 1
+  return pairs
+
+
+def read_pairs(dataset):
+  pairs = collections.Counter()
+  for x, y in dataset.as_numpy_iterator():
+    for row, label in zip(x, y):
+      pairs[(vocab.decode(row), vocab.VOCAB[label])] += 1
+  return pairs
+
+
+def write_seed_format(directory, rows):
+  """Writes the seed blog's format with TensorFlow's own proto API."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, "shard_0000.tfrecords")
+  with tf.io.TFRecordWriter(path) as writer:
+    for defs, op, res in rows:
+      feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+                 for k, v in (("defs", defs), ("op", op), ("res", res))}
+      writer.write(tf.train.Example(
+          features=tf.train.Features(feature=feature)).SerializeToString())
+  return path
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_element_spec_is_static(shards, training):
+  dataset = input_pipeline.make_dataset(
+      str(shards / "train-*"), 16, len_max_input=LEN, training=training)
+  assert dataset.element_spec == (
+      tf.TensorSpec([16, LEN], tf.int32), tf.TensorSpec([16], tf.int32))
+
+
+def test_examples_decode_back_to_the_problems(shards):
+  dataset = input_pipeline.make_dataset(
+      str(shards / "train-*"), 20, len_max_input=LEN, training=False)
+  x, _ = next(iter(dataset))
+  # Right-padded with 0 after defs ':' op.
+  for row in x.numpy():
+    length = int(np.count_nonzero(row))
+    assert (row[length:] == vocab.PAD_ID).all()
+    assert list(row).count(vocab.SEP_ID) == 1
+  # One eval pass holds exactly the generated problems (240 = 12 batches).
+  assert read_pairs(dataset) == expected_pairs(5, "train", 4, 60)
+
+
+def test_two_pipelines_see_every_example_exactly_once(shards):
+  seen = collections.Counter()
+  for pipeline_id in range(2):
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=2)
+    part = read_pairs(input_pipeline.make_dataset(
+        str(shards / "train-*"), 10, len_max_input=LEN, training=False,
+        input_context=context))
+    assert sum(part.values()) == 120  # 2 of the 4 files
+    seen += part
+  assert seen == expected_pairs(5, "train", 4, 60)
+
+
+def test_training_pipelines_read_disjoint_files(shards):
+  files = input_pipeline.list_files(str(shards / "train-*"))
+  per_file = {}
+  for index, path in enumerate(files):
+    per_file[path] = read_pairs(input_pipeline.make_dataset(
+        path, 60, len_max_input=LEN, training=False))
+  for pipeline_id in range(2):
+    context = tf.distribute.InputContext(2, pipeline_id, 2)
+    dataset = input_pipeline.make_dataset(
+        str(shards / "train-*"), 30, len_max_input=LEN, training=True,
+        seed=1, input_context=context)
+    pairs = read_pairs(dataset.take(8))  # two epochs of its 2 files
+    sources = {path for path, held in per_file.items()
+               if set(held) & set(pairs)}
+    assert len(sources) == 2
+    per_file = {p: h for p, h in per_file.items() if p not in sources}
+  assert not per_file  # the two pipelines covered all 4 files between them
+
+
+def test_training_repeats_and_shuffles_with_the_seed(shards):
+  def batches(seed):
+    dataset = input_pipeline.make_dataset(
+        str(shards / "train-*"), 32, len_max_input=LEN, training=True,
+        seed=seed, deterministic=True)
+    return [x for x, _ in dataset.take(20).as_numpy_iterator()]
+
+  first = batches(3)
+  assert len(first) == 20  # 640 examples from 240: it repeats
+  assert all((a == b).all() for a, b in zip(first, batches(3)))
+  assert any((a != b).any() for a, b in zip(first, batches(4)))
+  ordered = next(input_pipeline.make_dataset(
+      str(shards / "train-*"), 32, len_max_input=LEN,
+      training=False).as_numpy_iterator())[0]
+  assert (first[0] != ordered).any()
+
+
+def test_reads_the_seed_blogs_files(tmp_path):
+  rows = problems.generate_problems(np.random.default_rng(1), 12, 100)
+  encoded = [(vocab.encode(d), vocab.encode(o), vocab.encode(r))
+             for d, o, r in rows]
+  write_seed_format(tmp_path, encoded)
+  dataset = input_pipeline.make_dataset(
+      str(tmp_path / "shard_*.tfrecords"), 4, len_max_input=LEN,
+      training=False)
+  assert read_pairs(dataset) == collections.Counter(
+      (f"{d}:{o}", r[0]) for d, o, r in rows)
+
+
+def test_manifest_longer_than_len_max_input_is_an_error(shards):
+  with pytest.raises(ValueError) as error:
+    input_pipeline.make_dataset(str(shards / "train-*"), 4, len_max_input=12,
+                                training=True)
+  message = str(error.value)
+  assert "input length 15" in message and "len_max_input=12" in message
+  assert "train-00000-of-00004.tfrecord" in message
+
+
+def test_in_graph_guard_for_long_examples_without_manifest(tmp_path):
+  long_row = (vocab.encode("x=123456,y=-654321"), vocab.encode("x*y"),
+              vocab.encode("1"))
+  write_seed_format(tmp_path, [long_row] * 4)
+  dataset = input_pipeline.make_dataset(
+      str(tmp_path / "*.tfrecords"), 4, len_max_input=LEN, training=False)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"input length[\s\S]*22[\s\S]*over len_max_input"
+                     r"[\s\S]*20"):
+    next(iter(dataset))
+
+
+def test_token_ids_outside_vocabulary_are_an_error(tmp_path):
+  write_seed_format(tmp_path, [([3, 5, 25], [3, 7, 4], [11])] * 4)
+  dataset = input_pipeline.make_dataset(
+      str(tmp_path / "*.tfrecords"), 4, len_max_input=LEN, training=False)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="outside the vocabulary"):
+    next(iter(dataset))
+
+
+def test_pattern_matching_nothing_names_the_pattern(tmp_path):
+  pattern = str(tmp_path / "nothing-*")
+  with pytest.raises(FileNotFoundError, match=re.escape(f"no file matches {pattern!r}")):
+    input_pipeline.make_dataset(pattern, 4, len_max_input=LEN, training=True)
+
+
+def test_fewer_files_than_pipelines_names_both_counts(shards):
+  context = tf.distribute.InputContext(num_input_pipelines=8,
+                                       input_pipeline_id=0)
+  with pytest.raises(ValueError, match=r"4 file\(s\) match .* 8 input "
+                     "pipelines"):
+    input_pipeline.make_dataset(str(shards / "train-*"), 4,
+                                len_max_input=LEN, training=True,
+                                input_context=context)
+
+
+def test_temporary_files_are_never_read(shards, tmp_path):
+  # A leftover of an interrupted generator run must not match a glob.
+  for name in os.listdir(shards):
+    if name.endswith(".tfrecord"):
+      (tmp_path / name).write_bytes((shards / name).read_bytes())
+  (tmp_path / "train-00000-of-00004.tfrecord.tmp-0a1b").write_bytes(b"junk")
+  files = input_pipeline.list_files(str(tmp_path / "train-*"))
+  assert len(files) == 4 and not any(".tmp-" in f for f in files)
