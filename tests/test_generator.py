@@ -223,3 +223,16 @@ def test_cli_unknown_command(run, tmp_path, args):
   assert result.returncode == 2
   assert result.stderr.strip().startswith("error: usage: python -m trainer.data")
   assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("lengths", [(9, 3, 2), (40, 20, 28), (40, 20, 29),
+                                     (130, 3, 200)])
+def test_serialized_examples_parse_as_tensorflows_own(lengths):
+  # Covers the one-format fast path (all lengths < 89) and the general one.
+  rng = np.random.default_rng(sum(lengths))
+  defs, op, res = (bytes(rng.integers(0, 20, n).tolist()) for n in lengths)
+  reference = tf.train.Example(features=tf.train.Features(feature={
+      key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(ids)))
+      for key, ids in (("defs", defs), ("op", op), ("res", res))}))
+  assert tf.train.Example.FromString(
+      problems.serialize_example(defs, op, res)) == reference

@@ -20,6 +20,7 @@ is written.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -95,27 +96,29 @@ def _build_shard(spec: GenerateSpec, index: int) -> problems.Shard:
                               spec.examples_per_shard, spec.max_value)
 
 
-def _built_shards(spec: GenerateSpec,
-                  num_processes: int) -> Iterator[problems.Shard]:
-  """Yields every shard of the split, in completion order."""
-  indices = range(spec.num_shards)
+@contextlib.contextmanager
+def _shard_builder(spec: GenerateSpec,
+                   num_processes: int) -> Iterator[Iterator[problems.Shard]]:
+  """Starts building every shard of the split at once.
+
+  Yields:
+    An iterator over the built shards, in completion order. Leaving the
+    context cancels the shards not yet started.
+  """
   if num_processes == 1 or spec.num_shards == 1:
-    for index in indices:
-      yield _build_shard(spec, index)
+    yield (_build_shard(spec, i) for i in range(spec.num_shards))
     return
   # spawn, not fork: the parent may have TensorFlow loaded, and forking a
   # process with TensorFlow's threads running is unsafe.
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(
+  pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=min(num_processes, spec.num_shards),
-      mp_context=context) as pool:
-    futures = [pool.submit(_build_shard, spec, index) for index in indices]
-    try:
-      for future in concurrent.futures.as_completed(futures):
-        yield future.result()
-    finally:
-      for future in futures:
-        future.cancel()
+      mp_context=multiprocessing.get_context("spawn"))
+  try:
+    futures = [pool.submit(_build_shard, spec, index)
+               for index in range(spec.num_shards)]
+    yield (f.result() for f in concurrent.futures.as_completed(futures))
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_manifest(data_dir: str) -> dict[str, Any] | None:
@@ -208,40 +211,45 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   from trainer import storage
   spec.validate()
   num_processes = resolve_num_processes(num_processes)
-  manifest = _check_out_dir(spec)
-  if _is_complete(spec, manifest):
-    entry = manifest["splits"][spec.split]
-    print(f"{spec.split}: already complete in {spec.out_dir} "
-          f"({entry['num_shards']} shards, {entry['num_examples']:,} "
-          "examples)", file=sys.stderr)
-    return entry
-  storage.makedirs(spec.out_dir)
-  _remove_stale_temporaries(spec)
+  # Shards are built in memory while the parent checks out_dir (the first
+  # file access imports TensorFlow, which takes seconds); nothing is written
+  # before the checks pass.
+  with _shard_builder(spec, num_processes) as built_shards:
+    manifest = _check_out_dir(spec)
+    if _is_complete(spec, manifest):
+      entry = manifest["splits"][spec.split]
+      print(f"{spec.split}: already complete in {spec.out_dir} "
+            f"({entry['num_shards']} shards, {entry['num_examples']:,} "
+            "examples)", file=sys.stderr)
+      return entry
+    storage.makedirs(spec.out_dir)
+    _remove_stale_temporaries(spec)
 
-  bar = progress.Progress(total=spec.num_shards, unit="shards",
-                          desc=f"generate {spec.split}") if show_progress else None
-  records: dict[int, dict[str, Any]] = {}
-  examples_done = skipped = 0
-  for shard in _built_shards(spec, num_processes):
-    path = spec.shard_path(shard.index)
-    if storage.exists(path):
-      if storage.read_bytes(path) != shard.data:
-        raise DataError(
-            f"{path} exists but differs from the shard these flags generate: "
-            "remove it or use another --out_dir")
-      skipped += 1
-    else:
-      storage.write_atomic(path, shard.data)
-    records[shard.index] = {
-        "file": os.path.basename(path), "num_examples": shard.num_examples,
-        "max_input_length": shard.max_input_length,
-        "bytes": len(shard.data), "crc32c": shard.crc32c}
-    examples_done += shard.num_examples
+    bar = progress.Progress(
+        total=spec.num_shards, unit="shards",
+        desc=f"generate {spec.split}") if show_progress else None
+    records: dict[int, dict[str, Any]] = {}
+    examples_done = skipped = 0
+    for shard in built_shards:
+      path = spec.shard_path(shard.index)
+      if storage.exists(path):
+        if storage.read_bytes(path) != shard.data:
+          raise DataError(
+              f"{path} exists but differs from the shard these flags "
+              "generate: remove it or use another --out_dir")
+        skipped += 1
+      else:
+        storage.write_atomic(path, shard.data)
+      records[shard.index] = {
+          "file": os.path.basename(path), "num_examples": shard.num_examples,
+          "max_input_length": shard.max_input_length,
+          "bytes": len(shard.data), "crc32c": shard.crc32c}
+      examples_done += shard.num_examples
+      if bar:
+        bar.update(1, extra=f"{examples_done:,}/"
+                   f"{spec.num_shards * spec.examples_per_shard:,} examples")
     if bar:
-      bar.update(1, extra=f"{examples_done:,}/"
-                 f"{spec.num_shards * spec.examples_per_shard:,} examples")
-  if bar:
-    bar.close()
+      bar.close()
 
   shards = [records[i] for i in range(spec.num_shards)]
   entry = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import struct
 
 import google_crc32c
@@ -67,8 +68,6 @@ def generate_problems(rng: np.random.Generator, count: int,
 
 
 def _varint(value: int) -> bytes:
-  if value < 0x80:
-    return bytes((value,))
   out = bytearray()
   while value >= 0x80:
     out.append((value & 0x7F) | 0x80)
@@ -77,22 +76,26 @@ def _varint(value: int) -> bytes:
   return bytes(out)
 
 
-def _feature_prefix(key: str) -> tuple[bytes, bytes]:
-  key_bytes = key.encode("ascii")
-  return b"\x0a" + _varint(len(key_bytes)) + key_bytes, b"\x12"
-
-
-_DEFS, _OP, _RES = (_feature_prefix(k) for k in ("defs", "op", "res"))
-
-
-def _map_entry(prefix: tuple[bytes, bytes], ids: bytes) -> bytes:
-  # Feature{int64_list (field 3) = Int64List{value (field 1, packed)}}. Ids
-  # are < 128, so each packed varint is the id's own byte.
+def _feature_entry(key: bytes, ids: bytes) -> bytes:
+  """One `feature` map entry of Features: key -> Int64List of `ids`."""
+  # Int64List.value is field 1, packed; ids are < 128, so each packed
+  # varint is the id's own byte.
   int64_list = b"\x0a" + _varint(len(ids)) + ids
-  feature = b"\x1a" + _varint(len(int64_list)) + int64_list
-  entry = prefix[0] + prefix[1] + _varint(len(feature)) + feature
-  # Features.feature is a map: field 1, one length-delimited entry per key.
-  return b"\x0a" + _varint(len(entry)) + entry
+  feature = b"\x1a" + _varint(len(int64_list)) + int64_list  # int64_list=3
+  entry = (b"\x0a" + _varint(len(key)) + key +  # MapEntry.key = 1
+           b"\x12" + _varint(len(feature)) + feature)  # MapEntry.value = 2
+  return b"\x0a" + _varint(len(entry)) + entry  # Features.feature = 1
+
+
+# The same bytes as `serialize_example` when every length fits in a one-byte
+# varint (all three id lists together shorter than _SHORT_LIMIT): one
+# formatting operation per example, the generator's hot path.
+_SHORT_FORMAT = (b"\x0a%c"
+                 b"\x0a%c\x0a\x04defs\x12%c\x1a%c\x0a%c%b"
+                 b"\x0a%c\x0a\x02op\x12%c\x1a%c\x0a%c%b"
+                 b"\x0a%c\x0a\x03res\x12%c\x1a%c\x0a%c%b")
+# Features' length is (d + 14) + (o + 12) + (r + 13): keep it below 128.
+_SHORT_LIMIT = 128 - 39
 
 
 def serialize_example(defs: bytes, op: bytes, res: bytes) -> bytes:
@@ -101,9 +104,16 @@ def serialize_example(defs: bytes, op: bytes, res: bytes) -> bytes:
   Args:
     defs, op, res: token ids, one byte each (see `vocab.encode_bytes`).
   """
-  features = (_map_entry(_DEFS, defs) + _map_entry(_OP, op) +
-              _map_entry(_RES, res))
-  return b"\x0a" + _varint(len(features)) + features  # Example.features
+  d, o, r = len(defs), len(op), len(res)
+  if d + o + r < _SHORT_LIMIT:
+    return _SHORT_FORMAT % (
+        d + o + r + 39,
+        d + 12, d + 4, d + 2, d, defs,
+        o + 10, o + 4, o + 2, o, op,
+        r + 11, r + 4, r + 2, r, res)
+  features = (_feature_entry(b"defs", defs) + _feature_entry(b"op", op) +
+              _feature_entry(b"res", res))
+  return b"\x0a" + _varint(len(features)) + features  # Example.features = 1
 
 
 def _masked_crc(data: bytes) -> int:
@@ -111,10 +121,15 @@ def _masked_crc(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=4096)
+def _record_header(length: int) -> bytes:
+  length_bytes = struct.pack("<Q", length)
+  return length_bytes + struct.pack("<I", _masked_crc(length_bytes))
+
+
 def tfrecord_frame(record: bytes) -> bytes:
   """One TFRecord: length, masked crc32c of the length, data, its crc."""
-  length = struct.pack("<Q", len(record))
-  return (length + struct.pack("<I", _masked_crc(length)) + record +
+  return (_record_header(len(record)) + record +
           struct.pack("<I", _masked_crc(record)))
 
 

@@ -18,9 +18,10 @@ TOKEN_IDS: dict[str, int] = {token: i for i, token in enumerate(VOCAB)}
 PAD_ID = TOKEN_IDS[" "]
 SEP_ID = TOKEN_IDS[":"]
 
-_VOCAB_CHARS = frozenset(VOCAB)
-# Translation tables between characters and one-byte ids.
-_TO_IDS = str.maketrans({token: chr(i) for i, token in enumerate(VOCAB)})
+_UNKNOWN = 0xFF
+# Translation tables between ASCII bytes and one-byte ids; bytes outside the
+# vocabulary map to _UNKNOWN.
+_TO_IDS = bytes(TOKEN_IDS.get(chr(b), _UNKNOWN) for b in range(256))
 _FROM_IDS = bytes.maketrans(bytes(range(VOCAB_SIZE)),
                             "".join(VOCAB).encode("ascii"))
 
@@ -49,10 +50,13 @@ def encode(text: str) -> list[int]:
 
 def encode_bytes(text: str) -> bytes:
   """Like `encode`, but returns the ids as bytes (one byte per token)."""
-  if not _VOCAB_CHARS.issuperset(text):
+  try:
+    ids = text.encode("ascii").translate(_TO_IDS)
+  except UnicodeEncodeError:
+    ids = bytes((_UNKNOWN,))
+  if _UNKNOWN in ids:
     _check_text(text)
-  # Every character becomes chr(id) with id < 20: latin-1 keeps it one byte.
-  return text.translate(_TO_IDS).encode("latin-1")
+  return ids
 
 
 def decode(ids: Iterable[int], strip_padding: bool = True) -> str:
