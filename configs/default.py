@@ -1,18 +1,53 @@
-"""Default config: the seed blog's model dimensions, sized for a CPU.
+"""Default config: the seed blog's model dimensions, sized for a 2-core CPU.
 
-  python -m trainer.task --config=configs/default.py
+  python -m trainer.task                      # this config, default data set
+  python -m trainer.task --config=configs/default.py --config.train.num_steps=8000
 """
 
 import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config; variants import it and change fields."""
   config = ml_collections.ConfigDict()
+  config.seed = 0  # seeds initialization, the data order and the data set
+
+  config.data = ml_collections.ConfigDict()
+  # Shard globs, relative to --data_dir (or absolute / gs:// URLs).
+  config.data.train_files = "train-*-of-*.tfrecord"  # training split
+  config.data.eval_files = "eval-*-of-*.tfrecord"  # evaluation split
+  config.data.shuffle_buffer_size = 16_384  # examples shuffled per pipeline
+  # The data set generated when --data_dir is not given (user cache dir).
+  config.data.num_train_shards = 8  # training shard files
+  config.data.train_examples_per_shard = 100_000  # 800k training examples
+  config.data.num_eval_shards = 2  # evaluation shard files
+  config.data.eval_examples_per_shard = 5_000  # 10k evaluation examples
+  config.data.max_value = 100  # operands drawn from (-max_value, max_value)
 
   config.model = ml_collections.ConfigDict()
   config.model.vocab_size = 20  # tokens in trainer/vocab.py (fixed)
   config.model.hidden_size = 15  # embedding and attention width
   config.model.dense_size = 150  # units of the hidden Dense layer
   config.model.len_max_input = 20  # padded length of defs + ':' + op
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch_size = 128  # examples per step, all replicas
+  config.train.num_steps = 6_000  # optimizer steps in the whole run
+  config.train.steps_per_loop = 200  # steps per host loop (one tf.function call)
+  config.train.learning_rate = 3e-3  # peak Adam learning rate
+  config.train.warmup_steps = 300  # linear warm-up from 0 to the peak
+  config.train.min_learning_rate_ratio = 0.05  # cosine decay ends at peak * this
+  config.train.eval_every_steps = 2_000  # evaluate on the eval split this often
+  config.train.eval_steps = 0  # eval batches per evaluation; 0 = one full pass
+  config.train.checkpoint_every_steps = 2_000  # save a checkpoint this often
+  config.train.keep_checkpoints = 3  # checkpoints kept in model_dir
+  config.train.deterministic = False  # reproducible order and ops (slower)
+  config.train.jit_compile = True  # XLA for each replica step (not on TPU)
+  config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
+  # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
+  config.train.collective = "AUTO"
+  # A collective op that waits longer than this (a worker died) fails the
+  # run instead of hanging; 0 = wait forever.
+  config.train.collective_timeout_s = 300
 
   return config

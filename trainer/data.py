@@ -272,6 +272,46 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   return entry
 
 
+def cache_dir() -> str:
+  """This package's directory under the user's cache ($XDG_CACHE_HOME)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "masked-attention-trainer")
+
+
+def ensure_dataset(data_dir: str, data_config, seed: int,
+                   num_processes: int | None = None) -> str:
+  """Generates the train and eval splits of `data_config` unless present.
+
+  Args:
+    data_dir: where the data set lives (local or gs://).
+    data_config: a config's `data` section (shard counts, max_value).
+    seed: the data set's seed.
+
+  Returns:
+    data_dir.
+  """
+  for split, num_shards, per_shard in (
+      ("train", data_config.num_train_shards,
+       data_config.train_examples_per_shard),
+      ("eval", data_config.num_eval_shards,
+       data_config.eval_examples_per_shard)):
+    generate(GenerateSpec(data_dir, split, num_shards, per_shard,
+                          data_config.max_value, seed),
+             num_processes=num_processes)
+  return data_dir
+
+
+def default_data_dir(data_config, seed: int) -> str:
+  """The cache directory of the data set a config generates by default."""
+  name = (f"seed{seed}-max{data_config.max_value}-"
+          f"train{data_config.num_train_shards}x"
+          f"{data_config.train_examples_per_shard}-"
+          f"eval{data_config.num_eval_shards}x"
+          f"{data_config.eval_examples_per_shard}")
+  return os.path.join(cache_dir(), "data", name)
+
+
 def define_flags() -> None:
   """Defines the command's flags (not at import: trainer.task imports us)."""
   flags.DEFINE_string(

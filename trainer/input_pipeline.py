@@ -115,6 +115,8 @@ def make_dataset(
     shuffle_buffer_size: int = 16_384,
     cycle_length: int = 8,
     deterministic: bool | None = None,
+    skip_batches: int = 0,
+    take_batches: int | None = None,
 ) -> tf.data.Dataset:
   """Returns a dataset of (x int32 [batch, len_max_input], y int32 [batch]).
 
@@ -129,6 +131,9 @@ def make_dataset(
     shuffle_buffer_size: examples in the shuffle buffer (training).
     cycle_length: files read in parallel.
     deterministic: the order of interleaved reads; default: only in eval.
+    skip_batches: batches to drop first (unparsed): a resumed deterministic
+      run repositions itself with this.
+    take_batches: stop after this many batches (None: no limit).
 
   Raises:
     FileNotFoundError: the pattern matches no file.
@@ -171,6 +176,10 @@ def make_dataset(
   # Batch before parsing: one vectorized parse per batch. drop_remainder
   # keeps the batch dimension static.
   dataset = dataset.batch(per_replica_batch_size, drop_remainder=True)
+  if skip_batches:
+    dataset = dataset.skip(skip_batches)  # before parsing: cheaper
+  if take_batches is not None:
+    dataset = dataset.take(take_batches)
   dataset = dataset.map(
       lambda serialized: _parse_batch(serialized, per_replica_batch_size,
                                       len_max_input),

@@ -42,6 +42,7 @@ class Progress:
     self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
     self._start = time.monotonic()
     self._last_draw = float("-inf")
+    self._drawn_done = None
     self._extra = ""
     self._closed = False
 
@@ -76,6 +77,9 @@ class Progress:
       self._last_draw = now
 
   def _draw(self, final: bool) -> None:
+    if not self._tty and final and self._drawn_done == self.done:
+      return  # that line is already in the log
+    self._drawn_done = self.done
     if self._tty:
       self._stream.write("\r\x1b[2K" + self.line() + ("\n" if final else ""))
     else:

@@ -1,0 +1,81 @@
+r"""Trains the masked self-attention model: the command-line entry point.
+
+  python -m trainer.task                                   # CPU, defaults
+  python -m trainer.task --strategy=mirrored --data_dir=DATA --model_dir=RUN
+  python -m trainer.task --config=configs/tpu.py --strategy=tpu --tpu=local \
+      --data_dir=gs://BUCKET/arith --model_dir=gs://BUCKET/runs/1
+
+With no --data_dir, the config's data set is generated under the user's cache
+directory on first use; with no --model_dir, a fresh run directory is made
+there and printed. Re-running with the same --model_dir resumes.
+"""
+
+import datetime
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+import configs
+from trainer import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(configs.__file__), "default.py"),
+    "Config file (configs/*.py); override fields as --config.train.num_steps=N.",
+    lock_config=True)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "default", ["default", "one_device", "mirrored",
+                            "multi_worker_mirrored", "tpu"],
+    "tf.distribute strategy.")
+_TPU = flags.DEFINE_string(
+    "tpu", None, "For --strategy=tpu: 'local' on a TPU VM, the TPU name, or "
+    "grpc://host:port.")
+_NUM_GPUS = flags.DEFINE_integer(
+    "num_gpus", 0, "For --strategy=mirrored: GPUs to use; 0 = all visible.")
+_NUM_CPU_DEVICES = flags.DEFINE_integer(
+    "num_cpu_devices", 0, "Split the CPU into N logical devices, e.g. to try "
+    "--strategy=mirrored on a machine without GPUs; 0 = leave it whole.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Shards and manifest (local or gs://); default: the "
+    "config's data set, generated in the user's cache directory.")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Checkpoints, TensorBoard logs, config and export "
+    "(local or gs://); default: a new directory in the user's cache.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    return cli.fail(f"unexpected arguments {argv[1:]}: every option is a flag")
+  # TensorFlow loads here, not at import: the data generator's spawned
+  # workers re-import this module and need none of it.
+  from trainer import data, strategy, train  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines hide progress
+  config = _CONFIG.value
+  try:
+    train.validate_config(config, num_replicas=1)
+    distribution = strategy.make_strategy(
+        _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
+        collective=config.train.collective,
+        collective_timeout_s=config.train.collective_timeout_s,
+        num_cpu_devices=_NUM_CPU_DEVICES.value)
+    data_dir = _DATA_DIR.value or data.ensure_dataset(
+        data.default_data_dir(config.data, config.seed), config.data,
+        config.seed)
+    model_dir = _MODEL_DIR.value or os.path.join(
+        data.cache_dir(), "runs",
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    print(f"model_dir: {model_dir}", flush=True)
+    train.train_and_evaluate(config, distribution, data_dir, model_dir)
+  except (train.TrainError, strategy.StrategyError, data.DataError) as e:
+    return cli.fail(str(e))
+  except (OSError, tf.errors.OpError) as e:
+    return cli.fail(cli.describe_io_error(e), status=1)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
