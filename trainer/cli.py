@@ -23,6 +23,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(fail(f"{e} (see --helpfull)"))
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # ml_collections' --config flags raise these: an unknown field
+    # (AttributeError), a missing config file, a value of the wrong type.
+    sys.exit(fail(f"cannot parse the flags: {type(e).__name__}: {e} "
+                  "(see --helpfull)"))
 
 
 def describe_io_error(error: BaseException) -> str:

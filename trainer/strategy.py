@@ -35,17 +35,29 @@ def _gpus(num_gpus: int) -> list[str]:
   return gpus[:num_gpus] if num_gpus else gpus
 
 
-def _tf_config() -> dict:
+def _parse_tf_config() -> dict | None:
+  """TF_CONFIG as a dict, None when unset; TensorFlow reads it for every
+  strategy and fails with a traceback on bad JSON, so check it first."""
   raw = os.environ.get("TF_CONFIG")
-  if not raw:
+  if raw is None:
+    return None
+  try:
+    tf_config = json.loads(raw)
+  except json.JSONDecodeError as e:
+    raise StrategyError(f"TF_CONFIG is not valid JSON ({e}): fix it, or "
+                        "unset it for a single-machine run") from e
+  if not isinstance(tf_config, dict):
+    raise StrategyError(f"TF_CONFIG must be a JSON object, got {raw!r}")
+  return tf_config
+
+
+def _tf_config() -> dict:
+  tf_config = _parse_tf_config()
+  if not tf_config:
     raise StrategyError(
         "--strategy=multi_worker_mirrored needs TF_CONFIG (cluster and task "
         "of this worker, as Vertex AI and Kubernetes set it); for one "
         "machine use --strategy=mirrored")
-  try:
-    tf_config = json.loads(raw)
-  except json.JSONDecodeError as e:
-    raise StrategyError(f"TF_CONFIG is not valid JSON: {e}") from e
   if "cluster" not in tf_config or "task" not in tf_config:
     raise StrategyError("TF_CONFIG needs 'cluster' and 'task' entries, got "
                         f"{sorted(tf_config)}")
@@ -131,6 +143,7 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
     raise StrategyError(f"--strategy={name!r} is not one of "
                         f"{', '.join(STRATEGIES)}")
   split_cpu(num_cpu_devices)
+  _parse_tf_config()
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "one_device":

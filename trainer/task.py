@@ -54,7 +54,13 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines hide progress
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    config.keys()  # a lazy placeholder raises on first use
+  except OSError as e:  # config_flags defers a failed load to here
+    return cli.fail(f"cannot load --config="
+                    f"{config_flags.get_config_filename(flags.FLAGS['config'])}"
+                    f": {' '.join(str(e).split())}")
   try:
     train.validate_config(config, num_replicas=1)
     distribution = strategy.make_strategy(

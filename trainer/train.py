@@ -363,13 +363,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = Paths(model_dir=model_dir, write_dir=write_dir, is_chief=is_chief)
   try:
-    return _run(config, strategy, data_dir, paths)
+    # SIGTERM from here on (preemption, a scheduler) ends in a checkpoint
+    # after the current host loop.
+    with _Stop() as stop:
+      return _run(config, strategy, data_dir, paths, stop)
   finally:
     if not is_chief:
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _run(config, strategy, data_dir, paths: Paths) -> dict[str, Any]:
+def _run(config, strategy, data_dir, paths: Paths,
+         stop: _Stop) -> dict[str, Any]:
   _check_model_dir(paths, config)
   trainer = Trainer(config, strategy, data_dir, paths)
   train = config.train
@@ -425,42 +429,36 @@ def _run(config, strategy, data_dir, paths: Paths) -> dict[str, Any]:
   bar = progress.Progress(total=train.num_steps, unit="steps", desc="train",
                           initial=start_step)
   step = start_step
-  eval_metrics: dict[str, float] = {}
   train_metrics: dict[str, float] = {}
-  stopped = False
-  with _Stop() as stop:
-    while step < train.num_steps:
-      num_steps = next_stop(step) - step
-      start = time.perf_counter()
-      loss, accuracy = trainer.train_loop(train_iterator,
-                                          tf.constant(num_steps))
-      loss, accuracy = float(loss), float(accuracy)
-      seconds = time.perf_counter() - start
-      step += num_steps
-      train_metrics = {
-          "loss": loss, "accuracy": accuracy,
-          "learning_rate": trainer.learning_rate(),
-          "steps_per_sec": num_steps / seconds,
-          "examples_per_sec": num_steps * trainer.global_batch_size / seconds}
-      _write_scalars(train_writer, step, train_metrics)
-      bar.update(num_steps, extra=f"loss {loss:.4f}, accuracy "
-                 f"{accuracy:.3f}, {train_metrics['examples_per_sec']:,.0f} "
-                 "examples/s")
-      if train.eval_every_steps and step % train.eval_every_steps == 0 and (
-          step < train.num_steps):
-        eval_metrics = evaluate(step)
-      if stop.requested:
-        manager.save(checkpoint_number=step)
-        stopped = True
-        bar.close()
-        say(f"SIGTERM: saved a checkpoint at step {step} in "
-            f"{paths.checkpoints}; re-run the same command to resume")
-        break
-      if (train.checkpoint_every_steps and
-          step % train.checkpoint_every_steps == 0) or step == train.num_steps:
-        manager.save(checkpoint_number=step)
-  if stopped:
-    return {"step": step, "stopped": True, "train": train_metrics}
+  while step < train.num_steps:
+    num_steps = next_stop(step) - step
+    start = time.perf_counter()
+    loss, accuracy = trainer.train_loop(train_iterator,
+                                        tf.constant(num_steps))
+    loss, accuracy = float(loss), float(accuracy)
+    seconds = time.perf_counter() - start
+    step += num_steps
+    train_metrics = {
+        "loss": loss, "accuracy": accuracy,
+        "learning_rate": trainer.learning_rate(),
+        "steps_per_sec": num_steps / seconds,
+        "examples_per_sec": num_steps * trainer.global_batch_size / seconds}
+    _write_scalars(train_writer, step, train_metrics)
+    bar.update(num_steps, extra=f"loss {loss:.4f}, accuracy "
+               f"{accuracy:.3f}, {train_metrics['examples_per_sec']:,.0f} "
+               "examples/s")
+    if train.eval_every_steps and step % train.eval_every_steps == 0 and (
+        step < train.num_steps):
+      evaluate(step)
+    if stop.requested:
+      manager.save(checkpoint_number=step)
+      bar.close()
+      say(f"SIGTERM: saved a checkpoint at step {step} in "
+          f"{paths.checkpoints}; re-run the same command to resume")
+      return {"step": step, "stopped": True, "train": train_metrics}
+    if (train.checkpoint_every_steps and
+        step % train.checkpoint_every_steps == 0) or step == train.num_steps:
+      manager.save(checkpoint_number=step)
   bar.close()
 
   eval_metrics = evaluate(step)

@@ -1,0 +1,182 @@
+"""The real entry point, `python -m trainer.task`, in subprocesses."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import smoke
+from tests.conftest import ROOT
+from trainer import data
+from trainer import model as model_lib
+
+SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+  config = smoke.get_config()
+  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+                             config.data, config.seed, num_processes=1)
+
+
+def task(run, *flags, **kwargs):
+  return run("trainer.task", f"--config={SMOKE}", *flags, **kwargs)
+
+
+def error_lines(result):
+  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
+
+
+def model_weights(model_dir):
+  """{variable path: array} of the smoke model in the latest checkpoint."""
+  model = model_lib.build_model(smoke.get_config().model)
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  tf.train.Checkpoint(model=model).restore(
+      latest).assert_existing_objects_matched().expect_partial()
+  return {v.path: np.asarray(v) for v in model.weights}
+
+
+def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
+  model_dir = tmp_path / "run"
+  result = task(run, f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"model_dir: {model_dir}" in result.stdout
+  assert "train: 100%" in result.stderr and "40/40 steps" in result.stderr
+  assert "eval at step 40" in result.stderr
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert metrics["step"] == 40 and metrics["num_replicas"] == 1
+  assert np.isfinite(metrics["eval"]["loss"])
+  assert set(metrics["trace_counts"].values()) == {1}
+  assert json.loads((model_dir / "config.json").read_text())["train"][
+      "num_steps"] == 40
+  for sub in ("train", "eval"):
+    assert list((model_dir / sub).glob("events.out.tfevents.*"))
+  assert (model_dir / "export" / "saved_model.pb").exists()
+  assert len(model_weights(str(model_dir))) == 8
+
+
+def test_mirrored_on_two_cpu_devices(run, smoke_data, tmp_path):
+  model_dir = tmp_path / "run"
+  result = task(run, "--strategy=mirrored", "--num_cpu_devices=2",
+                f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "MirroredStrategy with 2 replica(s)" in result.stderr
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert metrics["num_replicas"] == 2
+  # 4 host loops and 2 evaluations: the loops are traced once; each
+  # replica's compiled step once per replica device.
+  assert metrics["trace_counts"] == {"forward_backward": 2, "forward": 2,
+                                     "train_loop": 1, "eval_loop": 1}
+  assert np.isfinite(metrics["train"]["loss"])
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
+    run, smoke_data, tmp_path):
+  flags = [f"--data_dir={smoke_data}", "--config.train.deterministic=True",
+           "--config.train.num_steps=1500", "--config.train.steps_per_loop=10",
+           "--config.train.eval_every_steps=0",
+           "--config.train.checkpoint_every_steps=0"]
+  reference = tmp_path / "reference"
+  result = task(run, *flags, f"--model_dir={reference}")
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  interrupted = tmp_path / "interrupted"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags,
+       f"--model_dir={interrupted}"], cwd=ROOT, stderr=subprocess.PIPE,
+      stdout=subprocess.DEVNULL, text=True,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  stderr = []
+  for line in process.stderr:  # the first progress line: training runs
+    stderr.append(line)
+    if line.startswith("train: ") and "steps/s" in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  stderr.extend(process.stderr)
+  assert process.wait(timeout=120) == 0, "".join(stderr)[-3000:]
+  stderr = "".join(stderr)
+  assert "SIGTERM: saved a checkpoint at step" in stderr
+  stopped_at = int(stderr.split("SIGTERM: saved a checkpoint at step ")[1]
+                   .split()[0])
+  assert 0 < stopped_at < 1500
+  assert not (interrupted / "export").exists()
+
+  result = task(run, *flags, f"--model_dir={interrupted}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"ckpt-{stopped_at}" in result.stderr  # "resuming from ..."
+  assert json.loads((interrupted / "metrics.json").read_text())["step"] == 1500
+  expected, resumed = model_weights(str(reference)), model_weights(
+      str(interrupted))
+  assert sorted(expected) == sorted(resumed)
+  for name in expected:
+    np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--strategy=bogus"], "strategy"),
+    (["--strategy=tpu"], "no TPU reachable at --tpu=local"),
+    (["--strategy=tpu", "--tpu=grpc://127.0.0.1:{port}"],
+     "no TPU reachable at --tpu=grpc://127.0.0.1:{port} (cannot connect"),
+    (["--strategy=mirrored", "--num_cpu_devices=3"],
+     "global_batch_size=16 is not divisible by the 3 replicas"),
+    (["--strategy=multi_worker_mirrored"], "needs TF_CONFIG"),
+    (["--config.train.num_steps=0"], "num_steps=0 must be positive"),
+    (["--config.train.num_steps=many"], "num_steps"),
+    (["--config.train.no_such_field=1"], "no_such_field"),
+    (["extra"], "unexpected arguments ['extra']"),
+])
+def test_bad_flags_are_one_error_line(run, smoke_data, tmp_path, flags,
+                                      message):
+  port = free_port()
+  flags = [f.format(port=port) for f in flags]
+  model_dir = tmp_path / "run"
+  result = task(run, *flags, f"--data_dir={smoke_data}",
+                f"--model_dir={model_dir}", timeout=120,
+                env={"TF_CONFIG": None})
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = error_lines(result)
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert message.format(port=port) in errors[0]
+  assert "Traceback" not in result.stderr
+  assert not model_dir.exists()
+
+
+def test_tf_config_that_is_not_json(run, smoke_data, tmp_path):
+  result = task(run, "--strategy=mirrored", f"--data_dir={smoke_data}",
+                f"--model_dir={tmp_path}/run", env={"TF_CONFIG": "{cluster"})
+  assert result.returncode == 2
+  errors = error_lines(result)
+  assert len(errors) == 1 and "TF_CONFIG is not valid JSON" in errors[0]
+
+
+def test_missing_config_file(run, tmp_path):
+  result = run("trainer.task", f"--config={tmp_path}/nope.py",
+               f"--model_dir={tmp_path}/run")
+  assert result.returncode == 2
+  errors = error_lines(result)
+  assert len(errors) == 1 and "nope.py" in errors[0]
+  assert "No such file or directory" in result.stderr.splitlines()[-1]
+
+
+def test_data_dir_without_shards(run, tmp_path):
+  result = task(run, f"--data_dir={tmp_path}", f"--model_dir={tmp_path}/run")
+  assert result.returncode == 2
+  assert error_lines(result) == [
+      f"error: no training shards: no file matches "
+      f"'{tmp_path}/train-*-of-*.tfrecord' (generate them with python -m "
+      "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
+      "config.data)"]

@@ -1,0 +1,169 @@
+"""The training loop, in process on the default strategy."""
+
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import smoke
+from trainer import data
+from trainer import model as model_lib
+from trainer import train
+from trainer import vocab
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+  config = smoke.get_config()
+  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+                             config.data, config.seed, num_processes=1)
+
+
+def read_scalars(logdir):
+  """{tag: {step: value}} from the TensorBoard event files in logdir."""
+  scalars = collections.defaultdict(dict)
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+  return scalars
+
+
+def run(config, data_dir, model_dir):
+  return train.train_and_evaluate(config, tf.distribute.get_strategy(),
+                                  data_dir, str(model_dir))
+
+
+def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
+  config = smoke.get_config()
+  config.train.num_steps = 300
+  config.train.steps_per_loop = 20
+  config.train.eval_every_steps = 100
+  config.train.learning_rate = 1e-2
+  results = run(config, smoke_data, tmp_path)
+  scalars = read_scalars(tmp_path / "train")
+  losses = scalars["loss"]
+  assert sorted(losses) == list(range(20, 301, 20))
+  assert losses[300] < 0.75 * losses[20]
+  for tag in ("accuracy", "learning_rate", "steps_per_sec",
+              "examples_per_sec"):
+    assert sorted(scalars[tag]) == sorted(losses)
+  assert scalars["learning_rate"][20] > scalars["learning_rate"][300] > 0
+  evals = read_scalars(tmp_path / "eval")
+  assert sorted(evals["loss"]) == [100, 200, 300]
+  assert evals["loss"][300] == pytest.approx(results["eval"]["loss"])
+  assert results["eval"]["examples"] == 4 * 16  # eval_steps batches
+
+
+def test_each_function_is_traced_once(smoke_data, tmp_path):
+  results = run(smoke.get_config(), smoke_data, tmp_path)  # 4 host loops
+  assert results["trace_counts"] == {"forward_backward": 1, "forward": 1,
+                                     "train_loop": 1, "eval_loop": 1}
+
+
+def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, capsys):
+  config = smoke.get_config()
+  results = run(config, smoke_data, tmp_path)
+  assert results["step"] == 40 and not results["stopped"]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved == json.loads(config.to_json_best_effort())
+  assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 40
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
+      "ckpt-40")
+  assert (tmp_path / "export" / "saved_model.pb").exists()
+  capsys.readouterr()
+  again = run(config, smoke_data, tmp_path)
+  assert again == {"step": 40, "stopped": False}
+  assert "already at step 40 of 40: nothing to train" in capsys.readouterr().err
+
+
+def test_longer_run_resumes_and_continues_the_step_count(smoke_data, tmp_path,
+                                                        capsys):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  config.train.num_steps = 60
+  capsys.readouterr()
+  results = run(config, smoke_data, tmp_path)
+  assert "resuming from" in capsys.readouterr().err
+  assert results["step"] == 60
+  assert sorted(read_scalars(tmp_path / "train")["loss"]) == [
+      10, 20, 30, 40, 50, 60]
+
+
+def test_other_model_shape_is_a_clear_error(smoke_data, tmp_path):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  config.model.hidden_size = 12
+  with pytest.raises(train.TrainError, match=r"another model shape "
+                     r"\(hidden_size: checkpoint 8 vs config 12\)"):
+    run(config, smoke_data, tmp_path)
+
+
+def test_export_matches_the_trained_model(smoke_data, tmp_path):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  model = model_lib.build_model(config.model)
+  tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
+      str(tmp_path / "checkpoints"))).expect_partial()
+  exported = tf.saved_model.load(str(tmp_path / "export"))
+  assert set(exported.signatures) == {"serving_default", "predict_text"}
+
+  problems = ["x=3,y=4:x*y", "y=-12,x=34:y-x", "x=99,y=-99:x+y"]
+  tokens = np.zeros((3, 20), np.int32)
+  for row, text in enumerate(problems):
+    tokens[row, :len(text)] = vocab.encode(text)
+  expected = np.asarray(model(tokens))
+  served = exported.signatures["serving_default"](tokens=tf.constant(tokens))
+  np.testing.assert_allclose(served["logits"].numpy(), expected, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(served["probabilities"].numpy().sum(-1), 1.0,
+                             rtol=1e-5)
+
+  by_text = exported.signatures["predict_text"](
+      problems=tf.constant(problems))
+  np.testing.assert_allclose(by_text["logits"].numpy(), expected, rtol=1e-5,
+                             atol=1e-6)
+  assert [t.decode() for t in by_text["token"].numpy()] == [
+      vocab.VOCAB[i] for i in expected.argmax(-1)]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="outside the vocabulary"):
+    exported.signatures["predict_text"](problems=tf.constant(["x=3,z=4:x*z"]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="longer than len_max_input=20"):
+    exported.signatures["predict_text"](
+        problems=tf.constant(["x=123456,y=654321:x*y"]))
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+  with pytest.raises(train.TrainError, match=r"no training shards: no file "
+                     r"matches .*train-\*-of-\*\.tfrecord.*python -m "
+                     "trainer.data generate"):
+    run(smoke.get_config(), str(tmp_path), tmp_path / "model")
+  assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.global_batch_size", 0, "global_batch_size=0 must be positive"),
+    ("train.num_steps", -1, "num_steps=-1 must be positive"),
+    ("train.eval_every_steps", -5, "eval_every_steps=-5 must be >= 0"),
+    ("train.mixed_precision", "float8", "'float8' is not one of"),
+    ("model.vocab_size", 21, "vocab_size=21 but the vocabulary has 20"),
+])
+def test_bad_config_fields(field, value, message):
+  config = smoke.get_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(train.TrainError, match=message):
+    train.validate_config(config, num_replicas=1)
+
+
+def test_global_batch_must_divide_over_replicas():
+  config = smoke.get_config()
+  train.validate_config(config, num_replicas=4)
+  with pytest.raises(train.TrainError, match="global_batch_size=16 is not "
+                     "divisible by the 3 replicas"):
+    train.validate_config(config, num_replicas=3)
