@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
-from tests.conftest import ROOT
+
 from trainer import data
 from trainer import model as model_lib
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
 
