@@ -176,7 +176,7 @@ def test_pattern_matching_nothing_names_the_pattern(tmp_path):
 def test_fewer_files_than_pipelines_names_both_counts(shards):
   context = tf.distribute.InputContext(num_input_pipelines=8,
                                        input_pipeline_id=0)
-  with pytest.raises(ValueError, match=r"4 file\(s\) match .* 8 input "
+  with pytest.raises(ValueError, match=r"4 file\(s\) for 8 input "
                      "pipelines"):
     input_pipeline.make_dataset(str(shards / "train-*"), 4,
                                 len_max_input=LEN, training=True,
@@ -191,3 +191,38 @@ def test_temporary_files_are_never_read(shards, tmp_path):
   (tmp_path / "train-00000-of-00004.tfrecord.tmp-0a1b").write_bytes(b"junk")
   files = input_pipeline.list_files(str(tmp_path / "train-*"))
   assert len(files) == 4 and not any(".tmp-" in f for f in files)
+
+
+def test_training_workers_read_each_example_once_per_pass(shards):
+  # Every example is unique here (4 x 60 generated problems carry distinct
+  # ids: their position); count what 2 workers read in one pass of training.
+  expected = expected_pairs(5, "train", 4, 60)
+  seen = collections.Counter()
+  for worker in range(2):
+    context = tf.distribute.InputContext(2, worker, 2)
+    files = input_pipeline.pipeline_files(
+        input_pipeline.list_files(str(shards / "train-*")), training=True,
+        seed=9, input_context=context)
+    assert len(files) == 2
+    # A buffer of one read group: one pass is exactly the first 120 records.
+    dataset = input_pipeline.make_dataset(
+        files, 12, len_max_input=LEN, training=True, seed=9,
+        shuffle_buffer_size=input_pipeline.RECORDS_PER_READ)
+    seen += read_pairs(dataset.take(10))
+  assert seen == expected
+
+
+def test_pipeline_files_split_the_same_permutation():
+  files = [f"f{i}" for i in range(7)]
+  parts = [input_pipeline.pipeline_files(
+      files, training=True, seed=3,
+      input_context=tf.distribute.InputContext(3, i, 3)) for i in range(3)]
+  assert sorted(sum(parts, [])) == files
+  assert [len(p) for p in parts] == [3, 2, 2]
+  assert input_pipeline.pipeline_files(
+      files, training=False, seed=3,
+      input_context=tf.distribute.InputContext(3, 0, 3)) == ["f0", "f3", "f6"]
+  with pytest.raises(ValueError, match=r"2 file\(s\) for 3 input pipelines"):
+    input_pipeline.pipeline_files(
+        files[:2], training=True, seed=0,
+        input_context=tf.distribute.InputContext(3, 0, 3))

@@ -4,6 +4,7 @@ import collections
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,66 @@ def test_global_batch_must_divide_over_replicas():
   with pytest.raises(train.TrainError, match="global_batch_size=16 is not "
                      "divisible by the 3 replicas"):
     train.validate_config(config, num_replicas=3)
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [
+    ("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")])
+def test_mixed_precision_smoke_runs_end_finite(smoke_data, tmp_path,
+                                               precision, compute_dtype):
+  import keras  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.train.mixed_precision = precision
+  try:
+    results = run(config, smoke_data, tmp_path)
+    assert keras.mixed_precision.global_policy().compute_dtype == (
+        compute_dtype)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert np.isfinite(results["train"]["loss"])
+  assert np.isfinite(results["eval"]["loss"])
+  scalars = read_scalars(tmp_path / "train")
+  assert all(np.isfinite(v) for v in scalars["loss"].values())
+  assert scalars["loss"][40] < scalars["loss"][10]
+
+
+def test_float16_uses_loss_scaling(smoke_data, tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.train.mixed_precision = "float16"
+  try:
+    trainer = train.Trainer(config, tf.distribute.get_strategy(), smoke_data,
+                            train.Paths(str(tmp_path), str(tmp_path), True))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_tpu_config_resolves():
+  from configs import tpu  # pylint: disable=g-import-not-at-top
+  config = tpu.get_config()
+  assert config.train.mixed_precision == "bfloat16"
+  assert not config.train.jit_compile  # TPUStrategy compiles the step
+  assert config.train.steps_per_loop >= 1000
+  for cores in (8, 32, 128):  # v4-8 .. v4-128 style slices
+    train.validate_config(config, num_replicas=cores, on_tpu=True)
+  assert config.model.to_dict() == smoke.default.get_config().model.to_dict()
+
+
+def test_tpu_needs_per_core_batches_of_eight():
+  config = smoke.get_config()  # global batch 16
+  train.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
+  with pytest.raises(train.TrainError, match=r"gives 4 examples per TPU core;"
+                     r" use a multiple of 8 per core \(4 cores\)"):
+    train.validate_config(config, num_replicas=4, on_tpu=True)
+  train.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
+
+
+@pytest.mark.parametrize("data_dir, model_dir, bad", [
+    ("/data/arith", "gs://b/run", "config.data.train_files=/data/arith/"),
+    ("gs://b/arith", "/tmp/run", "--model_dir=/tmp/run is a local path"),
+    ("gs://b/arith", "runs/1", "--model_dir=runs/1 is a local path"),
+])
+def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
+  with pytest.raises(train.TrainError, match=re.escape(bad)):
+    train.check_tpu_paths(smoke.get_config(), data_dir, model_dir)
+  train.check_tpu_paths(smoke.get_config(), "gs://b/arith", "gs://b/run")

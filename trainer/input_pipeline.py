@@ -75,6 +75,31 @@ def check_against_manifests(files: Sequence[str], len_max_input: int) -> None:
             "len_max_input or generate with a smaller max_value")
 
 
+def pipeline_files(
+    files: Sequence[str], *, training: bool, seed: int,
+    input_context: tf.distribute.InputContext | None = None) -> list[str]:
+  """The files one input pipeline reads: every num_pipelines-th of the list.
+
+  The sorted list is first shuffled with the seed in training (the same
+  permutation on every worker), then split, so that pipelines read disjoint
+  files and together every file once per pass.
+
+  Raises:
+    ValueError: fewer files than input pipelines, naming both counts.
+  """
+  files = sorted(files)
+  if training:
+    files = [str(f) for f in np.random.default_rng(seed).permutation(files)]
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  if len(files) < num_pipelines:
+    raise ValueError(
+        f"{len(files)} file(s) for {num_pipelines} input pipelines (one per "
+        "worker or host): each needs at least one file; generate at least "
+        f"{num_pipelines} shards")
+  return files[pipeline_id::num_pipelines]
+
+
 def _parse_batch(serialized: tf.Tensor, batch_size: int,
                  len_max_input: int) -> tuple[tf.Tensor, tf.Tensor]:
   """Parses a batch of serialized Examples into static-shape (x, y)."""
@@ -150,17 +175,8 @@ def make_dataset(
     deterministic = not training
   files = list_files(file_pattern)
   check_against_manifests(files, len_max_input)
-  if training:
-    files = list(np.random.default_rng(seed).permutation(files))
-  num_pipelines = input_context.num_input_pipelines if input_context else 1
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
-  if len(files) < num_pipelines:
-    raise ValueError(
-        f"{len(files)} file(s) match {file_pattern!r} but there are "
-        f"{num_pipelines} input pipelines: each needs at least one file "
-        "(generate more shards)")
-  # Shard by file, before any in-graph shuffle: pipelines read disjoint files.
-  files = files[pipeline_id::num_pipelines]
+  files = pipeline_files(files, training=training, seed=seed,
+                         input_context=input_context)
 
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if training:

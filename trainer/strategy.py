@@ -173,3 +173,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   has_chief = "chief" in resolver.cluster_spec().as_dict()
   return resolver.task_type == "worker" and resolver.task_id == 0 and (
       not has_chief)
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+  """True when the strategy spans several worker processes (TF_CONFIG)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+    return False
+  cluster = resolver.cluster_spec().as_dict()
+  return sum(len(tasks) for job, tasks in cluster.items()
+             if job in ("chief", "worker")) > 1

@@ -78,6 +78,8 @@ def main(argv):
     train.train_and_evaluate(config, distribution, data_dir, model_dir)
   except (train.TrainError, strategy.StrategyError, data.DataError) as e:
     return cli.fail(str(e))
+  except train.WorkerLostError as e:
+    return cli.fail(str(e), status=1)
   except (OSError, tf.errors.OpError) as e:
     return cli.fail(cli.describe_io_error(e), status=1)
   return 0

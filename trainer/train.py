@@ -18,16 +18,20 @@ temporary directory they delete (every worker must take part in saving).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import posixpath
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -39,9 +43,14 @@ from trainer import storage
 from trainer import strategy as strategy_lib
 from trainer import vocab
 
+TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
             "float16": "mixed_float16"}
 CHECKPOINTS = "checkpoints"
+# Iterating a distributed dataset inside tf.function warns about tf.data
+# options on every trace; nothing here depends on them.
+warnings.filterwarnings("ignore", message="To make it possible to preserve "
+                        "tf.data options")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 
@@ -50,12 +59,21 @@ class TrainError(ValueError):
   """A config, data or model_dir problem found before or during training."""
 
 
+class WorkerLostError(RuntimeError):
+  """A multi-worker run lost a peer; re-running every worker resumes it."""
+
+
+# What a collective op raises when a peer dies or stops answering.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
+
+
 def say(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def validate_config(config: ml_collections.ConfigDict,
-                    num_replicas: int) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
+                    on_tpu: bool = False) -> None:
   """Raises TrainError naming the first bad field (before any graph)."""
   train = config.train
   if config.model.vocab_size != vocab.VOCAB_SIZE:
@@ -83,6 +101,30 @@ def validate_config(config: ml_collections.ConfigDict,
     raise TrainError(
         f"config.train.global_batch_size={train.global_batch_size} is not "
         f"divisible by the {num_replicas} replicas of this strategy")
+  per_replica = train.global_batch_size // num_replicas
+  if on_tpu and per_replica % TPU_BATCH_MULTIPLE:
+    raise TrainError(
+        f"config.train.global_batch_size={train.global_batch_size} gives "
+        f"{per_replica} examples per TPU core; use a multiple of "
+        f"{TPU_BATCH_MULTIPLE} per core ({num_replicas} cores): e.g. "
+        f"{TPU_BATCH_MULTIPLE * num_replicas * max(1, round(per_replica / TPU_BATCH_MULTIPLE))}")
+
+
+def check_tpu_paths(config: ml_collections.ConfigDict, data_dir: str | None,
+                    model_dir: str) -> None:
+  """On a TPU, data and model_dir must be gs://: the TPU workers read and
+  write there, and cannot see this host's disk."""
+  paths = {"--model_dir": model_dir,
+           "config.data.train_files": resolve_files(data_dir,
+                                                    config.data.train_files),
+           "config.data.eval_files": resolve_files(data_dir,
+                                                   config.data.eval_files)}
+  for name, path in paths.items():
+    if not path.startswith("gs://"):
+      raise TrainError(
+          f"{name}={path} is a local path: on a TPU, data and model_dir must "
+          "be gs:// URLs (the TPU workers cannot see this host's disk); "
+          "copy the data with python -m trainer.data upload")
 
 
 def resolve_files(data_dir: str | None, pattern: str) -> str:
@@ -146,11 +188,15 @@ class Trainer:
         strategy, tf.distribute.TPUStrategy)
     self.train_files = resolve_files(data_dir, config.data.train_files)
     self.eval_files = resolve_files(data_dir, config.data.eval_files)
+    self.file_lists = {}  # training: bool -> every matching file
+    self.pipeline_reads = []  # (split, pipeline id, count, files), logged
     for split, pattern in (("training", self.train_files),
                            ("evaluation", self.eval_files)):
       try:
-        input_pipeline.check_against_manifests(
-            input_pipeline.list_files(pattern), config.model.len_max_input)
+        files = input_pipeline.list_files(pattern)
+        input_pipeline.check_against_manifests(files,
+                                               config.model.len_max_input)
+        self.file_lists[split == "training"] = files
       except FileNotFoundError as e:
         raise TrainError(
             f"no {split} shards: {e} (generate them with python -m "
@@ -292,22 +338,38 @@ class Trainer:
           training and deterministic) else 0
       take = (config.train.eval_steps * replicas_per_pipeline
               if not training and config.train.eval_steps else None)
+      # This pipeline's share of the files (disjoint across workers).
+      files = input_pipeline.pipeline_files(
+          self.file_lists[training], training=training, seed=seed,
+          input_context=context)
+      self.pipeline_reads.append(
+          ("train" if training else "eval", context.input_pipeline_id,
+           context.num_input_pipelines, files))
       return input_pipeline.make_dataset(
-          self.train_files if training else self.eval_files,
-          context.get_per_replica_batch_size(self.global_batch_size),
+          files, context.get_per_replica_batch_size(self.global_batch_size),
           len_max_input=config.model.len_max_input, training=training,
-          seed=seed, input_context=context,
-          shuffle_buffer_size=config.data.shuffle_buffer_size,
+          seed=seed, shuffle_buffer_size=config.data.shuffle_buffer_size,
           deterministic=True if deterministic else None,
           skip_batches=skip, take_batches=take)
 
-    return self.strategy.distribute_datasets_from_function(dataset_fn)
+    try:
+      return self.strategy.distribute_datasets_from_function(dataset_fn)
+    except ValueError as e:  # e.g. fewer files than workers
+      raise TrainError(f"{'training' if training else 'evaluation'} data: "
+                       f"{e}") from e
 
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""
     return {name: getattr(self, name).experimental_get_tracing_count()
             for name in ("forward_backward", "forward", "train_loop",
                          "eval_loop")}
+
+  def weights_fingerprint(self) -> str:
+    """sha256 of the model's weights (this replica's copy)."""
+    digest = hashlib.sha256()
+    for weight in self.model.weights:
+      digest.update(np.asarray(weight.value).tobytes())
+    return digest.hexdigest()[:16]
 
   def learning_rate(self) -> float:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
@@ -358,7 +420,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     TrainError: a bad config, missing data, or a model_dir holding another
       model shape; found before any graph is built.
   """
-  validate_config(config, strategy.num_replicas_in_sync)
+  on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+  validate_config(config, strategy.num_replicas_in_sync, on_tpu=on_tpu)
+  if on_tpu:
+    check_tpu_paths(config, data_dir, model_dir)
   is_chief = strategy_lib.is_chief(strategy)
   write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = Paths(model_dir=model_dir, write_dir=write_dir, is_chief=is_chief)
@@ -367,6 +432,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # after the current host loop.
     with _Stop() as stop:
       return _run(config, strategy, data_dir, paths, stop)
+  except _PEER_ERRORS as e:
+    if not strategy_lib.is_multi_worker(strategy):
+      raise
+    latest = tf.train.latest_checkpoint(paths.checkpoints)
+    raise WorkerLostError(
+        f"lost contact with another worker ({type(e).__name__}; a worker "
+        "died or a collective op waited longer than "
+        f"config.train.collective_timeout_s={config.train.collective_timeout_s}"
+        "): start every worker again with the same command to resume from "
+        f"{latest or 'the start (no checkpoint yet)'}") from e
   finally:
     if not is_chief:
       shutil.rmtree(write_dir, ignore_errors=True)
@@ -406,6 +481,11 @@ def _run(config, strategy, data_dir, paths: Paths,
   eval_writer = tf.summary.create_file_writer(paths.out("eval"))
   train_iterator = iter(trainer.distributed_dataset(True, start_step))
   eval_dataset = trainer.distributed_dataset(False)
+  for split, pipeline_id, num_pipelines, files in trainer.pipeline_reads:
+    names = [posixpath.basename(f) for f in files]
+    say(f"data: {split} input pipeline {pipeline_id} of {num_pipelines} "
+        f"reads {len(files)} file(s): {' '.join(names[:8])}"
+        f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")
 
   def evaluate(step: int) -> dict[str, float]:
     loss_sum, correct, count = (t.numpy() for t in
@@ -466,7 +546,10 @@ def _run(config, strategy, data_dir, paths: Paths,
       trainer.model, paths.out("export"), config.model.len_max_input)
   results = {"step": step, "stopped": False, "train": train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
-             "trace_counts": trainer.trace_counts()}
+             "trace_counts": trainer.trace_counts(),
+             "weights_sha256": trainer.weights_fingerprint()}
+  # Every worker prints it: workers of one run must agree.
+  say(f"final weights sha256: {results['weights_sha256']}")
   storage.write_atomic(paths.out(METRICS_FILE),
                        json.dumps(results, indent=2) + "\n")
   if paths.is_chief:

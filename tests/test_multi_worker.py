@@ -1,0 +1,218 @@
+"""MultiWorkerMirroredStrategy over real worker processes on 127.0.0.1."""
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import smoke
+from trainer import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+  config = smoke.get_config()
+  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+                             config.data, config.seed, num_processes=1)
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+class Workers:
+  """N trainer processes with TF_CONFIG; logs under log_dir."""
+
+  def __init__(self, count, flags, log_dir, ports=None):
+    self.ports = ports or free_ports(count)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in self.ports]}
+    self.log_dir = log_dir
+    self.tmp_dir = log_dir / "tmp"  # TMPDIR: where non-chiefs write
+    self.tmp_dir.mkdir(parents=True, exist_ok=True)
+    self.processes = []
+    for index in range(count):
+      env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+             "TMPDIR": str(self.tmp_dir),
+             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+                 "type": "worker", "index": index}})}
+      log = open(log_dir / f"worker-{index}.log", "w")
+      self.processes.append(subprocess.Popen(
+          [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
+           "--strategy=multi_worker_mirrored", *flags],
+          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+  def wait(self, timeout):
+    deadline = time.monotonic() + timeout
+    codes = []
+    for process in self.processes:
+      try:
+        codes.append(process.wait(timeout=max(deadline - time.monotonic(),
+                                              1)))
+      except subprocess.TimeoutExpired:
+        self.kill()
+        pytest.fail(f"workers still running after {timeout} s:\n"
+                    + self.logs_tail())
+    return codes
+
+  def kill(self):
+    for process in self.processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+
+  def log(self, index):
+    return (self.log_dir / f"worker-{index}.log").read_text()
+
+  def logs_tail(self):
+    return "\n".join(f"--- worker {i}\n" + self.log(i)[-2000:]
+                     for i in range(len(self.processes)))
+
+
+def fingerprint(log):
+  found = re.findall(r"final weights sha256: (\w+)", log)
+  assert len(found) == 1, log[-2000:]
+  return found[0]
+
+
+def files_read(log, split):
+  (line,) = re.findall(rf"data: {split} input pipeline \d of \d reads .*", log)
+  return set(line.split(": ", 2)[2].split())
+
+
+def test_two_workers_train_identically_and_only_the_chief_writes(
+    smoke_data, tmp_path):
+  model_dir = tmp_path / "run"
+  workers = Workers(2, [f"--data_dir={smoke_data}",
+                        f"--model_dir={model_dir}"], tmp_path)
+  try:
+    assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
+  finally:
+    workers.kill()
+  chief, other = workers.log(0), workers.log(1)
+  assert "CollectiveAllReduceStrategy with 2 replica(s)" in chief
+  assert "; chief" in chief and "; worker" in other
+  assert fingerprint(chief) == fingerprint(other)
+  # Disjoint files, all of them between the two workers.
+  for split, count in (("train", 4), ("eval", 2)):
+    first, second = files_read(chief, split), files_read(other, split)
+    assert not first & second and len(first | second) == count
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert metrics["num_replicas"] == 2 and metrics["step"] == 40
+  assert metrics["weights_sha256"] == fingerprint(chief)
+  assert (model_dir / "export" / "saved_model.pb").exists()
+  assert (model_dir / "checkpoints" / "checkpoint").exists()
+  # The non-chief wrote to a temporary directory and deleted it.
+  assert list(workers.tmp_dir.iterdir()) == []
+
+
+def test_killed_worker_fails_in_bounded_time_and_rerun_resumes(
+    smoke_data, tmp_path):
+  model_dir = tmp_path / "run"
+  flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
+           "--config.train.num_steps=1000", "--config.train.steps_per_loop=20",
+           "--config.train.checkpoint_every_steps=100",
+           "--config.train.eval_every_steps=0",
+           "--config.train.collective_timeout_s=10"]
+  first = tmp_path / "first"
+  first.mkdir()
+  workers = Workers(2, flags, first)
+  try:
+    index = model_dir / "checkpoints" / "ckpt-100.index"
+    deadline = time.monotonic() + 180
+    while not index.exists():
+      assert time.monotonic() < deadline, workers.logs_tail()
+      assert workers.processes[0].poll() is None, workers.logs_tail()
+      time.sleep(0.2)
+    workers.processes[1].kill()
+    killed_at = time.monotonic()
+    code = workers.processes[0].wait(timeout=120)
+    waited = time.monotonic() - killed_at
+  finally:
+    workers.kill()
+  assert code == 1, workers.log(0)[-3000:]
+  errors = [l for l in workers.log(0).splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "lost contact with another worker" in errors[0]
+  assert "start every worker again with the same command to resume" in (
+      errors[0])
+  assert waited < 60
+
+  second = tmp_path / "second"
+  second.mkdir()
+  workers = Workers(2, flags, second)
+  try:
+    assert workers.wait(timeout=300) == [0, 0], workers.logs_tail()
+  finally:
+    workers.kill()
+  for i in range(2):
+    assert re.search(r"resuming from .*ckpt-\d+", workers.log(i))
+  assert fingerprint(workers.log(0)) == fingerprint(workers.log(1))
+  assert json.loads((model_dir / "metrics.json").read_text())["step"] == 1000
+
+
+def test_a_worker_without_files_is_a_clear_error(smoke_data, tmp_path):
+  workers = Workers(2, [f"--data_dir={smoke_data}",
+                        f"--model_dir={tmp_path}/run",
+                        "--config.data.eval_files=eval-00000-of-00002.tfrecord"],
+                    tmp_path)
+  try:
+    assert workers.wait(timeout=180) == [2, 2], workers.logs_tail()
+  finally:
+    workers.kill()
+  for i in range(2):
+    errors = [l for l in workers.log(i).splitlines()
+              if l.startswith("error:")]
+    assert errors == ["error: evaluation data: 1 file(s) for 2 input "
+                      "pipelines (one per worker or host): each needs at "
+                      "least one file; generate at least 2 shards"]
+
+
+def test_launch_script_runs_n_workers(smoke_data, tmp_path):
+  log_dir = tmp_path / "logs"
+  result = subprocess.run(
+      ["bash", LAUNCH, "2", f"--config={SMOKE}", f"--data_dir={smoke_data}",
+       f"--model_dir={tmp_path}/run"], cwd=ROOT, capture_output=True,
+      text=True, timeout=300,
+      env={**os.environ, "PYTHON": sys.executable, "LOG_DIR": str(log_dir),
+           "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  logs = [(log_dir / f"worker-{i}.log").read_text() for i in range(2)]
+  assert fingerprint(logs[0]) == fingerprint(logs[1])
+  assert fingerprint(result.stdout) == fingerprint(logs[0])  # chief on console
+  assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
+
+
+def test_launch_script_dry_run_and_bad_arguments(tmp_path):
+  env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1"}
+  result = subprocess.run(
+      ["bash", LAUNCH, "3", "--model_dir=/tmp/a b; rm -rf ~"], cwd=ROOT,
+      capture_output=True, text=True, env=env, timeout=60)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 3
+  configs = [json.loads(re.match(r"TF_CONFIG='(.*?)' ", l).group(1))
+             for l in lines]
+  assert [c["task"]["index"] for c in configs] == [0, 1, 2]
+  assert len({tuple(c["cluster"]["worker"]) for c in configs}) == 1
+  assert len(set(configs[0]["cluster"]["worker"])) == 3
+  for line in lines:  # quoted so that a shell reads back the same argument
+    assert shlex.split(line)[-1] == "--model_dir=/tmp/a b; rm -rf ~"
+  for args, status in (([], 2), (["0"], 2), (["two"], 2), (["--help"], 0)):
+    result = subprocess.run(["bash", LAUNCH, *args], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == status, (args, result.stderr)
