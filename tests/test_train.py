@@ -231,3 +231,18 @@ def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
   with pytest.raises(train.TrainError, match=re.escape(bad)):
     train.check_tpu_paths(smoke.get_config(), data_dir, model_dir)
   train.check_tpu_paths(smoke.get_config(), "gs://b/arith", "gs://b/run")
+
+
+def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  shutil.copytree(smoke_data, data_dir)
+  shard = data_dir / "train-00002-of-00004.tfrecord"
+  shard.write_bytes(shard.read_bytes()[:100])
+  with pytest.raises(train.TrainError, match=r"train-00002-of-00004.tfrecord "
+                     r"has 100 bytes but .*manifest.json says \d+: a partial"):
+    run(smoke.get_config(), str(data_dir), tmp_path / "model")
+  shard.unlink()
+  with pytest.raises(train.TrainError, match=r"train-00002-of-00004.tfrecord "
+                     r"is listed in .*manifest.json but missing"):
+    run(smoke.get_config(), str(data_dir), tmp_path / "model")

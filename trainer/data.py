@@ -4,6 +4,8 @@ r"""Generates the arithmetic data set as sharded TFRecords, locally or on GCS.
       --num_shards=8 --examples_per_shard=10000 --seed=0
   python -m trainer.data generate --out_dir=gs://bucket/arith --split=eval \
       --num_shards=2 --examples_per_shard=5000 --seed=0
+  python -m trainer.data upload --src=/tmp/arith --dst=gs://bucket/arith
+  python -m trainer.data verify --data_dir=gs://bucket/arith
 
 Shards are named `{split}-{index:05d}-of-{count:05d}.tfrecord` and built in
 parallel worker processes; the parent writes each one to a temporary name and
@@ -39,7 +41,7 @@ from trainer import vocab
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "masked-attention-trainer/1"
-COMMANDS = ("generate",)
+COMMANDS = ("generate", "upload", "verify")
 
 class DataError(ValueError):
   """A bad argument or a data directory that disagrees with it."""
@@ -324,6 +326,33 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the whole data set.")
   flags.DEFINE_integer(
       "num_processes", None, "Worker processes (default: one per CPU core).")
+  flags.DEFINE_string("src", None, "upload: local data set directory.")
+  flags.DEFINE_string("dst", None, "upload: gs://bucket/path to upload to.")
+  flags.DEFINE_integer("num_threads", 8, "upload: parallel uploads.")
+  flags.DEFINE_string("data_dir", None,
+                      "verify: data set directory (gs:// or local).")
+
+
+def _transfer(command: str, flag_values) -> int:
+  """upload and verify (google-cloud-storage)."""
+  from trainer import gcs  # pylint: disable=g-import-not-at-top
+  try:
+    if command == "upload":
+      for name in ("src", "dst"):
+        if not flag_values[name].value:
+          return cli.fail(f"upload needs --{name}")
+      result = gcs.upload(flag_values.src, flag_values.dst,
+                          num_threads=flag_values.num_threads)
+      print(f"uploaded {len(result.uploaded)} file(s) "
+            f"({result.bytes_uploaded:,} bytes), skipped "
+            f"{len(result.skipped)} unchanged, to {flag_values.dst}",
+            file=sys.stderr)
+      return 0
+    if not flag_values.data_dir:
+      return cli.fail("verify needs --data_dir")
+    return gcs.print_verify(flag_values.data_dir)
+  except gcs.GcsError as e:
+    return cli.fail(str(e), status=1)
 
 
 def main(argv: list[str]) -> int:
@@ -332,6 +361,8 @@ def main(argv: list[str]) -> int:
   if command not in COMMANDS or len(argv) > 2:
     return cli.fail(f"usage: python -m trainer.data {{{'|'.join(COMMANDS)}}} "
                     f"[--flags]; got {' '.join(argv[1:]) or 'no command'}")
+  if command != "generate":
+    return _transfer(command, flag_values)
   spec = GenerateSpec(
       out_dir=flag_values.out_dir, split=flag_values.split,
       num_shards=flag_values.num_shards,

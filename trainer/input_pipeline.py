@@ -75,6 +75,42 @@ def check_against_manifests(files: Sequence[str], len_max_input: int) -> None:
             "len_max_input or generate with a smaller max_value")
 
 
+def check_files_match_manifests(files: Sequence[str]) -> None:
+  """Checks a whole split's files against the manifest beside them.
+
+  Every shard the manifest lists for a split that `files` touch must be
+  there, with the recorded size; a stale or half-copied data set is caught
+  here, before training, instead of as a short epoch or a parse error.
+
+  Raises:
+    ValueError: naming the object and what to do.
+  """
+  by_dir = collections.defaultdict(set)
+  for path in files:
+    by_dir[os.path.dirname(path)].add(os.path.basename(path))
+  for directory, names in sorted(by_dir.items()):
+    manifest = data.read_manifest(directory)
+    if manifest is None:
+      continue
+    for split, entry in sorted(manifest["splits"].items()):
+      listed = {shard["file"]: shard for shard in entry["shards"]}
+      if not names & set(listed):
+        continue  # not a split being read
+      for name, shard in sorted(listed.items()):
+        path = storage.join(directory, name)
+        if name not in names:
+          raise ValueError(
+              f"{path} is listed in {directory}/manifest.json but missing: "
+              "re-upload the data set (python -m trainer.data upload) or "
+              "check it with python -m trainer.data verify")
+        size = storage.size(path)
+        if size != shard["bytes"]:
+          raise ValueError(
+              f"{path} has {size} bytes but {directory}/manifest.json says "
+              f"{shard['bytes']}: a partial or foreign copy; re-upload it or "
+              "check the data set with python -m trainer.data verify")
+
+
 def pipeline_files(
     files: Sequence[str], *, training: bool, seed: int,
     input_context: tf.distribute.InputContext | None = None) -> list[str]:

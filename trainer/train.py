@@ -196,6 +196,7 @@ class Trainer:
         files = input_pipeline.list_files(pattern)
         input_pipeline.check_against_manifests(files,
                                                config.model.len_max_input)
+        input_pipeline.check_files_match_manifests(files)
         self.file_lists[split == "training"] = files
       except FileNotFoundError as e:
         raise TrainError(

@@ -1,0 +1,277 @@
+"""Uploading a data set to GCS and verifying one, with google-cloud-storage.
+
+  python -m trainer.data upload --src=/tmp/arith --dst=gs://BUCKET/arith
+  python -m trainer.data verify --data_dir=gs://BUCKET/arith
+
+Reading and writing during training go through TensorFlow's own gs://
+filesystem (trainer/storage.py); this module is for moving and checking data
+sets, where the client library gives parallel uploads and server-side
+CRC32C checksums.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from trainer import problems
+
+# What to tell a user without credentials.
+NO_CREDENTIALS = (
+    "no Google Cloud credentials found: run `gcloud auth application-default "
+    "login` (or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key "
+    "file)")
+
+
+class GcsError(RuntimeError):
+  """A GCS problem, described in one line with what to do about it."""
+
+
+def split_url(url: str) -> tuple[str, str]:
+  """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
+  if not url.startswith("gs://") or len(url) <= len("gs://"):
+    raise GcsError(f"{url!r} is not a gs://bucket/path URL")
+  bucket, _, prefix = url[len("gs://"):].partition("/")
+  return bucket, prefix.strip("/")
+
+
+def make_client():
+  """A storage client; STORAGE_EMULATOR_HOST selects an emulator."""
+  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  try:
+    return storage.Client()
+  except google.auth.exceptions.DefaultCredentialsError as e:
+    raise GcsError(NO_CREDENTIALS) from e
+  except OSError as e:  # credentials without a project
+    raise GcsError(f"{e}: set GOOGLE_CLOUD_PROJECT or run `gcloud config set "
+                   "project PROJECT`") from e
+
+
+def describe(error: Exception, bucket: str, what: str) -> GcsError:
+  """Maps a google.api_core error to a GcsError naming bucket and remedy."""
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
+  message = getattr(error, "message", None) or str(error)
+  if isinstance(error, exceptions.NotFound):
+    return GcsError(
+        f"bucket gs://{bucket} does not exist ({message}): create it with "
+        f"`gcloud storage buckets create gs://{bucket}`, or fix the URL")
+  if isinstance(error, exceptions.Forbidden):
+    return GcsError(
+        f"permission denied on {what} ({message}): the account in use "
+        "(`gcloud auth list`) needs roles/storage.objectAdmin on "
+        f"gs://{bucket}")
+  if isinstance(error, (exceptions.Unauthorized,
+                        google.auth.exceptions.GoogleAuthError)):
+    return GcsError(f"{NO_CREDENTIALS} ({message})")
+  return GcsError(f"{what}: {type(error).__name__}: {message}")
+
+
+def _api_errors() -> tuple[type[Exception], ...]:
+  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
+  return (exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError)
+
+
+def _local_files(src: str) -> list[str]:
+  if not os.path.isdir(src):
+    raise GcsError(f"--src={src} is not a local directory")
+  names = sorted(n for n in os.listdir(src)
+                 if os.path.isfile(os.path.join(src, n)) and ".tmp-" not in n)
+  if not names:
+    raise GcsError(f"--src={src} holds no files to upload")
+  return names
+
+
+def _file_crc32c(path: str) -> str:
+  with open(path, "rb") as f:
+    return problems.crc32c_base64(f.read())
+
+
+@dataclasses.dataclass
+class UploadResult:
+  uploaded: list[str]
+  skipped: list[str]  # already there with the same CRC32C
+  bytes_uploaded: int
+
+
+def upload(src: str, dst: str, num_threads: int = 8,
+           show_progress: bool = True) -> UploadResult:
+  """Uploads the files of `src` (a data set directory) under `dst`.
+
+  Objects whose CRC32C already matches the local file are skipped; the
+  manifest goes last, so a reader never finds a manifest before its shards.
+
+  Raises:
+    GcsError: a bad argument, no credentials, a missing bucket, no
+      permission, or a failed upload (named).
+  """
+  from trainer import progress  # pylint: disable=g-import-not-at-top
+  bucket_name, prefix = split_url(dst)
+  if num_threads <= 0:
+    raise GcsError(f"--num_threads={num_threads} must be positive")
+  names = _local_files(src)
+  client = make_client()
+  bucket = client.bucket(bucket_name)
+  try:
+    if not bucket.exists():
+      raise GcsError(
+          f"bucket gs://{bucket_name} does not exist: create it with "
+          f"`gcloud storage buckets create gs://{bucket_name}`, or fix --dst")
+  except _api_errors() as e:
+    raise describe(e, bucket_name, f"gs://{bucket_name}") from e
+
+  def object_name(name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+  def upload_one(name: str) -> tuple[str, bool, int]:
+    path = os.path.join(src, name)
+    blob = bucket.get_blob(object_name(name))
+    if blob is not None and blob.crc32c == _file_crc32c(path):
+      return name, False, 0
+    blob = bucket.blob(object_name(name))
+    blob.upload_from_filename(path, checksum="crc32c")
+    return name, True, os.path.getsize(path)
+
+  manifest = [n for n in names if n == "manifest.json"]
+  shards = [n for n in names if n != "manifest.json"]
+  bar = progress.Progress(len(names), "files", desc=f"upload to {dst}") if (
+      show_progress) else None
+  result = UploadResult([], [], 0)
+
+  def record(outcome: tuple[str, bool, int]) -> None:
+    name, uploaded, size = outcome
+    (result.uploaded if uploaded else result.skipped).append(name)
+    result.bytes_uploaded += size
+    if bar:
+      bar.update(1, extra=f"{len(result.uploaded)} uploaded, "
+                 f"{len(result.skipped)} unchanged, "
+                 f"{result.bytes_uploaded / 1e6:,.1f} MB")
+
+  try:
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      for outcome in pool.map(upload_one, shards):
+        record(outcome)
+    for name in manifest:
+      record(upload_one(name))
+  except _api_errors() as e:
+    raise describe(e, bucket_name, dst) from e
+  finally:
+    if bar:
+      bar.close()
+  return result
+
+
+@dataclasses.dataclass
+class ObjectInfo:
+  size: int
+  crc32c: str
+
+
+def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
+  bucket_name, prefix = split_url(data_dir)
+  client = make_client()
+  bucket = client.bucket(bucket_name)
+  start = f"{prefix}/" if prefix else ""
+  try:
+    if not bucket.exists():
+      raise GcsError(f"bucket gs://{bucket_name} does not exist: fix "
+                     "--data_dir")
+    objects = {}
+    for blob in client.list_blobs(bucket_name, prefix=start):
+      name = blob.name[len(start):]
+      if "/" not in name:  # this directory only
+        objects[name] = ObjectInfo(blob.size, blob.crc32c)
+  except _api_errors() as e:
+    raise describe(e, bucket_name, data_dir) from e
+
+  def read(name: str) -> bytes:
+    try:
+      return bucket.blob(start + name).download_as_bytes()
+    except _api_errors() as e:
+      raise describe(e, bucket_name, f"{data_dir}/{name}") from e
+
+  return objects, read
+
+
+def _list_local(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
+  if not os.path.isdir(data_dir):
+    raise GcsError(f"--data_dir={data_dir} is not a directory")
+  objects = {}
+  for name in os.listdir(data_dir):
+    path = os.path.join(data_dir, name)
+    if os.path.isfile(path):
+      objects[name] = ObjectInfo(os.path.getsize(path), _file_crc32c(path))
+
+  def read(name: str) -> bytes:
+    with open(os.path.join(data_dir, name), "rb") as f:
+      return f.read()
+
+  return objects, read
+
+
+def verify(data_dir: str) -> tuple[list[str], int]:
+  """Compares the manifest of `data_dir` (gs:// or local) with its files.
+
+  Returns:
+    One line per problem (empty: everything matches) -- a shard missing, of
+    another size or CRC32C, or a shard file of a split that the manifest
+    does not list (a glob would read it) -- and the number of shards checked.
+  Raises:
+    GcsError: no manifest, or an access problem.
+  """
+  objects, read = (_list_gcs if data_dir.startswith("gs://")
+                   else _list_local)(data_dir)
+  if "manifest.json" not in objects:
+    raise GcsError(f"{data_dir} has no manifest.json: nothing to verify "
+                   "against (generate the data with python -m trainer.data "
+                   "generate)")
+  manifest: dict[str, Any] = json.loads(read("manifest.json"))
+  problems_found = []
+  checked = 0
+  for split, entry in sorted(manifest.get("splits", {}).items()):
+    listed = set()
+    for shard in entry["shards"]:
+      name = shard["file"]
+      listed.add(name)
+      checked += 1
+      found = objects.get(name)
+      if found is None:
+        problems_found.append(f"{data_dir}/{name}: missing (manifest: "
+                              f"{shard['bytes']} bytes)")
+        continue
+      if found.size != shard["bytes"]:
+        problems_found.append(f"{data_dir}/{name}: {found.size} bytes, "
+                              f"manifest says {shard['bytes']}")
+      if found.crc32c != shard["crc32c"]:
+        problems_found.append(f"{data_dir}/{name}: CRC32C {found.crc32c}, "
+                              f"manifest says {shard['crc32c']} (corrupted "
+                              "or from another generation)")
+    for name in sorted(objects):
+      if name.startswith(f"{split}-") and name.endswith(".tfrecord") and (
+          name not in listed):
+        problems_found.append(f"{data_dir}/{name}: a {split} shard the "
+                              "manifest does not list (a glob would read it)")
+    count = len(entry["shards"])
+    if count != entry["num_shards"]:
+      problems_found.append(f"manifest: split {split} lists {count} shards "
+                            f"but says num_shards={entry['num_shards']}")
+  return problems_found, checked
+
+
+def print_verify(data_dir: str) -> int:
+  """The `verify` command: prints every problem; returns the exit status."""
+  found, checked = verify(data_dir)
+  for line in found:
+    print(f"mismatch: {line}", file=sys.stderr)
+  if found:
+    print(f"error: {len(found)} problem(s) in {data_dir}", file=sys.stderr)
+    return 1
+  print(f"ok: {checked} shard(s) in {data_dir} match the manifest (count, "
+        "size, CRC32C)", file=sys.stderr)
+  return 0
