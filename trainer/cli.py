@@ -31,7 +31,23 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def describe_io_error(error: BaseException) -> str:
-  """One line for a file system error (local or gs://)."""
+  """One line for a file system error (local or gs://), with a remedy for
+  the GCS ones: permission denied, missing credentials."""
   message = getattr(error, "message", None) or str(error)
-  first_line = message.strip().splitlines()[0] if message.strip() else ""
-  return f"{type(error).__name__}: {first_line}"
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  # TF's gs:// errors end with "when <doing> gs://bucket/object".
+  where = next((l for l in reversed(lines) if "gs://" in l), "")
+  kind = type(error).__name__
+  if kind == "PermissionDeniedError" and "gs://" in where:
+    path = where[where.index("gs://"):].split()[0]
+    bucket = path[len("gs://"):].split("/", 1)[0]
+    return (f"permission denied ({where}): the account in use (`gcloud auth "
+            f"list`) needs roles/storage.objectAdmin on gs://{bucket}")
+  if kind == "UnauthenticatedError" or "authentication bearer token" in message:
+    return ("no Google Cloud credentials for gs:// (run `gcloud auth "
+            "application-default login`, or set "
+            f"GOOGLE_APPLICATION_CREDENTIALS): {lines[0] if lines else kind}")
+  first = lines[0] if lines else ""
+  if where and where != first:
+    first = f"{first} ... {where}"
+  return f"{kind}: {first}"

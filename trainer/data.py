@@ -147,6 +147,10 @@ def _check_out_dir(spec: GenerateSpec) -> dict[str, Any] | None:
       generation lie there.
   """
   from trainer import storage
+  try:
+    storage.check_bucket(spec.out_dir, "--out_dir")
+  except storage.BucketError as e:
+    raise DataError(str(e)) from e
   if storage.exists(spec.out_dir) and not storage.isdir(spec.out_dir):
     raise DataError(f"--out_dir={spec.out_dir} is a file, not a directory")
   if not storage.isdir(spec.out_dir):

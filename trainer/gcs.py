@@ -124,7 +124,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
           f"bucket gs://{bucket_name} does not exist: create it with "
           f"`gcloud storage buckets create gs://{bucket_name}`, or fix --dst")
   except _api_errors() as e:
-    raise describe(e, bucket_name, f"gs://{bucket_name}") from e
+    raise describe(e, bucket_name, dst) from e
 
   def object_name(name: str) -> str:
     return f"{prefix}/{name}" if prefix else name

@@ -17,6 +17,47 @@ import tensorflow as tf
 gfile = tf.io.gfile
 
 
+class BucketError(OSError):
+  """A gs:// bucket that is missing or not accessible, said in one line."""
+
+
+def bucket_of(path: str) -> str | None:
+  """The bucket of a gs:// path, else None."""
+  if not path.startswith("gs://"):
+    return None
+  return path[len("gs://"):].split("/", 1)[0]
+
+
+def check_bucket(path: str, flag: str) -> None:
+  """For a gs:// path: its bucket exists and this account may read it.
+
+  Checked up front because TensorFlow's gs:// filesystem answers a missing
+  bucket in confusing ways (measured: `makedirs` under a missing bucket
+  retries without end; a glob fails with a bare HTTP 404).
+
+  Raises:
+    BucketError: naming the bucket or object and what to do.
+  """
+  bucket = bucket_of(path)
+  if bucket is None:
+    return
+  try:
+    gfile.exists(path)  # a denied bucket fails here (403)
+    present = gfile.isdir(f"gs://{bucket}")
+  except tf.errors.PermissionDeniedError as e:
+    raise BucketError(permission_denied(path, bucket)) from e
+  if not present:
+    raise BucketError(
+        f"{flag}={path}: bucket gs://{bucket} does not exist (or this account"
+        f" cannot see it): create it with `gcloud storage buckets create "
+        f"gs://{bucket}`, or fix {flag}")
+
+
+def permission_denied(path: str, bucket: str) -> str:
+  return (f"permission denied on {path}: the account in use (`gcloud auth "
+          f"list`) needs roles/storage.objectAdmin on gs://{bucket}")
+
+
 def join(*parts: str) -> str:
   """Joins path parts with '/', which is right for local and gs:// paths."""
   return posixpath.join(*parts)
@@ -31,7 +72,8 @@ def isdir(path: str) -> bool:
 
 
 def makedirs(path: str) -> None:
-  gfile.makedirs(path)
+  if bucket_of(path) is None:  # GCS has no directories to make
+    gfile.makedirs(path)
 
 
 def glob(pattern: str) -> list[str]:

@@ -425,6 +425,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config, strategy.num_replicas_in_sync, on_tpu=on_tpu)
   if on_tpu:
     check_tpu_paths(config, data_dir, model_dir)
+  try:
+    storage.check_bucket(model_dir, "--model_dir")
+    for name in ("train_files", "eval_files"):
+      storage.check_bucket(resolve_files(data_dir, config.data[name]),
+                           "--data_dir" if data_dir else f"config.data.{name}")
+  except storage.BucketError as e:
+    raise TrainError(str(e)) from e
   is_chief = strategy_lib.is_chief(strategy)
   write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = Paths(model_dir=model_dir, write_dir=write_dir, is_chief=is_chief)
