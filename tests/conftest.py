@@ -26,3 +26,45 @@ def run_module(module, *args, env=None, timeout=300, cwd=None):
 @pytest.fixture
 def run():
   return run_module
+
+
+# --- GCS emulator -----------------------------------------------------------
+# tests/ has no __init__.py, so pytest (default "prepend" import mode) puts
+# this directory on sys.path before importing conftest: a plain import works.
+# gcs_emulator imports nothing heavy at module level (cryptography and the
+# emulator package are imported when an emulator starts).
+from gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # noqa: E402
+
+# TensorFlow reads its GCS retry settings once, when `import tensorflow`
+# registers the gs:// filesystem, and test modules import TensorFlow at
+# collection, before any fixture runs. So the low retry settings go into the
+# environment here, at conftest import; setdefault keeps a value the caller
+# chose. They only affect gs:// calls.
+for _key, _value in TF_IMPORT_TIME_ENV.items():
+  os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A running GCS emulator reachable as gs:// (TF) and via google-cloud-storage.
+
+  Its `env` is applied to os.environ for the rest of the session (so
+  in-process TF and google-cloud-storage use it, and subprocesses started with
+  os.environ inherit it) and the previous values are restored at the end.
+  Tests create their own buckets (`gcs.create_bucket`) so they stay
+  independent. Its packages are in the `test` extra: missing, the tests fail.
+  """
+  emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs-emulator")))
+  saved = {}
+  try:
+    emulator.start()
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    yield emulator
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+    emulator.stop()

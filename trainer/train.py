@@ -350,7 +350,6 @@ class Trainer:
           files, context.get_per_replica_batch_size(self.global_batch_size),
           len_max_input=config.model.len_max_input, training=training,
           seed=seed, shuffle_buffer_size=config.data.shuffle_buffer_size,
-          deterministic=True if deterministic else None,
           skip_batches=skip, take_batches=take)
 
     try:
