@@ -28,6 +28,16 @@ def run():
   return run_module
 
 
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+  """The smoke config's data set (train and eval splits), generated once."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from trainer import data  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+                             config.data, config.seed, num_processes=1)
+
+
 # --- GCS emulator -----------------------------------------------------------
 # tests/ has no __init__.py, so pytest (default "prepend" import mode) puts
 # this directory on sys.path before importing conftest: a plain import works.

@@ -6,8 +6,6 @@ import os
 import pytest
 from google.cloud import storage as gcs_client
 
-from configs import smoke
-from trainer import data
 from trainer import problems
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +21,9 @@ def objects(bucket, prefix=""):
   return {b.name: b for b in client.list_blobs(bucket, prefix=prefix)}
 
 
-@pytest.fixture(scope="module")
-def local_data(tmp_path_factory):
-  config = smoke.get_config()
-  return data.ensure_dataset(str(tmp_path_factory.mktemp("local_data")),
-                             config.data, config.seed, num_processes=1)
+@pytest.fixture
+def local_data(smoke_data):
+  return smoke_data
 
 
 def test_generate_writes_shards_and_manifest_to_gcs(gcs, run):

@@ -11,19 +11,10 @@ import time
 
 import pytest
 
-from configs import smoke
-from trainer import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
-
-
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-  config = smoke.get_config()
-  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                             config.data, config.seed, num_processes=1)
 
 
 def free_ports(count):

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,18 +13,10 @@ import tensorflow as tf
 
 from configs import smoke
 
-from trainer import data
 from trainer import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-
-
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-  config = smoke.get_config()
-  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                             config.data, config.seed, num_processes=1)
 
 
 def task(run, *flags, **kwargs):

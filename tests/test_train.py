@@ -11,17 +11,9 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
-from trainer import data
 from trainer import model as model_lib
 from trainer import train
 from trainer import vocab
-
-
-@pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory):
-  config = smoke.get_config()
-  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                             config.data, config.seed, num_processes=1)
 
 
 def read_scalars(logdir):
