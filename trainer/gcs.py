@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from trainer import cli
 from trainer import problems
 
 # What to tell a user without credentials.
@@ -58,14 +59,9 @@ def describe(error: Exception, bucket: str, what: str) -> GcsError:
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
   message = getattr(error, "message", None) or str(error)
   if isinstance(error, exceptions.NotFound):
-    return GcsError(
-        f"bucket gs://{bucket} does not exist ({message}): create it with "
-        f"`gcloud storage buckets create gs://{bucket}`, or fix the URL")
+    return GcsError(cli.missing_bucket(bucket, detail=message))
   if isinstance(error, exceptions.Forbidden):
-    return GcsError(
-        f"permission denied on {what} ({message}): the account in use "
-        "(`gcloud auth list`) needs roles/storage.objectAdmin on "
-        f"gs://{bucket}")
+    return GcsError(cli.permission_denied(what, bucket, detail=message))
   if isinstance(error, (exceptions.Unauthorized,
                         google.auth.exceptions.GoogleAuthError)):
     return GcsError(f"{NO_CREDENTIALS} ({message})")
@@ -120,9 +116,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
   bucket = client.bucket(bucket_name)
   try:
     if not bucket.exists():
-      raise GcsError(
-          f"bucket gs://{bucket_name} does not exist: create it with "
-          f"`gcloud storage buckets create gs://{bucket_name}`, or fix --dst")
+      raise GcsError(f"--dst={dst}: " + cli.missing_bucket(bucket_name))
   except _api_errors() as e:
     raise describe(e, bucket_name, dst) from e
 
@@ -180,8 +174,8 @@ def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
   start = f"{prefix}/" if prefix else ""
   try:
     if not bucket.exists():
-      raise GcsError(f"bucket gs://{bucket_name} does not exist: fix "
-                     "--data_dir")
+      raise GcsError(f"--data_dir={data_dir}: " +
+                     cli.missing_bucket(bucket_name))
     objects = {}
     for blob in client.list_blobs(bucket_name, prefix=start):
       name = blob.name[len(start):]

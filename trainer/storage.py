@@ -14,6 +14,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from trainer import cli
+
 gfile = tf.io.gfile
 
 
@@ -45,17 +47,10 @@ def check_bucket(path: str, flag: str) -> None:
     gfile.exists(path)  # a denied bucket fails here (403)
     present = gfile.isdir(f"gs://{bucket}")
   except tf.errors.PermissionDeniedError as e:
-    raise BucketError(permission_denied(path, bucket)) from e
+    raise BucketError(cli.permission_denied(path, bucket)) from e
   if not present:
-    raise BucketError(
-        f"{flag}={path}: bucket gs://{bucket} does not exist (or this account"
-        f" cannot see it): create it with `gcloud storage buckets create "
-        f"gs://{bucket}`, or fix {flag}")
-
-
-def permission_denied(path: str, bucket: str) -> str:
-  return (f"permission denied on {path}: the account in use (`gcloud auth "
-          f"list`) needs roles/storage.objectAdmin on gs://{bucket}")
+    raise BucketError(f"{flag}={path}: " + cli.missing_bucket(
+        bucket, detail="or this account cannot see it"))
 
 
 def join(*parts: str) -> str:

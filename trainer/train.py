@@ -47,12 +47,12 @@ TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
             "float16": "mixed_float16"}
 CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
 # Iterating a distributed dataset inside tf.function warns about tf.data
 # options on every trace; nothing here depends on them.
 warnings.filterwarnings("ignore", message="To make it possible to preserve "
                         "tf.data options")
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
 
 
 class TrainError(ValueError):
