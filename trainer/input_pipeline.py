@@ -46,44 +46,23 @@ def list_files(file_pattern: str | Sequence[str]) -> list[str]:
   return sorted(files)
 
 
-def check_against_manifests(files: Sequence[str], len_max_input: int) -> None:
+def check_against_manifests(files: Sequence[str], len_max_input: int,
+                            whole_split: bool = False) -> None:
   """Checks the manifest beside each file, where there is one.
 
-  Raises:
-    ValueError: a file whose examples are longer than `len_max_input`, or a
-      manifest with another vocabulary.
-  """
-  by_dir = collections.defaultdict(list)
-  for path in files:
-    by_dir[os.path.dirname(path)].append(path)
-  for directory, paths in sorted(by_dir.items()):
-    manifest = data.read_manifest(directory)
-    if manifest is None:
-      continue  # e.g. the seed's files: the in-graph guard checks them
-    if manifest["vocab"] != list(vocab.VOCAB):
-      raise ValueError(f"the manifest in {directory} has another vocabulary "
-                       f"{manifest['vocab']}, expected {list(vocab.VOCAB)}")
-    recorded = {shard["file"]: shard
-                for entry in manifest["splits"].values()
-                for shard in entry["shards"]}
-    for path in paths:
-      shard = recorded.get(os.path.basename(path))
-      if shard and shard["max_input_length"] > len_max_input:
-        raise ValueError(
-            f"{path} has examples of input length {shard['max_input_length']}"
-            f" (defs + ':' + op), over len_max_input={len_max_input}: raise "
-            "len_max_input or generate with a smaller max_value")
-
-
-def check_files_match_manifests(files: Sequence[str]) -> None:
-  """Checks a whole split's files against the manifest beside them.
-
-  Every shard the manifest lists for a split that `files` touch must be
-  there, with the recorded size; a stale or half-copied data set is caught
-  here, before training, instead of as a short epoch or a parse error.
+  Args:
+    files: the files to be read.
+    len_max_input: the padded input length.
+    whole_split: `files` are every file to be read of their splits (not one
+      pipeline's share): then every shard the manifest lists for a split
+      that `files` touch must also be there, with the recorded size, so a
+      stale or half-copied data set is caught before training instead of as
+      a short epoch or a parse error.
 
   Raises:
-    ValueError: naming the object and what to do.
+    ValueError: a file whose examples are longer than `len_max_input`, a
+      manifest with another vocabulary, or (whole_split) a listed shard that
+      is missing or of another size; naming the object and what to do.
   """
   by_dir = collections.defaultdict(set)
   for path in files:
@@ -91,26 +70,41 @@ def check_files_match_manifests(files: Sequence[str]) -> None:
   for directory, names in sorted(by_dir.items()):
     manifest = data.read_manifest(directory)
     if manifest is None:
-      continue
-    for split, entry in sorted(manifest["splits"].items()):
+      continue  # e.g. the seed's files: the in-graph guard checks them
+    if manifest["vocab"] != list(vocab.VOCAB):
+      raise ValueError(f"the manifest in {directory} has another vocabulary "
+                       f"{manifest['vocab']}, expected {list(vocab.VOCAB)}")
+    for entry in manifest["splits"].values():
       listed = {shard["file"]: shard for shard in entry["shards"]}
-      if not names & set(listed):
-        continue  # not a split being read
-      for name, shard in sorted(listed.items()):
-        path = storage.join(directory, name)
-        if name not in names and storage.exists(path):
-          continue  # there, but not selected: a deliberate subset
-        if name not in names:
+      for name in sorted(names & set(listed)):
+        if listed[name]["max_input_length"] > len_max_input:
           raise ValueError(
-              f"{path} is listed in {directory}/manifest.json but missing: "
-              "re-upload the data set (python -m trainer.data upload) or "
-              "check it with python -m trainer.data verify")
-        size = storage.size(path)
-        if size != shard["bytes"]:
-          raise ValueError(
-              f"{path} has {size} bytes but {directory}/manifest.json says "
-              f"{shard['bytes']}: a partial or foreign copy; re-upload it or "
-              "check the data set with python -m trainer.data verify")
+              f"{storage.join(directory, name)} has examples of input length "
+              f"{listed[name]['max_input_length']} (defs + ':' + op), over "
+              f"len_max_input={len_max_input}: raise len_max_input or "
+              "generate with a smaller max_value")
+      if whole_split and names & set(listed):
+        _check_split_present(directory, names, listed)
+
+
+def _check_split_present(directory: str, names: set[str],
+                         listed: dict[str, dict]) -> None:
+  """Every shard in `listed` exists with its recorded size."""
+  for name, shard in sorted(listed.items()):
+    path = storage.join(directory, name)
+    if name not in names:
+      if storage.exists(path):
+        continue  # there, but not selected: a deliberate subset
+      raise ValueError(
+          f"{path} is listed in {directory}/manifest.json but missing: "
+          "re-upload the data set (python -m trainer.data upload) or "
+          "check it with python -m trainer.data verify")
+    size = storage.size(path)
+    if size != shard["bytes"]:
+      raise ValueError(
+          f"{path} has {size} bytes but {directory}/manifest.json says "
+          f"{shard['bytes']}: a partial or foreign copy; re-upload it or "
+          "check the data set with python -m trainer.data verify")
 
 
 def pipeline_files(

@@ -194,9 +194,8 @@ class Trainer:
                            ("evaluation", self.eval_files)):
       try:
         files = input_pipeline.list_files(pattern)
-        input_pipeline.check_against_manifests(files,
-                                               config.model.len_max_input)
-        input_pipeline.check_files_match_manifests(files)
+        input_pipeline.check_against_manifests(
+            files, config.model.len_max_input, whole_split=True)
         self.file_lists[split == "training"] = files
       except FileNotFoundError as e:
         raise TrainError(
