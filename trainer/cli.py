@@ -6,9 +6,49 @@ exit status (2 for bad flags or arguments), never a traceback.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import tempfile
 
 from absl import flags
+
+# What `import tensorflow` writes to stderr before TensorFlow's C++ logging
+# honours TF_CPP_MIN_LOG_LEVEL (TF 2.21: printed once per shared library).
+_IMPORT_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|port\.cc:\d+\] oneDNN custom operations are on")
+
+
+def import_tensorflow():
+  """Imports TensorFlow with its C++ start-up and log lines quieted.
+
+  Unless the user set TF_CPP_MIN_LOG_LEVEL (0 brings every line back), it
+  becomes 3, and the lines TensorFlow prints while it loads, before that
+  setting applies, are dropped; anything else written then is passed on.
+  Returns the `tensorflow` module.
+  """
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"]
+  if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  sys.stderr.flush()
+  saved_stderr = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    finally:
+      os.dup2(saved_stderr, 2)
+      os.close(saved_stderr)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(True):
+        if not _IMPORT_NOISE.search(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+  return tf
 
 
 def fail(message: str, status: int = 2) -> int:

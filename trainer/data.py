@@ -339,6 +339,7 @@ def define_flags() -> None:
 
 def _transfer(command: str, flag_values) -> int:
   """upload and verify (google-cloud-storage)."""
+  cli.import_tensorflow()
   from trainer import gcs  # pylint: disable=g-import-not-at-top
   try:
     if command == "upload":
@@ -378,7 +379,7 @@ def main(argv: list[str]) -> int:
     resolve_num_processes(flag_values.num_processes)
   except DataError as e:
     return cli.fail(str(e))
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = cli.import_tensorflow()
   try:
     generate(spec, num_processes=flag_values.num_processes)
   except DataError as e:

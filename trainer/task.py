@@ -50,8 +50,8 @@ def main(argv):
     return cli.fail(f"unexpected arguments {argv[1:]}: every option is a flag")
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
+  tf = cli.import_tensorflow()
   from trainer import data, strategy, train  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines hide progress
   try:
