@@ -48,8 +48,7 @@ def bench_loop(data_dir, strategy_name, steps, batch_size, rounds):
   strategy = strategy_lib.make_strategy(strategy_name)
   model_dir = tempfile.mkdtemp(prefix="bench_train_model_")
   try:
-    trainer = train.Trainer(config, strategy, data_dir,
-                            train.Paths(model_dir, model_dir, True))
+    trainer = train.Trainer(config, strategy, data_dir)
     from_files = iter(trainer.distributed_dataset(training=True))
     # The compute bound: one real per-replica batch, repeated from memory.
     x, y = next(iter(trainer.distributed_dataset(training=True)))

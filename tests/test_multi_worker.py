@@ -30,18 +30,26 @@ def free_ports(count):
 class Workers:
   """N trainer processes with TF_CONFIG; logs under log_dir."""
 
-  def __init__(self, count, flags, log_dir, ports=None):
+  def __init__(self, count, flags, log_dir, ports=None, with_chief=False,
+               env=None):
+    """with_chief: the first process is a `chief` task and the others
+    `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers."""
     self.ports = ports or free_ports(count)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in self.ports]}
+    addresses = [f"127.0.0.1:{p}" for p in self.ports]
+    tasks = [("worker", i) for i in range(count)]
+    cluster = {"worker": addresses}
+    if with_chief:
+      cluster = {"chief": addresses[:1], "worker": addresses[1:]}
+      tasks = [("chief", 0)] + [("worker", i) for i in range(count - 1)]
     self.log_dir = log_dir
     self.tmp_dir = log_dir / "tmp"  # TMPDIR: where non-chiefs write
     self.tmp_dir.mkdir(parents=True, exist_ok=True)
     self.processes = []
-    for index in range(count):
-      env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+    for index, (task_type, task_index) in enumerate(tasks):
+      env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
              "TMPDIR": str(self.tmp_dir),
              "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
-                 "type": "worker", "index": index}})}
+                 "type": task_type, "index": task_index}})}
       log = open(log_dir / f"worker-{index}.log", "w")
       self.processes.append(subprocess.Popen(
           [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
@@ -109,6 +117,32 @@ def test_two_workers_train_identically_and_only_the_chief_writes(
   assert (model_dir / "export" / "saved_model.pb").exists()
   assert (model_dir / "checkpoints" / "checkpoint").exists()
   # The non-chief wrote to a temporary directory and deleted it.
+  assert list(workers.tmp_dir.iterdir()) == []
+
+
+def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
+    smoke_data, tmp_path):
+  # A Vertex AI job of 2 machines: TF_CONFIG with a `chief` and one
+  # `worker`, AIP_* directories, no --model_dir.
+  base = tmp_path / "base"
+  env = {"AIP_MODEL_DIR": f"{base}/model/",
+         "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
+  workers = Workers(2, [f"--data_dir={smoke_data}"], tmp_path,
+                    with_chief=True, env=env)
+  try:
+    assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
+  finally:
+    workers.kill()
+  chief, other = workers.log(0), workers.log(1)
+  assert "; chief" in chief and "; worker" in other
+  assert fingerprint(chief) == fingerprint(other)
+  metrics = json.loads((base / "model" / "metrics.json").read_text())
+  assert metrics["num_replicas"] == 2
+  assert metrics["weights_sha256"] == fingerprint(chief)
+  assert (base / "model" / "saved_model.pb").exists()
+  assert (base / "checkpoints" / "checkpoint").exists()
+  assert list((base / "logs" / "train").glob("events.out.tfevents.*"))
   assert list(workers.tmp_dir.iterdir()) == []
 
 

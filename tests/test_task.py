@@ -185,3 +185,46 @@ def test_data_dir_without_shards(run, tmp_path):
       f"'{tmp_path}/train-*-of-*.tfrecord' (generate them with python -m "
       "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
       "config.data)"]
+
+
+def test_config_flag_finds_the_installed_configs(run, smoke_data, tmp_path):
+  # Run from another directory (as a Vertex AI job or a TPU VM does): the
+  # relative --config=configs/smoke.py names the installed package's file.
+  model_dir = tmp_path / "run"
+  result = run("trainer.task", "--config=configs/smoke.py",
+               "--config.train.num_steps=2", "--config.train.eval_steps=1",
+               f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
+               cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((model_dir / "config.json").read_text())["model"][
+      "hidden_size"] == smoke.get_config().model.hidden_size
+  missing = run("trainer.task", "--config=configs/nonexistent.py",
+                cwd=str(tmp_path))
+  assert missing.returncode == 2
+  assert error_lines(missing) == [
+      "error: cannot load --config=configs/nonexistent.py: "
+      + error_lines(missing)[0].split(": ", 2)[2]]
+
+
+def test_vertex_ai_environment_without_model_dir(run, smoke_data, tmp_path):
+  # What a Vertex AI custom job with baseOutputDirectory=BASE sets.
+  base = tmp_path / "base"
+  env = {"AIP_MODEL_DIR": f"{base}/model/",
+         "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
+  result = task(run, f"--data_dir={smoke_data}", env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"model_dir: {base}/model" in result.stdout
+  assert (base / "model" / "saved_model.pb").exists()
+  for name in ("config.json", "metrics.json"):
+    assert (base / "model" / name).exists()
+  assert tf.train.latest_checkpoint(str(base / "checkpoints")).endswith(
+      "ckpt-40")
+  for sub in ("train", "eval"):
+    assert list((base / "logs" / sub).glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in base.iterdir()) == [
+      "checkpoints", "logs", "model"]
+  # The same job restarted resumes from AIP_CHECKPOINT_DIR.
+  again = task(run, f"--data_dir={smoke_data}", env=env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "is already at step 40 of 40" in again.stderr

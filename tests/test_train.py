@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from configs import smoke
 from trainer import model as model_lib
+from trainer import run_dir
 from trainer import train
 from trainer import vocab
 
@@ -28,7 +29,8 @@ def read_scalars(logdir):
 
 def run(config, data_dir, model_dir):
   return train.train_and_evaluate(config, tf.distribute.get_strategy(),
-                                  data_dir, str(model_dir))
+                                  data_dir,
+                                  run_dir.RunDirs.under(str(model_dir)))
 
 
 def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
@@ -187,8 +189,7 @@ def test_float16_uses_loss_scaling(smoke_data, tmp_path):
   config = smoke.get_config()
   config.train.mixed_precision = "float16"
   try:
-    trainer = train.Trainer(config, tf.distribute.get_strategy(), smoke_data,
-                            train.Paths(str(tmp_path), str(tmp_path), True))
+    trainer = train.Trainer(config, tf.distribute.get_strategy(), smoke_data)
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -221,8 +222,18 @@ def test_tpu_needs_per_core_batches_of_eight():
 ])
 def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
   with pytest.raises(train.TrainError, match=re.escape(bad)):
-    train.check_tpu_paths(smoke.get_config(), data_dir, model_dir)
-  train.check_tpu_paths(smoke.get_config(), "gs://b/arith", "gs://b/run")
+    train.check_tpu_paths(smoke.get_config(), data_dir,
+                          run_dir.RunDirs.under(model_dir))
+  train.check_tpu_paths(smoke.get_config(), "gs://b/arith",
+                        run_dir.RunDirs.under("gs://b/run"))
+  # Vertex AI's directories are checked by the variable that named them.
+  vertex = run_dir.RunDirs.from_vertex_env({
+      "AIP_MODEL_DIR": "gs://b/out/model/",
+      "AIP_CHECKPOINT_DIR": "/tmp/checkpoints",
+      "AIP_TENSORBOARD_LOG_DIR": "gs://b/out/logs/"})
+  with pytest.raises(train.TrainError,
+                     match="AIP_CHECKPOINT_DIR=/tmp/checkpoints is a local"):
+    train.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
 
 
 def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):

@@ -57,10 +57,28 @@ def fail(message: str, status: int = 2) -> int:
   return status
 
 
+def resolve_config_flag(argv: list[str]) -> list[str]:
+  """`--config=configs/X.py` names the installed `configs` package's file
+  when no such file is in the working directory: an installed trainer (a
+  Vertex AI job, a TPU VM) takes the same flag as a checkout."""
+  resolved = []
+  for arg in argv:
+    name, sep, path = arg.partition("=")
+    if (name in ("--config", "-config") and sep and path.startswith(
+        "configs/") and not os.path.exists(path)):
+      import configs  # pylint: disable=g-import-not-at-top
+      installed = os.path.join(os.path.dirname(configs.__file__),
+                               path[len("configs/"):])
+      if os.path.exists(installed):
+        arg = f"{name}={installed}"
+    resolved.append(arg)
+  return resolved
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser for app.run: a bad flag is one error line, exit 2."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(resolve_config_flag(argv))
   except flags.Error as e:
     sys.exit(fail(f"{e} (see --helpfull)"))
   except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:

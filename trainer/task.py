@@ -6,8 +6,10 @@ r"""Trains the masked self-attention model: the command-line entry point.
       --data_dir=gs://BUCKET/arith --model_dir=gs://BUCKET/runs/1
 
 With no --data_dir, the config's data set is generated under the user's cache
-directory on first use; with no --model_dir, a fresh run directory is made
-there and printed. Re-running with the same --model_dir resumes.
+directory on first use; with no --model_dir, the run writes where Vertex AI's
+AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR say, or else in
+a fresh run directory there, printed. Re-running with the same --model_dir
+resumes.
 """
 
 import datetime
@@ -20,6 +22,7 @@ from ml_collections import config_flags
 
 import configs
 from trainer import cli
+from trainer import run_dir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(configs.__file__), "default.py"),
@@ -42,7 +45,17 @@ _DATA_DIR = flags.DEFINE_string(
     "config's data set, generated in the user's cache directory.")
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Checkpoints, TensorBoard logs, config and export "
-    "(local or gs://); default: a new directory in the user's cache.")
+    "(local or gs://); default: Vertex AI's AIP_* directories when set, else "
+    "a new directory in the user's cache.")
+
+
+def run_dirs(model_dir: str | None, cache_dir: str) -> run_dir.RunDirs:
+  """--model_dir, else Vertex AI's AIP_* directories, else a new cache dir."""
+  if model_dir:
+    return run_dir.RunDirs.under(model_dir)
+  return run_dir.RunDirs.from_vertex_env() or run_dir.RunDirs.under(
+      os.path.join(cache_dir, "runs",
+                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
 
 
 def main(argv):
@@ -71,11 +84,9 @@ def main(argv):
     data_dir = _DATA_DIR.value or data.ensure_dataset(
         data.default_data_dir(config.data, config.seed), config.data,
         config.seed)
-    model_dir = _MODEL_DIR.value or os.path.join(
-        data.cache_dir(), "runs",
-        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    print(f"model_dir: {model_dir}", flush=True)
-    train.train_and_evaluate(config, distribution, data_dir, model_dir)
+    dirs = run_dirs(_MODEL_DIR.value, data.cache_dir())
+    print(f"model_dir: {dirs.files}", flush=True)
+    train.train_and_evaluate(config, distribution, data_dir, dirs)
   except (train.TrainError, strategy.StrategyError, data.DataError) as e:
     return cli.fail(str(e))
   except train.WorkerLostError as e:

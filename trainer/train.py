@@ -11,13 +11,13 @@ DESIGN.md), so this is a hand-written one:
     summing over replicas gives the mean;
   * every shape is static, so each function is traced exactly once per run.
 
-Only the chief writes to model_dir; other workers write the same files to a
-temporary directory they delete (every worker must take part in saving).
+Only the chief writes to the run's directories (`run_dir`); other workers
+write the same files to a temporary directory they delete (every worker must
+take part in saving).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import posixpath
@@ -39,6 +39,7 @@ from trainer import export
 from trainer import input_pipeline
 from trainer import model as model_lib
 from trainer import progress
+from trainer import run_dir
 from trainer import storage
 from trainer import strategy as strategy_lib
 from trainer import vocab
@@ -46,9 +47,6 @@ from trainer import vocab
 TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
             "float16": "mixed_float16"}
-CHECKPOINTS = "checkpoints"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
 # Iterating a distributed dataset inside tf.function warns about tf.data
 # options on every trace; nothing here depends on them.
 warnings.filterwarnings("ignore", message="To make it possible to preserve "
@@ -111,10 +109,10 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
 
 
 def check_tpu_paths(config: ml_collections.ConfigDict, data_dir: str | None,
-                    model_dir: str) -> None:
-  """On a TPU, data and model_dir must be gs://: the TPU workers read and
+                    dirs: run_dir.RunDirs) -> None:
+  """On a TPU, data and outputs must be gs://: the TPU workers read and
   write there, and cannot see this host's disk."""
-  paths = {"--model_dir": model_dir,
+  paths = {**dict(dirs.origin),
            "config.data.train_files": resolve_files(data_dir,
                                                     config.data.train_files),
            "config.data.eval_files": resolve_files(data_dir,
@@ -132,21 +130,6 @@ def resolve_files(data_dir: str | None, pattern: str) -> str:
   if "://" in pattern or pattern.startswith("/") or not data_dir:
     return pattern
   return storage.join(data_dir, pattern)
-
-
-@dataclasses.dataclass
-class Paths:
-  """Where this worker reads and writes."""
-  model_dir: str  # the chief's directory: checkpoints are restored from it
-  write_dir: str  # model_dir on the chief, a temporary directory elsewhere
-  is_chief: bool
-
-  @property
-  def checkpoints(self) -> str:
-    return storage.join(self.model_dir, CHECKPOINTS)
-
-  def out(self, *parts: str) -> str:
-    return storage.join(self.write_dir, *parts)
 
 
 class _Stop:
@@ -176,11 +159,9 @@ class Trainer:
   """Builds the model, optimizer, data and compiled steps of one run."""
 
   def __init__(self, config: ml_collections.ConfigDict,
-               strategy: tf.distribute.Strategy, data_dir: str | None,
-               paths: Paths):
+               strategy: tf.distribute.Strategy, data_dir: str | None):
     self.config = config
     self.strategy = strategy
-    self.paths = paths
     train = config.train
     self.global_batch_size = train.global_batch_size
     self.num_replicas = strategy.num_replicas_in_sync
@@ -375,20 +356,21 @@ class Trainer:
     return float(optimizer.learning_rate)
 
 
-def _check_model_dir(paths: Paths, config: ml_collections.ConfigDict) -> None:
+def _check_model_dir(dirs: run_dir.RunDirs,
+                     config: ml_collections.ConfigDict) -> None:
   """A model_dir from another model shape is an error, not a crash."""
-  path = storage.join(paths.model_dir, CONFIG_FILE)
+  path = storage.join(dirs.files, run_dir.CONFIG_FILE)
   if not storage.exists(path):
     return
   saved = storage.read_json(path).get("model", {})
   current = config.model.to_dict()
   differing = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))
-  if differing and tf.train.latest_checkpoint(paths.checkpoints):
+  if differing and tf.train.latest_checkpoint(dirs.checkpoints):
     details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config "
                         f"{current.get(k)!r}" for k in differing)
     raise TrainError(
-        f"the checkpoint in {paths.model_dir} is of another model shape "
+        f"the checkpoint in {dirs.checkpoints} is of another model shape "
         f"({details}): use another --model_dir or the checkpoint's config")
 
 
@@ -409,11 +391,12 @@ def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        strategy: tf.distribute.Strategy,
-                       data_dir: str | None, model_dir: str) -> dict[str, Any]:
+                       data_dir: str | None,
+                       dirs: run_dir.RunDirs) -> dict[str, Any]:
   """Trains (or resumes) to config.train.num_steps, evaluates and exports.
 
   Returns:
-    The final metrics (also written to model_dir/metrics.json), with
+    The final metrics (also written to metrics.json in dirs.files), with
     "stopped": True when SIGTERM ended the run early.
   Raises:
     TrainError: a bad config, missing data, or a model_dir holding another
@@ -422,17 +405,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   validate_config(config, strategy.num_replicas_in_sync, on_tpu=on_tpu)
   if on_tpu:
-    check_tpu_paths(config, data_dir, model_dir)
+    check_tpu_paths(config, data_dir, dirs)
   try:
-    storage.check_bucket(model_dir, "--model_dir")
+    for name, path in dirs.origin:
+      storage.check_bucket(path, name)
     for name in ("train_files", "eval_files"):
       storage.check_bucket(resolve_files(data_dir, config.data[name]),
                            "--data_dir" if data_dir else f"config.data.{name}")
   except storage.BucketError as e:
     raise TrainError(str(e)) from e
   is_chief = strategy_lib.is_chief(strategy)
-  write_dir = model_dir if is_chief else tempfile.mkdtemp(prefix="worker_")
-  paths = Paths(model_dir=model_dir, write_dir=write_dir, is_chief=is_chief)
+  temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
+  paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
   try:
     # SIGTERM from here on (preemption, a scheduler) ends in a checkpoint
     # after the current host loop.
@@ -441,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   except _PEER_ERRORS as e:
     if not strategy_lib.is_multi_worker(strategy):
       raise
-    latest = tf.train.latest_checkpoint(paths.checkpoints)
+    latest = tf.train.latest_checkpoint(dirs.checkpoints)
     raise WorkerLostError(
         f"lost contact with another worker ({type(e).__name__}; a worker "
         "died or a collective op waited longer than "
@@ -449,27 +433,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "): start every worker again with the same command to resume from "
         f"{latest or 'the start (no checkpoint yet)'}") from e
   finally:
-    if not is_chief:
-      shutil.rmtree(write_dir, ignore_errors=True)
+    if temp_dir:
+      shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _run(config, strategy, data_dir, paths: Paths,
+def _run(config, strategy, data_dir, paths: run_dir.Paths,
          stop: _Stop) -> dict[str, Any]:
-  _check_model_dir(paths, config)
-  trainer = Trainer(config, strategy, data_dir, paths)
+  _check_model_dir(paths.read, config)
+  trainer = Trainer(config, strategy, data_dir)
   train = config.train
+  out = paths.write
 
-  latest = tf.train.latest_checkpoint(paths.checkpoints)
+  latest = tf.train.latest_checkpoint(paths.read.checkpoints)
   if latest:
     trainer.checkpoint.restore(latest).assert_existing_objects_matched()
   start_step = int(trainer.step.numpy())
   if start_step >= train.num_steps:
-    say(f"{paths.model_dir} is already at step {start_step} of "
+    say(f"{paths.read.checkpoints} is already at step {start_step} of "
         f"{train.num_steps}: nothing to train")
     return {"step": start_step, "stopped": False}
 
-  storage.makedirs(paths.write_dir)
-  storage.write_atomic(paths.out(CONFIG_FILE), config.to_json_best_effort(
+  for directory in out.all():
+    storage.makedirs(directory)
+  storage.write_atomic(storage.join(out.files, run_dir.CONFIG_FILE),
+                       config.to_json_best_effort(
       indent=2, sort_keys=True) + "\n")
   if paths.is_chief:
     say(f"config:\n{config}")
@@ -478,13 +465,13 @@ def _run(config, strategy, data_dir, paths: Paths,
       f"{trainer.use_xla}; {'chief' if paths.is_chief else 'worker'}")
   say(f"data: train {trainer.train_files}, eval {trainer.eval_files}")
   say(f"{'resuming from ' + latest if latest else 'starting at step 0'}; "
-      f"model_dir {paths.model_dir}")
+      f"checkpoints in {paths.read.checkpoints}")
 
   manager = tf.train.CheckpointManager(
-      trainer.checkpoint, paths.out(CHECKPOINTS),
+      trainer.checkpoint, out.checkpoints,
       max_to_keep=train.keep_checkpoints, step_counter=trainer.step)
-  train_writer = tf.summary.create_file_writer(paths.out("train"))
-  eval_writer = tf.summary.create_file_writer(paths.out("eval"))
+  train_writer = tf.summary.create_file_writer(storage.join(out.logs, "train"))
+  eval_writer = tf.summary.create_file_writer(storage.join(out.logs, "eval"))
   train_iterator = iter(trainer.distributed_dataset(True, start_step))
   eval_dataset = trainer.distributed_dataset(False)
   for split, pipeline_id, num_pipelines, files in trainer.pipeline_reads:
@@ -540,7 +527,7 @@ def _run(config, strategy, data_dir, paths: Paths,
       manager.save(checkpoint_number=step)
       bar.close()
       say(f"SIGTERM: saved a checkpoint at step {step} in "
-          f"{paths.checkpoints}; re-run the same command to resume")
+          f"{paths.read.checkpoints}; re-run the same command to resume")
       return {"step": step, "stopped": True, "train": train_metrics}
     if (train.checkpoint_every_steps and
         step % train.checkpoint_every_steps == 0) or step == train.num_steps:
@@ -549,17 +536,15 @@ def _run(config, strategy, data_dir, paths: Paths,
 
   eval_metrics = evaluate(step)
   export_dir = export.export_saved_model(
-      trainer.model, paths.out("export"), config.model.len_max_input)
+      trainer.model, out.export, config.model.len_max_input)
   results = {"step": step, "stopped": False, "train": train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
              "weights_sha256": trainer.weights_fingerprint()}
   # Every worker prints it: workers of one run must agree.
   say(f"final weights sha256: {results['weights_sha256']}")
-  storage.write_atomic(paths.out(METRICS_FILE),
+  storage.write_atomic(storage.join(out.files, run_dir.METRICS_FILE),
                        json.dumps(results, indent=2) + "\n")
   if paths.is_chief:
-    say(f"outputs: checkpoints {paths.checkpoints}; TensorBoard "
-        f"{paths.model_dir} (train/, eval/); SavedModel {export_dir}; "
-        f"config {paths.out(CONFIG_FILE)}; metrics {paths.out(METRICS_FILE)}")
+    say(f"outputs: {out.describe()}")
   return results

@@ -1,0 +1,101 @@
+"""Where a run writes: one --model_dir, or the directories Vertex AI names.
+
+With `--model_dir=DIR` everything goes under DIR:
+
+  DIR/checkpoints/     checkpoints (a re-run resumes from the latest)
+  DIR/train/, eval/    TensorBoard scalars
+  DIR/export/          the SavedModel
+  DIR/config.json      the resolved config; metrics.json: the final metrics
+
+A Vertex AI custom job (a `baseOutputDirectory`) instead sets AIP_MODEL_DIR,
+AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR; without --model_dir the run
+writes the SavedModel into AIP_MODEL_DIR (where Vertex AI looks for it), the
+config and metrics files beside it, checkpoints into AIP_CHECKPOINT_DIR and
+the TensorBoard logs into AIP_TENSORBOARD_LOG_DIR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+from typing import Mapping
+
+# No TensorFlow here: the entry point imports this module before TensorFlow.
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+# Vertex AI's variables (set from a custom job's baseOutputDirectory).
+VERTEX_ENV = ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirs:
+  """The directories of one run (local paths or gs:// URLs)."""
+  checkpoints: str
+  logs: str  # TensorBoard: train/ and eval/ below it
+  export: str  # the SavedModel
+  files: str  # config.json and metrics.json
+  # Where these came from, for messages: ((flag or variable, value), ...).
+  origin: tuple[tuple[str, str], ...] = ()
+
+  @classmethod
+  def under(cls, model_dir: str) -> RunDirs:
+    """Every output under one directory (--model_dir)."""
+    return cls(checkpoints=posixpath.join(model_dir, "checkpoints"),
+               logs=model_dir, export=posixpath.join(model_dir, "export"),
+               files=model_dir, origin=(("--model_dir", model_dir),))
+
+  @classmethod
+  def from_vertex_env(cls, environ: Mapping[str, str] = os.environ
+                      ) -> RunDirs | None:
+    """Vertex AI's directories, None when AIP_MODEL_DIR is not set.
+
+    A job that sets AIP_MODEL_DIR alone gets checkpoints and logs beside the
+    SavedModel's directory rather than inside it.
+    """
+    model = environ.get("AIP_MODEL_DIR", "").rstrip("/")
+    if not model:
+      return None
+    parent = posixpath.dirname(model)
+    if parent.endswith(":") or not parent:  # AIP_MODEL_DIR=gs://bucket
+      parent = model
+    checkpoints = environ.get("AIP_CHECKPOINT_DIR", "").rstrip("/") or (
+        posixpath.join(parent, "checkpoints"))
+    logs = environ.get("AIP_TENSORBOARD_LOG_DIR", "").rstrip("/") or (
+        posixpath.join(parent, "logs"))
+    return cls(checkpoints=checkpoints, logs=logs, export=model, files=model,
+               origin=tuple((name, environ[name]) for name in VERTEX_ENV
+                            if environ.get(name)))
+
+  def all(self) -> list[str]:
+    """Each distinct directory once, in a fixed order."""
+    return list(dict.fromkeys((self.checkpoints, self.logs, self.export,
+                               self.files)))
+
+  def describe(self) -> str:
+    """One line naming where each output goes."""
+    return (f"checkpoints {self.checkpoints}; TensorBoard {self.logs} "
+            f"(train/, eval/); SavedModel {self.export}; config and metrics "
+            f"in {self.files}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+  """Where this worker restores from and writes to.
+
+  Every worker restores from the chief's directories (`read`); the chief
+  writes there too, any other worker writes the same files below a
+  temporary directory (`write`) that it deletes at the end: every worker
+  must take part in a save, only one may keep it.
+  """
+  read: RunDirs
+  write: RunDirs
+  is_chief: bool
+
+  @classmethod
+  def for_worker(cls, dirs: RunDirs, is_chief: bool,
+                 temp_dir: str | None) -> Paths:
+    if is_chief:
+      return cls(read=dirs, write=dirs, is_chief=True)
+    return cls(read=dirs, write=RunDirs.under(temp_dir), is_chief=False)
