@@ -453,8 +453,7 @@ def _run(config, strategy, data_dir, paths: run_dir.Paths,
         f"{train.num_steps}: nothing to train")
     return {"step": start_step, "stopped": False}
 
-  for directory in out.all():
-    storage.makedirs(directory)
+  storage.makedirs(out.files)  # the others are made by what writes there
   storage.write_atomic(storage.join(out.files, run_dir.CONFIG_FILE),
                        config.to_json_best_effort(
       indent=2, sort_keys=True) + "\n")
