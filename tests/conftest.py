@@ -78,3 +78,42 @@ def gcs(tmp_path_factory):
       else:
         os.environ[key] = value
     emulator.stop()
+
+
+# --- Fake Google Cloud APIs for the real gcloud ------------------------------
+import shutil  # noqa: E402
+
+from cloud_fake import CloudFake  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _cloud_server(tmp_path_factory):
+  """One CloudFake per session: start-up activates a service account with
+  gcloud (about 1 s); the `cloud` fixture resets it for every test."""
+  if shutil.which("gcloud") is None:
+    message = ("gcloud (Google Cloud CLI) is not installed: the cloud-fake "
+               "tests run the real gcloud (https://cloud.google.com/sdk/docs/install)")
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  fake = CloudFake(str(tmp_path_factory.mktemp("cloud-fake")))
+  try:
+    fake.start()
+    yield fake
+  finally:
+    fake.stop()
+
+
+@pytest.fixture
+def cloud(_cloud_server):
+  """tests/cloud_fake.CloudFake, reset: fake Cloud TPU, Compute and Vertex AI
+  APIs plus ssh/scp stand-ins, for the real gcloud.
+
+  Run gcloud (or a launch/ script) with env {**os.environ, **cloud.env}:
+  cloud.env must come after os.environ, because the `gcs` fixture puts its
+  own CLOUDSDK_CONFIG there. With `gcs` too, add cloud.storage_env(gcs) for
+  `gcloud storage`. Requests: cloud.requests / cloud.find(method, regex);
+  ssh/scp: cloud.ssh_calls(), cloud.scp_calls(), cloud.worker_home(tpu, i).
+  """
+  _cloud_server.reset()
+  return _cloud_server
