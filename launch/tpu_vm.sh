@@ -4,6 +4,7 @@
 #   PROJECT=my-project launch/tpu_vm.sh create
 #   launch/tpu_vm.sh setup
 #   DATA_DIR=gs://BUCKET/arith MODEL_DIR=gs://BUCKET/runs/1 launch/tpu_vm.sh train
+#   launch/tpu_vm.sh logs -f
 #   launch/tpu_vm.sh delete            # a TPU bills until it is deleted
 #
 # Run `launch/tpu_vm.sh --help` for every subcommand and variable.
@@ -16,30 +17,42 @@ usage() {
 usage: launch/tpu_vm.sh SUBCOMMAND [arguments]
 
 Subcommands:
-  create           create the TPU VM (a queued resource with QUEUED=1)
-  setup            copy this repository to every worker and `pip install -e .`
-                   (keeps the TPU VM's TensorFlow)
-  train [flags]    run `python3 -m trainer.task --strategy=tpu` on worker 0,
-                   --tpu=local on a single host, --tpu=$TPU_NAME on a pod;
-                   extra trainer flags are passed through; output in ~/train.log
-  status           describe the TPU (state, accelerator, workers)
-  logs             print the last LINES lines of ~/train.log on worker 0
+  create           create the TPU VM (QUEUED=1: a queued resource, waited on
+                   until ACTIVE unless WAIT=0); the runtime is the newest
+                   TensorFlow PJRT runtime the zone lists for the accelerator
+                   (-pod on a multi-host slice) unless RUNTIME_VERSION is set
+  setup            ship this repository's HEAD (git archive) to every worker
+                   and pip install it there (the VM's TensorFlow is kept)
+  train [flags]    start `python3 -m trainer.task --strategy=tpu` on worker 0,
+                   detached from the SSH session (--tpu=local on one host,
+                   --tpu=$TPU_NAME on a pod); extra trainer flags are passed
+                   through; output in ~/masked-attention-run/train.log
+  status           the TPU's state (or the queued resource's) and the run's:
+                   running, finished or failed with its exit status
+  logs [-f]        the last LINES lines of the run's log (-f: follow)
+  stop             SIGTERM to the run: it checkpoints and exits
   ssh              open a shell on worker WORKER
   delete [--yes]   delete the TPU (asks for confirmation unless --yes)
+  recreate [--yes] after a Spot preemption: delete, create and setup again;
+                   then the same `train` resumes from the gs:// checkpoint
 
 Environment (default):
   TPU_NAME          masked-attention-tpu
   ZONE              us-central2-b
-  ACCELERATOR_TYPE  v4-8 (more than 8 cores, e.g. v4-32, is a pod)
-  RUNTIME_VERSION   tpu-vm-tf-2.19.1-pjrt (list: gcloud compute tpus versions list --zone=ZONE)
+  ACCELERATOR_TYPE  v4-8 (v4-32, v5litepod-16, ... are multi-host slices)
+  RUNTIME_VERSION   the newest tpu-vm-tf-*-pjrt runtime that fits, from
+                    `gcloud compute tpus tpu-vm versions list --zone=ZONE`
   PROJECT           gcloud's configured project
   SPOT              0; 1 creates a Spot (preemptible) TPU
   QUEUED            0; 1 creates through queued resources (for pods)
+  WAIT              1; 0: create returns once a queued resource is accepted
+  WAIT_TIMEOUT      create: seconds to wait for ACTIVE (default 3600)
+  POLL_SECONDS      create: seconds between state checks (default 30)
   POD               auto (from ACCELERATOR_TYPE); 0 or 1 to force
   CONFIG            configs/tpu.py
   DATA_DIR          train: gs:// data set (required)
   MODEL_DIR         train: gs:// run directory (required)
-  REPO_DIR          setup: the directory to copy (default: this repository)
+  REPO_DIR          setup: the git checkout to ship (default: this repository)
   WORKER            ssh: worker index (default 0)
   LINES             logs: lines to print (default 200)
   DRY_RUN           1: print every gcloud command instead of running it
@@ -52,98 +65,341 @@ if [[ -z "$subcommand" || "$subcommand" == "-h" || "$subcommand" == "--help" ]];
   [[ -n "$subcommand" ]] && exit 0 || exit 2
 fi
 shift
+case "$subcommand" in
+  create | setup | train | status | logs | stop | ssh | delete | recreate) ;;
+  *) die "unknown subcommand '$subcommand': see launch/tpu_vm.sh --help" ;;
+esac
 
 tpu_name=${TPU_NAME:-masked-attention-tpu}
 zone=${ZONE:-us-central2-b}
 accelerator_type=${ACCELERATOR_TYPE:-v4-8}
-runtime_version=${RUNTIME_VERSION:-tpu-vm-tf-2.19.1-pjrt}
 spot=${SPOT:-0}
 queued=${QUEUED:-0}
+wait_active=${WAIT:-1}
+wait_timeout=${WAIT_TIMEOUT:-3600}
+poll_seconds=${POLL_SECONDS:-30}
 config=${CONFIG:-configs/tpu.py}
 repo_dir=${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 dry_run=${DRY_RUN:-0}
 
-cores=${accelerator_type##*-}
-[[ "$cores" =~ ^[0-9]+$ ]] || die "ACCELERATOR_TYPE=$accelerator_type: expected a type like v4-8 or v5litepod-16"
+# Hosts of a slice: v2, v3, v4 and v5p types count TensorCores (8 per host:
+# v4-8 is one host, v4-32 four); v5litepod and v6e types count chips (up to 8
+# on one host, else 4 per host: v5litepod-16 is four hosts).
+generation=${accelerator_type%-*}
+size=${accelerator_type##*-}
+[[ "$size" =~ ^[0-9]+$ && "$generation" =~ ^v[0-9] ]] ||
+  die "ACCELERATOR_TYPE=$accelerator_type: expected a type like v4-8, v5p-16 or v5litepod-16"
+case "$generation" in
+  v2 | v3 | v4 | v5p) hosts=$(((size + 7) / 8)) ;;
+  v5litepod | v5e | v6e) if ((size <= 8)); then hosts=1; else hosts=$((size / 4)); fi ;;
+  *) die "ACCELERATOR_TYPE=$accelerator_type: unknown TPU generation '$generation' (v2, v3, v4, v5p, v5litepod, v6e)" ;;
+esac
 case "${POD:-auto}" in
-  auto) if ((cores > 8)); then pod=1; else pod=0; fi ;;
+  auto) if ((hosts > 1)); then pod=1; else pod=0; fi ;;
   0 | 1) pod=$POD ;;
   *) die "POD must be auto, 0 or 1, got '$POD'" ;;
 esac
+[[ "$wait_timeout" =~ ^[0-9]+$ ]] || die "WAIT_TIMEOUT must be a number of seconds, got '$wait_timeout'"
+[[ "$poll_seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "POLL_SECONDS must be a number, got '$poll_seconds'"
 
-if [[ "$dry_run" != "1" ]]; then
-  command -v gcloud >/dev/null 2>&1 ||
-    die "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install)"
-  if [[ -z "$(gcloud auth list --filter=status:ACTIVE --format='value(account)' 2>/dev/null)" ]]; then
-    die "gcloud is not authenticated: run \`gcloud auth login\`"
-  fi
-fi
-if [[ -n "${PROJECT:-}" ]]; then
-  project=$PROJECT
-elif [[ "$dry_run" == "1" ]]; then
-  project="PROJECT"
-else
-  project=$(gcloud config get-value project 2>/dev/null || true)
-  [[ -n "$project" ]] || die "no project: set PROJECT or run \`gcloud config set project PROJECT\`"
-fi
-
+require_gcloud
 echo "tpu_vm: TPU_NAME=$tpu_name ZONE=$zone ACCELERATOR_TYPE=$accelerator_type" \
-  "RUNTIME_VERSION=$runtime_version PROJECT=$project SPOT=$spot QUEUED=$queued" \
-  "POD=$pod" >&2
+  "($hosts host(s)) PROJECT=$project SPOT=$spot QUEUED=$queued POD=$pod" >&2
 
 location=(--zone="$zone" --project="$project")
+# On every worker: the run's directory (log, pid, exit status) and the code.
+# The ~ is expanded there, by the worker's shell.
+# shellcheck disable=SC2088
+run_dir='~/masked-attention-run'
+# shellcheck disable=SC2088
+code_dir='~/masked-attention-trainer'
 
-# The trainer command line on a worker, each argument shell-quoted: it
-# travels as one string through `gcloud ... ssh --command`.
+# The runtimes that fit this accelerator, newest first: TensorFlow PJRT
+# runtimes, `-pod` exactly on multi-host slices, and of accelerator-specific
+# variants (tpu-vm-tf-X.Y.Z[-pod]-pjrt-SUFFIX) only those naming this
+# generation.
+fitting_runtimes() {
+  local listed=$1 version pod_part suffix
+  while read -r version; do
+    [[ "$version" =~ ^tpu-vm-tf-([0-9]+[.][0-9]+[.][0-9]+)(-pod)?-pjrt(-(.+))?$ ]] || continue
+    pod_part=${BASH_REMATCH[2]}
+    suffix=${BASH_REMATCH[4]}
+    if ((pod == 1)) && [[ -z "$pod_part" ]]; then continue; fi
+    if ((pod == 0)) && [[ -n "$pod_part" ]]; then continue; fi
+    if [[ -n "$suffix" ]]; then
+      case "$generation:$suffix" in
+        v5litepod:*v5e* | v5e:*v5e* | v6e:*v6*) ;;
+        v2:*v5p-and-below* | v3:*v5p-and-below* | v4:*v5p-and-below*) ;;
+        v5p:*v5p*) ;;
+        *) continue ;;
+      esac
+    fi
+    # Sort key: the TensorFlow version, then variants for this generation
+    # before generic runtimes of the same version.
+    printf '%s %d %s\n' "${BASH_REMATCH[1]}" "$((${#suffix} > 0))" "$version"
+  done <<<"$listed" | sort -k1,1Vr -k2,2nr | awk '{print $3}'
+}
+
+# Prints the runtime version to create: RUNTIME_VERSION if the zone lists it
+# (and it fits single- or multi-host), else the newest fitting runtime.
+choose_runtime() {
+  local listed fitting
+  if [[ "$dry_run" == "1" ]]; then
+    # Nothing is asked of gcloud in a dry run.
+    echo "${RUNTIME_VERSION:-NEWEST_FITTING_TF_RUNTIME}"
+    return
+  fi
+  listed=$(gcloud compute tpus tpu-vm versions list "${location[@]}" \
+    --format='value(version)') || die "cannot list the TPU software versions of zone $zone (see above)"
+  [[ -n "$listed" ]] || die "zone $zone lists no TPU software versions: is it a TPU zone? (gcloud compute tpus locations list)"
+  fitting=$(fitting_runtimes "$listed")
+  if [[ -n "${RUNTIME_VERSION:-}" ]]; then
+    if ! grep -qxF -- "$RUNTIME_VERSION" <<<"$listed"; then
+      die "RUNTIME_VERSION=$RUNTIME_VERSION is not offered in $zone; closest listed for $accelerator_type: $(closest_runtimes "$RUNTIME_VERSION" "${fitting:-$listed}")"
+    fi
+    if ((pod == 1)) && [[ "$RUNTIME_VERSION" == tpu-vm-tf-* && "$RUNTIME_VERSION" != *-pod* ]]; then
+      die "RUNTIME_VERSION=$RUNTIME_VERSION is a single-host runtime, but $accelerator_type has $hosts hosts: use a -pod runtime, e.g. $(head -n 1 <<<"$fitting")"
+    fi
+    if ((pod == 0)) && [[ "$RUNTIME_VERSION" == *-pod* ]]; then
+      die "RUNTIME_VERSION=$RUNTIME_VERSION is a multi-host (-pod) runtime, but $accelerator_type is a single host: use e.g. $(head -n 1 <<<"$fitting")"
+    fi
+    echo "$RUNTIME_VERSION"
+    return
+  fi
+  [[ -n "$fitting" ]] ||
+    die "zone $zone lists no TensorFlow PJRT runtime for $accelerator_type ($hosts host(s)); listed: $(tr '\n' ' ' <<<"$listed")- set RUNTIME_VERSION or pick another ZONE"
+  head -n 1 <<<"$fitting"
+}
+
+# Up to three of the runtimes in $2 closest to $1: by TensorFlow version
+# when $1 names one, in the order given otherwise.
+closest_runtimes() {
+  local wanted=$1 candidates=$2 version target=-1 key
+  if [[ "$wanted" =~ ^tpu-vm-tf-([0-9]+)[.]([0-9]+)[.]([0-9]+) ]]; then
+    target=$((BASH_REMATCH[1] * 10000 + BASH_REMATCH[2] * 100 + BASH_REMATCH[3]))
+  fi
+  local order=0
+  while read -r version; do
+    [[ -n "$version" ]] || continue
+    order=$((order + 1))
+    key=$order
+    if ((target >= 0)) && [[ "$version" =~ ^tpu-vm-tf-([0-9]+)[.]([0-9]+)[.]([0-9]+) ]]; then
+      key=$((BASH_REMATCH[1] * 10000 + BASH_REMATCH[2] * 100 + BASH_REMATCH[3] - target))
+      key=$(((key < 0 ? -key : key) * 1000 + order))
+    fi
+    printf '%d %s\n' "$key" "$version"
+  done <<<"$candidates" | sort -k1,1n | head -n 3 | awk '{print $2}' | paste -sd ',' - | sed 's/,/, /g'
+}
+
+create_tpu() {
+  local runtime_version extra=()
+  runtime_version=$(choose_runtime)
+  echo "tpu_vm: RUNTIME_VERSION=$runtime_version" >&2
+  if [[ "$spot" == "1" ]]; then extra+=(--spot); fi
+  if [[ "$queued" != "1" ]]; then
+    # gcloud waits for the create operation: the node is READY after this.
+    run gcloud compute tpus tpu-vm create "$tpu_name" "${location[@]}" \
+      --accelerator-type="$accelerator_type" \
+      --version="$runtime_version" "${extra[@]}"
+    return
+  fi
+  run gcloud compute tpus queued-resources create "$tpu_name" \
+    --node-id="$tpu_name" "${location[@]}" \
+    --accelerator-type="$accelerator_type" \
+    --runtime-version="$runtime_version" "${extra[@]}"
+  if [[ "$wait_active" == "1" && "$dry_run" != "1" ]]; then
+    wait_until_active
+  fi
+}
+
+# Polls the queued resource until ACTIVE; a failed or suspended one, or the
+# timeout, ends the script with the state it was in.
+wait_until_active() {
+  local state start elapsed
+  start=$SECONDS
+  while true; do
+    state=$(gcloud compute tpus queued-resources describe "$tpu_name" \
+      "${location[@]}" --format='value(state.state)')
+    elapsed=$((SECONDS - start))
+    case "$state" in
+      ACTIVE)
+        echo "tpu_vm: queued resource $tpu_name is ACTIVE after ${elapsed}s" >&2
+        return
+        ;;
+      FAILED | SUSPENDING | SUSPENDED)
+        echo "error: queued resource $tpu_name is $state: see \`launch/tpu_vm.sh status\`; delete it (\`launch/tpu_vm.sh delete\`) before creating it again" >&2
+        exit 1
+        ;;
+    esac
+    if ((elapsed >= wait_timeout)); then
+      echo "error: queued resource $tpu_name is still ${state:-in an unknown state} after ${elapsed}s (WAIT_TIMEOUT=$wait_timeout): it stays queued; check it with \`launch/tpu_vm.sh status\`" >&2
+      exit 1
+    fi
+    echo "tpu_vm: queued resource $tpu_name is ${state:-not yet visible}; waiting (${elapsed}s of ${wait_timeout}s)" >&2
+    sleep "$poll_seconds"
+  done
+}
+
+# The remote shell snippet that succeeds when a run is alive on that worker.
+alive_check="[ -f $run_dir/train.pid ] && kill -0 \"\$(cat $run_dir/train.pid)\" 2>/dev/null"
+
+setup_workers() {
+  local package_dir package remote
+  [[ -d "$repo_dir" ]] || die "REPO_DIR=$repo_dir is not a directory"
+  package_dir=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$package_dir'" EXIT
+  package=$(build_package "$repo_dir" "$package_dir")
+  echo "tpu_vm: shipping $(basename "$package") to every worker" >&2
+  run gcloud compute tpus tpu-vm scp "$package" \
+    "$tpu_name:masked-attention-trainer.tar.gz" "${location[@]}" --worker=all
+  # Replaces the code directory whole (a re-run does not nest copies), then
+  # installs the package and its light dependencies; TensorFlow is not a
+  # dependency of the base package, so the VM's own stays as it is.
+  remote="set -e
+if $alive_check; then echo \"error: a run is going on \$(hostname) (pid \$(cat $run_dir/train.pid)): stop it first (launch/tpu_vm.sh stop)\" >&2; exit 2; fi
+rm -rf $code_dir.new && mkdir -p $code_dir.new
+tar -xzf ~/masked-attention-trainer.tar.gz -C $code_dir.new --strip-components=1
+rm -rf $code_dir && mv $code_dir.new $code_dir
+tf_version=\$(python3 -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null) || { echo \"error: no TensorFlow on \$(hostname): create the TPU with a tpu-vm-tf-* runtime, or pip install the package's [tpu] extra there\" >&2; exit 2; }
+python3 -m pip install --quiet --user --force-reinstall --no-deps $code_dir
+python3 -m pip install --quiet --user $code_dir
+echo \"setup: \$(hostname): trainer installed; TensorFlow \$tf_version\""
+  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+    --worker=all --command="$remote"
+}
+
+# The command that starts the trainer on worker 0 detached from the SSH
+# session (setsid: a dropped connection sends no SIGHUP to it), its output in
+# train.log, its pid in train.pid and, when it ends, its exit status in
+# train.exit. A run still alive is refused.
 remote_train_command() {
-  local tpu_flag=--tpu=local
-  ((pod == 1)) && tpu_flag=--tpu=$tpu_name
+  local tpu_flag=--tpu=local environment=""
+  if ((pod == 1)); then
+    tpu_flag=--tpu=$tpu_name
+    # TensorFlow on a multi-host slice: the TPU is driven from worker 0 by
+    # name; the TPU library is loaded by the TPU workers, not this process.
+    environment="export TPU_NAME=$(printf '%q' "$tpu_name") TPU_LOAD_LIBRARY=0;"
+  fi
   local words=(python3 -m trainer.task "--config=$config" --strategy=tpu
     "$tpu_flag" "--data_dir=$DATA_DIR" "--model_dir=$MODEL_DIR" "$@")
-  local quoted
-  quoted=$(printf ' %q' "${words[@]}")
-  printf 'cd ~/trainer &&%s 2>&1 | tee -a ~/train.log' "$quoted"
+  local trainer detached
+  trainer=$(printf ' %q' "${words[@]}")
+  # The detached shell: ignores SIGHUP (and so does the trainer it starts),
+  # outlives a SIGTERM to its process group so that the trainer's exit
+  # status is recorded after the trainer has checkpointed.
+  detached=$(printf '%q' "echo \$\$ > $run_dir/train.pid; trap '' HUP; trap : TERM;$trainer; echo \$? > $run_dir/train.exit")
+  cat <<REMOTE
+set -e
+if $alive_check; then echo "error: a run is already going (pid \$(cat $run_dir/train.pid)): see launch/tpu_vm.sh status; launch/tpu_vm.sh stop ends it" >&2; exit 2; fi
+[ -d $code_dir ] || { echo "error: the trainer is not installed on this worker: run launch/tpu_vm.sh setup" >&2; exit 2; }
+mkdir -p $run_dir && rm -f $run_dir/train.exit
+cd $code_dir
+$environment
+rm -f $run_dir/train.pid
+setsid bash -c $detached >> $run_dir/train.log 2>&1 < /dev/null &
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s $run_dir/train.pid ] && break; sleep 0.5; done
+echo "train: started on \$(hostname) (pid \$(cat $run_dir/train.pid)); log: $run_dir/train.log"
+REMOTE
+}
+
+run_status_command() {
+  cat <<REMOTE
+if $alive_check; then echo "run: running (pid \$(cat $run_dir/train.pid))"; tail -n 3 $run_dir/train.log
+elif [ -f $run_dir/train.exit ]; then s=\$(cat $run_dir/train.exit)
+  if [ "\$s" = 0 ]; then echo "run: finished (exit status 0)"; else echo "run: failed (exit status \$s)"; fi; tail -n 5 $run_dir/train.log
+elif [ -f $run_dir/train.pid ]; then echo "run: ended without an exit status (killed, or the VM restarted)"; tail -n 5 $run_dir/train.log
+else echo "run: none started"; fi
+REMOTE
+}
+
+confirm_delete() {
+  if [[ "${1:-}" != "--yes" && "$dry_run" != "1" ]]; then
+    [[ -t 0 ]] || die "refusing to delete $tpu_name without a terminal: pass --yes"
+    read -r -p "Delete TPU $tpu_name in $zone ($project)? [y/N] " answer
+    [[ "$answer" == "y" || "$answer" == "Y" ]] || die "not deleted"
+  fi
+}
+
+delete_tpu() {
+  if [[ "$queued" == "1" ]]; then
+    run gcloud compute tpus queued-resources delete "$tpu_name" \
+      "${location[@]}" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$tpu_name" "${location[@]}" --quiet
+  fi
+}
+
+check_gs_dirs() {
+  local name value
+  for name in DATA_DIR MODEL_DIR; do
+    value=${!name:-}
+    [[ "$value" == gs://* ]] ||
+      die "$name must be a gs:// URL (the TPU workers cannot read this machine's disk), got '${value}'"
+  done
 }
 
 case "$subcommand" in
   create)
-    extra=()
-    if [[ "$spot" == "1" ]]; then extra+=(--spot); fi
-    if [[ "$queued" == "1" ]]; then
-      run gcloud compute tpus queued-resources create "$tpu_name" \
-        --node-id="$tpu_name" "${location[@]}" \
-        --accelerator-type="$accelerator_type" \
-        --runtime-version="$runtime_version" "${extra[@]}"
-    else
-      run gcloud compute tpus tpu-vm create "$tpu_name" "${location[@]}" \
-        --accelerator-type="$accelerator_type" \
-        --version="$runtime_version" "${extra[@]}"
-    fi
+    create_tpu
     ;;
   setup)
-    [[ -d "$repo_dir" ]] || die "REPO_DIR=$repo_dir is not a directory"
-    run gcloud compute tpus tpu-vm scp --recurse "$repo_dir" \
-      "$tpu_name:~/trainer" "${location[@]}" --worker=all
-    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=all --command='cd ~/trainer && pip install -e .'
+    setup_workers
     ;;
   train)
-    for name in DATA_DIR MODEL_DIR; do
-      value=${!name:-}
-      [[ "$value" == gs://* ]] ||
-        die "$name must be a gs:// URL (the TPU workers cannot read this machine's disk), got '${value}'"
-    done
+    check_gs_dirs
     run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
       --worker=0 --command="$(remote_train_command "$@")"
     ;;
   status)
-    run gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}"
+    if [[ "$dry_run" == "1" ]]; then
+      if [[ "$queued" == "1" ]]; then
+        run gcloud compute tpus queued-resources describe "$tpu_name" \
+          "${location[@]}" --format='value(state.state)'
+      fi
+      run gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
+        --format='value(state)'
+      run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+        --worker=0 --command="$(run_status_command)"
+      exit 0
+    fi
+    if [[ "$queued" == "1" ]]; then
+      # The node exists only once the queued resource is ACTIVE.
+      state=$(gcloud compute tpus queued-resources describe "$tpu_name" \
+        "${location[@]}" --format='value(state.state)' 2>/dev/null) ||
+        die "no queued resource $tpu_name in $zone ($project): create it with \`QUEUED=1 launch/tpu_vm.sh create\`"
+      echo "queued resource: $state"
+      case "$state" in
+        ACTIVE) ;;
+        SUSPENDED | SUSPENDING) echo "queued resource: its TPU is gone (a Spot preemption or maintenance): \`QUEUED=1 launch/tpu_vm.sh recreate\`, then the same \`train\` resumes"; exit 0 ;;
+        *) exit 0 ;;
+      esac
+    fi
+    state=$(gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
+      --format='value(state)' 2>/dev/null) ||
+      die "no TPU $tpu_name in $zone ($project): create it with \`launch/tpu_vm.sh create\`"
+    echo "tpu: $state"
+    case "$state" in
+      READY) gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+        --worker=0 --command="$(run_status_command)" ;;
+      PREEMPTED) echo "tpu: preempted (Spot): \`launch/tpu_vm.sh recreate\`, then the same \`train\` resumes from the last checkpoint" ;;
+    esac
     ;;
   logs)
     lines=${LINES:-200}
     [[ "$lines" =~ ^[0-9]+$ ]] || die "LINES must be a number, got '$lines'"
+    follow=""
+    case "${1:-}" in
+      "") ;;
+      -f) follow=" -f" ;;
+      *) die "logs takes -f (follow) or nothing, got '$1'" ;;
+    esac
     run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=0 --command="tail -n $lines ~/train.log"
+      --worker=0 --command="tail -n $lines$follow $run_dir/train.log"
+    ;;
+  stop)
+    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+      --worker=0 --command="if $alive_check; then kill -TERM -- -\"\$(ps -o pgid= -p \"\$(cat $run_dir/train.pid)\" | tr -d ' ')\" && echo 'stop: SIGTERM sent: the run checkpoints at the end of its host loop and exits'; else echo 'stop: no run is going'; fi"
     ;;
   ssh)
     worker=${WORKER:-0}
@@ -152,19 +408,14 @@ case "$subcommand" in
       --worker="$worker"
     ;;
   delete)
-    if [[ "${1:-}" != "--yes" && "$dry_run" != "1" ]]; then
-      [[ -t 0 ]] || die "refusing to delete $tpu_name without a terminal: pass --yes"
-      read -r -p "Delete TPU $tpu_name in $zone ($project)? [y/N] " answer
-      [[ "$answer" == "y" || "$answer" == "Y" ]] || die "not deleted"
-    fi
-    if [[ "$queued" == "1" ]]; then
-      run gcloud compute tpus queued-resources delete "$tpu_name" \
-        "${location[@]}" --force --quiet
-    else
-      run gcloud compute tpus tpu-vm delete "$tpu_name" "${location[@]}" --quiet
-    fi
+    confirm_delete "${1:-}"
+    delete_tpu
     ;;
-  *)
-    die "unknown subcommand '$subcommand': see launch/tpu_vm.sh --help"
+  recreate)
+    confirm_delete "${1:-}"
+    delete_tpu
+    create_tpu
+    setup_workers
+    echo "tpu_vm: recreated; run the same \`train\` to resume from the checkpoint in MODEL_DIR" >&2
     ;;
 esac
