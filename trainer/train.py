@@ -534,8 +534,8 @@ def _run(config, strategy, data_dir, paths: run_dir.Paths,
   bar.close()
 
   eval_metrics = evaluate(step)
-  export_dir = export.export_saved_model(
-      trainer.model, out.export, config.model.len_max_input)
+  export.export_saved_model(trainer.model, out.export,
+                            config.model.len_max_input)
   results = {"step": step, "stopped": False, "train": train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
