@@ -395,7 +395,7 @@ case "$subcommand" in
       *) die "logs takes -f (follow) or nothing, got '$1'" ;;
     esac
     run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=0 --command="tail -n $lines$follow $run_dir/train.log"
+      --worker=0 --command="if [ -f $run_dir/train.log ]; then tail -n $lines$follow $run_dir/train.log; else echo 'error: no run log on worker 0 yet: launch/tpu_vm.sh train starts a run' >&2; exit 2; fi"
     ;;
   stop)
     run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \

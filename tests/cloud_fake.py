@@ -227,6 +227,17 @@ class CloudFake:
     return subprocess.run(["gcloud", *args], env={**os.environ, **self.env, **(env or {})},
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
+  def run_script(self, script, *args, env=None, unset=(), timeout=240):
+    """Runs `bash script args` (a launch/ script) in the repository root
+    with os.environ less the variables in `unset`, plus self.env and env."""
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
+    full_env.update(self.env)
+    full_env.update(env or {})
+    return subprocess.run(["bash", script, *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout,
+                          stdin=subprocess.DEVNULL,
+                          cwd=os.path.dirname(os.path.dirname(script)))
+
   def _read_log(self, name):
     try:
       with open(os.path.join(self.root, name + ".log"), encoding="utf-8") as f:
@@ -434,6 +445,19 @@ class CloudFake:
   def job_cancel(self, m, q, b):
     self._job(m)["state"] = "JOB_STATE_CANCELLING"
     return {}
+
+
+def ok(result):
+  """The CompletedProcess of a command that must have succeeded."""
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result
+
+
+def error_line(result):
+  """The one `error: ...` line a failed command printed on stderr."""
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, result.stderr
+  return lines[0]
 
 
 def _parent(m):

@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from cloud_fake import error_line, ok
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "tpu_vm.sh")
 ZONE = "us-central2-b"
@@ -58,26 +60,10 @@ def tpu(cloud):
 
 
 def tpu_vm(cloud, *args, env=None, timeout=240):
-  full_env = {k: v for k, v in os.environ.items()
-              if k not in ("TPU_NAME", "ZONE", "PROJECT", "DRY_RUN", "QUEUED",
-                           "SPOT", "RUNTIME_VERSION", "ACCELERATOR_TYPE",
-                           "DATA_DIR", "MODEL_DIR", "CONFIG", "LINES")}
-  full_env.update(cloud.env)
-  full_env.update({"POLL_SECONDS": "0"}, **(env or {}))
-  return subprocess.run(["bash", SCRIPT, *args], capture_output=True,
-                        text=True, env=full_env, timeout=timeout, cwd=ROOT,
-                        stdin=subprocess.DEVNULL)
-
-
-def ok(result):
-  assert result.returncode == 0, result.stdout + result.stderr
-  return result
-
-
-def error_line(result):
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, result.stderr
-  return lines[0]
+  return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=(
+      "TPU_NAME", "ZONE", "PROJECT", "DRY_RUN", "QUEUED", "SPOT",
+      "RUNTIME_VERSION", "ACCELERATOR_TYPE", "DATA_DIR", "MODEL_DIR", "CONFIG",
+      "LINES"), env={"POLL_SECONDS": "0", **(env or {})})
 
 
 def created_node(cloud):
@@ -358,6 +344,10 @@ def test_train_refuses_local_paths_and_a_worker_without_setup(tpu):
   assert result.returncode == 2
   assert error_line(result) == ("error: the trainer is not installed on this "
                                 "worker: run launch/tpu_vm.sh setup")
+  no_log = tpu_vm(tpu, "logs")
+  assert no_log.returncode == 2
+  assert error_line(no_log) == ("error: no run log on worker 0 yet: "
+                                "launch/tpu_vm.sh train starts a run")
 
 
 def test_preempted_spot_tpu_is_recreated(tpu):
@@ -406,8 +396,8 @@ def test_dry_run_prints_every_command_and_asks_nothing(tpu):
       "--zone=us-central2-b", "--project=p", "--accelerator-type=v4-8",
       "--version=NEWEST_FITTING_TF_RUNTIME"]
   follow = ok(tpu_vm(tpu, "logs", "-f", env={"DRY_RUN": "1"}))
-  assert bash_words(follow.stdout.strip())[-1] == (
-      "--command=tail -n 200 -f ~/masked-attention-run/train.log")
+  assert "tail -n 200 -f ~/masked-attention-run/train.log" in (
+      bash_words(follow.stdout.strip())[-1])
   assert tpu.requests == [] and not os.path.exists(os.path.join(ROOT, "x"))
 
 

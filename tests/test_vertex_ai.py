@@ -10,6 +10,8 @@ import tarfile
 
 import pytest
 
+from cloud_fake import error_line, ok
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
@@ -17,29 +19,11 @@ IMAGES = "us-docker.pkg.dev/vertex-ai/training"
 
 
 def vertex_ai(cloud, *args, env=None, gcs=None, timeout=120):
-  full_env = {k: v for k, v in os.environ.items()
-              if k not in ("PROJECT", "REGION", "STAGING_DIR", "DATA_DIR",
-                           "MODEL_DIR", "MACHINE_TYPE", "ACCELERATOR_TYPE",
-                           "ACCELERATOR_COUNT", "WORKERS", "TPU_TOPOLOGY",
-                           "IMAGE", "CONFIG", "DRY_RUN", "JOB_NAME")}
-  full_env.update(cloud.env)
-  if gcs is not None:
-    full_env.update(cloud.storage_env(gcs))
-  full_env.update(env or {})
-  return subprocess.run(["bash", SCRIPT, *args], capture_output=True,
-                        text=True, env=full_env, timeout=timeout, cwd=ROOT,
-                        stdin=subprocess.DEVNULL)
-
-
-def ok(result):
-  assert result.returncode == 0, result.stdout + result.stderr
-  return result
-
-
-def error_line(result):
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, result.stderr
-  return lines[0]
+  return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=(
+      "PROJECT", "REGION", "STAGING_DIR", "DATA_DIR", "MODEL_DIR",
+      "MACHINE_TYPE", "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "WORKERS",
+      "TPU_TOPOLOGY", "IMAGE", "CONFIG", "DRY_RUN", "JOB_NAME"),
+      env={**(cloud.storage_env(gcs) if gcs else {}), **(env or {})})
 
 
 @pytest.fixture
