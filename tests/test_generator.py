@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import errors
 from trainer import data
 from trainer import problems
 from trainer import vocab
@@ -149,7 +150,7 @@ def test_shard_that_differs_is_an_error_and_is_kept(tmp_path):
   os.remove(tmp_path / "manifest.json")
   shard = tmp_path / "train-00002-of-00003.tfrecord"
   shard.write_bytes(b"not this")
-  with pytest.raises(data.DataError, match="train-00002-of-00003.tfrecord "
+  with pytest.raises(errors.UserError, match="train-00002-of-00003.tfrecord "
                      "exists but differs"):
     data.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert shard.read_bytes() == b"not this"
@@ -158,12 +159,12 @@ def test_shard_that_differs_is_an_error_and_is_kept(tmp_path):
 def test_other_generation_in_out_dir_is_an_error_before_writing(tmp_path):
   data.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
-  with pytest.raises(data.DataError, match=r"generated with .*'seed': 7"):
+  with pytest.raises(errors.UserError, match=r"generated with .*'seed': 7"):
     data.generate(spec(tmp_path, seed=9), num_processes=1,
                   show_progress=False)
   os.remove(tmp_path / "manifest.json")
   del before["manifest.json"]
-  with pytest.raises(data.DataError, match=r"holds 3 train shard\(s\) of "
+  with pytest.raises(errors.UserError, match=r"holds 3 train shard\(s\) of "
                      "another generation"):
     data.generate(spec(tmp_path, num_shards=4), num_processes=1,
                   show_progress=False)

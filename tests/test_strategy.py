@@ -4,11 +4,12 @@ import types
 import pytest
 import tensorflow as tf
 
+from trainer import errors
 from trainer import strategy as strategy_lib
 
 
 def test_unknown_strategy():
-  with pytest.raises(strategy_lib.StrategyError,
+  with pytest.raises(errors.UserError,
                      match="--strategy='bogus' is not one of default, "
                      "one_device, mirrored, multi_worker_mirrored, tpu"):
     strategy_lib.make_strategy("bogus")
@@ -26,7 +27,7 @@ def test_single_machine_strategies_on_cpu():
 
 
 def test_more_gpus_than_visible():
-  with pytest.raises(strategy_lib.StrategyError,
+  with pytest.raises(errors.UserError,
                      match=r"--num_gpus=2 but 0 GPU\(s\) are visible"):
     strategy_lib.make_strategy("mirrored", num_gpus=2)
 
@@ -43,14 +44,14 @@ def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config,
     monkeypatch.delenv("TF_CONFIG", raising=False)
   else:
     monkeypatch.setenv("TF_CONFIG", tf_config)
-  with pytest.raises(strategy_lib.StrategyError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     strategy_lib.make_strategy("multi_worker_mirrored")
 
 
 def test_unknown_collective(monkeypatch):
   monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, '
                      '"task": {"type": "worker", "index": 0}}')
-  with pytest.raises(strategy_lib.StrategyError,
+  with pytest.raises(errors.UserError,
                      match="collective='MPI' is not one of AUTO, RING, NCCL"):
     strategy_lib.make_strategy("multi_worker_mirrored", collective="MPI")
 
@@ -59,7 +60,7 @@ def test_tpu_at_a_closed_port_fails_fast():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  with pytest.raises(strategy_lib.StrategyError,
+  with pytest.raises(errors.UserError,
                      match=f"no TPU reachable at --tpu=grpc://127.0.0.1:{port}"
                      " \\(cannot connect.*must run on a Cloud TPU VM"):
     strategy_lib.make_strategy("tpu", tpu=f"grpc://127.0.0.1:{port}")

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from trainer import errors
 from trainer import model as model_lib
 from trainer import run_dir
 from trainer import train
@@ -93,7 +94,7 @@ def test_other_model_shape_is_a_clear_error(smoke_data, tmp_path):
   config = smoke.get_config()
   run(config, smoke_data, tmp_path)
   config.model.hidden_size = 12
-  with pytest.raises(train.TrainError, match=r"another model shape "
+  with pytest.raises(errors.UserError, match=r"another model shape "
                      r"\(hidden_size: checkpoint 8 vs config 12\)"):
     run(config, smoke_data, tmp_path)
 
@@ -134,7 +135,7 @@ def test_export_matches_the_trained_model(smoke_data, tmp_path):
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
-  with pytest.raises(train.TrainError, match=r"no training shards: no file "
+  with pytest.raises(errors.UserError, match=r"no training shards: no file "
                      r"matches .*train-\*-of-\*\.tfrecord.*python -m "
                      "trainer.data generate"):
     run(smoke.get_config(), str(tmp_path), tmp_path / "model")
@@ -152,14 +153,14 @@ def test_bad_config_fields(field, value, message):
   config = smoke.get_config()
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(train.TrainError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     train.validate_config(config, num_replicas=1)
 
 
 def test_global_batch_must_divide_over_replicas():
   config = smoke.get_config()
   train.validate_config(config, num_replicas=4)
-  with pytest.raises(train.TrainError, match="global_batch_size=16 is not "
+  with pytest.raises(errors.UserError, match="global_batch_size=16 is not "
                      "divisible by the 3 replicas"):
     train.validate_config(config, num_replicas=3)
 
@@ -209,7 +210,7 @@ def test_tpu_config_resolves():
 def test_tpu_needs_per_core_batches_of_eight():
   config = smoke.get_config()  # global batch 16
   train.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
-  with pytest.raises(train.TrainError, match=r"gives 4 examples per TPU core;"
+  with pytest.raises(errors.UserError, match=r"gives 4 examples per TPU core;"
                      r" use a multiple of 8 per core \(4 cores\)"):
     train.validate_config(config, num_replicas=4, on_tpu=True)
   train.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
@@ -221,7 +222,7 @@ def test_tpu_needs_per_core_batches_of_eight():
     ("gs://b/arith", "runs/1", "--model_dir=runs/1 is a local path"),
 ])
 def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
-  with pytest.raises(train.TrainError, match=re.escape(bad)):
+  with pytest.raises(errors.UserError, match=re.escape(bad)):
     train.check_tpu_paths(smoke.get_config(), data_dir,
                           run_dir.RunDirs.under(model_dir))
   train.check_tpu_paths(smoke.get_config(), "gs://b/arith",
@@ -231,7 +232,7 @@ def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
       "AIP_MODEL_DIR": "gs://b/out/model/",
       "AIP_CHECKPOINT_DIR": "/tmp/checkpoints",
       "AIP_TENSORBOARD_LOG_DIR": "gs://b/out/logs/"})
-  with pytest.raises(train.TrainError,
+  with pytest.raises(errors.UserError,
                      match="AIP_CHECKPOINT_DIR=/tmp/checkpoints is a local"):
     train.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
 
@@ -242,10 +243,10 @@ def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):
   shutil.copytree(smoke_data, data_dir)
   shard = data_dir / "train-00002-of-00004.tfrecord"
   shard.write_bytes(shard.read_bytes()[:100])
-  with pytest.raises(train.TrainError, match=r"train-00002-of-00004.tfrecord "
+  with pytest.raises(errors.UserError, match=r"train-00002-of-00004.tfrecord "
                      r"has 100 bytes but .*manifest.json says \d+: a partial"):
     run(smoke.get_config(), str(data_dir), tmp_path / "model")
   shard.unlink()
-  with pytest.raises(train.TrainError, match=r"train-00002-of-00004.tfrecord "
+  with pytest.raises(errors.UserError, match=r"train-00002-of-00004.tfrecord "
                      r"is listed in .*manifest.json but missing"):
     run(smoke.get_config(), str(data_dir), tmp_path / "model")

@@ -86,39 +86,3 @@ def parse_flags(argv: list[str]) -> list[str]:
     # (AttributeError), a missing config file, a value of the wrong type.
     sys.exit(fail(f"cannot parse the flags: {type(e).__name__}: {e} "
                   "(see --helpfull)"))
-
-
-def permission_denied(what: str, bucket: str, detail: str = "") -> str:
-  """The one-line remedy for a GCS 403, shared by every command."""
-  return (f"permission denied on {what}{f' ({detail})' if detail else ''}: "
-          "the account in use (`gcloud auth list`) needs "
-          f"roles/storage.objectAdmin on gs://{bucket}")
-
-
-def missing_bucket(bucket: str, detail: str = "") -> str:
-  """The one-line remedy for a GCS bucket that does not exist."""
-  return (f"bucket gs://{bucket} does not exist{f' ({detail})' if detail else ''}"
-          f": create it with `gcloud storage buckets create gs://{bucket}`, "
-          "or fix the path")
-
-
-def describe_io_error(error: BaseException) -> str:
-  """One line for a file system error (local or gs://), with a remedy for
-  the GCS ones: permission denied, missing credentials."""
-  message = getattr(error, "message", None) or str(error)
-  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
-  # TF's gs:// errors end with "when <doing> gs://bucket/object".
-  where = next((l for l in reversed(lines) if "gs://" in l), "")
-  kind = type(error).__name__
-  if kind == "PermissionDeniedError" and "gs://" in where:
-    path = where[where.index("gs://"):].split()[0]
-    bucket = path[len("gs://"):].split("/", 1)[0]
-    return permission_denied(path, bucket, detail=where)
-  if kind == "UnauthenticatedError" or "authentication bearer token" in message:
-    return ("no Google Cloud credentials for gs:// (run `gcloud auth "
-            "application-default login`, or set "
-            f"GOOGLE_APPLICATION_CREDENTIALS): {lines[0] if lines else kind}")
-  first = lines[0] if lines else ""
-  if where and where != first:
-    first = f"{first} ... {where}"
-  return f"{kind}: {first}"

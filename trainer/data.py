@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 
 from trainer import cli
+from trainer import errors
 from trainer import problems
 from trainer import vocab
 # `storage` imports TensorFlow. This module is also imported by the spawned
@@ -42,10 +43,6 @@ from trainer import vocab
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "masked-attention-trainer/1"
 COMMANDS = ("generate", "upload", "verify")
-
-class DataError(ValueError):
-  """A bad argument or a data directory that disagrees with it."""
-
 
 @dataclasses.dataclass(frozen=True)
 class GenerateSpec:
@@ -58,20 +55,20 @@ class GenerateSpec:
   seed: int
 
   def validate(self) -> None:
-    """Raises DataError naming the first bad argument."""
+    """Raises UserError naming the first bad argument."""
     if not self.out_dir:
-      raise DataError("--out_dir is required (a local directory or gs:// URL)")
+      raise errors.UserError("--out_dir is required (a local directory or gs:// URL)")
     if self.split not in problems.SPLITS:
-      raise DataError(f"--split={self.split!r} is not a split: use one of "
+      raise errors.UserError(f"--split={self.split!r} is not a split: use one of "
                       f"{', '.join(problems.SPLITS)}")
     for name in ("num_shards", "examples_per_shard"):
       if getattr(self, name) <= 0:
-        raise DataError(f"--{name}={getattr(self, name)} must be positive")
+        raise errors.UserError(f"--{name}={getattr(self, name)} must be positive")
     if self.max_value < 2:
-      raise DataError(f"--max_value={self.max_value} must be at least 2 "
+      raise errors.UserError(f"--max_value={self.max_value} must be at least 2 "
                       "(x and y are drawn from (-max_value, max_value))")
     if self.seed < 0:
-      raise DataError(f"--seed={self.seed} must be non-negative")
+      raise errors.UserError(f"--seed={self.seed} must be non-negative")
 
   def shard_path(self, index: int) -> str:
     from trainer import storage
@@ -85,11 +82,11 @@ class GenerateSpec:
 
 
 def resolve_num_processes(num_processes: int | None) -> int:
-  """None -> one per CPU core; raises DataError unless positive."""
+  """None -> one per CPU core; raises UserError unless positive."""
   if num_processes is None:
     return os.cpu_count() or 1
   if num_processes <= 0:
-    raise DataError(f"--num_processes={num_processes} must be positive")
+    raise errors.UserError(f"--num_processes={num_processes} must be positive")
   return num_processes
 
 
@@ -131,7 +128,7 @@ def read_manifest(data_dir: str) -> dict[str, Any] | None:
     return None
   manifest = storage.read_json(path)
   if manifest.get("format") != MANIFEST_FORMAT:
-    raise DataError(f"{path} is not a manifest of this package (format "
+    raise errors.UserError(f"{path} is not a manifest of this package (format "
                     f"{manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
   return manifest
 
@@ -142,27 +139,24 @@ def _check_out_dir(spec: GenerateSpec) -> dict[str, Any] | None:
   Returns:
     The existing manifest, or None.
   Raises:
-    DataError: out_dir is a file; the manifest has another vocabulary or
+    UserError: out_dir is a file; the manifest has another vocabulary or
       another generation of this split; or shards of this split from another
       generation lie there.
   """
   from trainer import storage
-  try:
-    storage.check_bucket(spec.out_dir, "--out_dir")
-  except storage.BucketError as e:
-    raise DataError(str(e)) from e
+  storage.check_bucket(spec.out_dir, "--out_dir")
   if storage.exists(spec.out_dir) and not storage.isdir(spec.out_dir):
-    raise DataError(f"--out_dir={spec.out_dir} is a file, not a directory")
+    raise errors.UserError(f"--out_dir={spec.out_dir} is a file, not a directory")
   if not storage.isdir(spec.out_dir):
     return None
   manifest = read_manifest(spec.out_dir)
   if manifest is not None:
     if manifest["vocab"] != list(vocab.VOCAB):
-      raise DataError(f"{storage.join(spec.out_dir, MANIFEST_NAME)} has "
+      raise errors.UserError(f"{storage.join(spec.out_dir, MANIFEST_NAME)} has "
                       "another vocabulary: use another --out_dir")
     entry = manifest["splits"].get(spec.split)
     if entry is not None and entry["generator"] != spec.generator_params():
-      raise DataError(
+      raise errors.UserError(
           f"{spec.out_dir} already holds split {spec.split!r} generated with "
           f"{entry['generator']}, not {spec.generator_params()}: remove those "
           "shards or use another --out_dir")
@@ -170,7 +164,7 @@ def _check_out_dir(spec: GenerateSpec) -> dict[str, Any] | None:
   pattern = storage.join(spec.out_dir, f"{spec.split}-*-of-*.tfrecord")
   strangers = [p for p in storage.glob(pattern) if p not in expected]
   if strangers:
-    raise DataError(
+    raise errors.UserError(
         f"{spec.out_dir} holds {len(strangers)} {spec.split} shard(s) of "
         f"another generation (e.g. {os.path.basename(strangers[0])}) that a "
         "reader would mix with these: remove them or use another --out_dir")
@@ -209,7 +203,7 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   Returns:
     The manifest entry of the split.
   Raises:
-    DataError: a bad argument or an out_dir that disagrees with it (raised
+    UserError: a bad argument or an out_dir that disagrees with it (raised
       before anything is written), or an existing shard whose bytes differ
       from what `spec` generates.
   """
@@ -240,7 +234,7 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
       path = spec.shard_path(shard.index)
       if storage.exists(path):
         if storage.read_bytes(path) != shard.data:
-          raise DataError(
+          raise errors.UserError(
               f"{path} exists but differs from the shard these flags "
               "generate: remove it or use another --out_dir")
         skipped += 1
@@ -341,53 +335,52 @@ def _transfer(command: str, flag_values) -> int:
   """upload and verify (google-cloud-storage)."""
   cli.import_tensorflow()
   from trainer import gcs  # pylint: disable=g-import-not-at-top
-  try:
-    if command == "upload":
-      for name in ("src", "dst"):
-        if not flag_values[name].value:
-          return cli.fail(f"upload needs --{name}")
-      result = gcs.upload(flag_values.src, flag_values.dst,
-                          num_threads=flag_values.num_threads)
-      print(f"uploaded {len(result.uploaded)} file(s) "
-            f"({result.bytes_uploaded:,} bytes), skipped "
-            f"{len(result.skipped)} unchanged, to {flag_values.dst}",
-            file=sys.stderr)
-      return 0
-    if not flag_values.data_dir:
-      return cli.fail("verify needs --data_dir")
-    return gcs.print_verify(flag_values.data_dir)
-  except gcs.GcsError as e:
-    return cli.fail(str(e), status=1)
+  if command == "upload":
+    for name in ("src", "dst"):
+      if not flag_values[name].value:
+        raise errors.UserError(f"upload needs --{name}")
+    result = gcs.upload(flag_values.src, flag_values.dst,
+                        num_threads=flag_values.num_threads)
+    print(f"uploaded {len(result.uploaded)} file(s) "
+          f"({result.bytes_uploaded:,} bytes), skipped "
+          f"{len(result.skipped)} unchanged, to {flag_values.dst}",
+          file=sys.stderr)
+    return 0
+  if not flag_values.data_dir:
+    raise errors.UserError("verify needs --data_dir")
+  return gcs.print_verify(flag_values.data_dir)
 
 
-def main(argv: list[str]) -> int:
-  flag_values = flags.FLAGS
-  command = argv[1] if len(argv) > 1 else None
-  if command not in COMMANDS or len(argv) > 2:
-    return cli.fail(f"usage: python -m trainer.data {{{'|'.join(COMMANDS)}}} "
-                    f"[--flags]; got {' '.join(argv[1:]) or 'no command'}")
-  if command != "generate":
-    return _transfer(command, flag_values)
+def _generate(flag_values) -> int:
   spec = GenerateSpec(
       out_dir=flag_values.out_dir, split=flag_values.split,
       num_shards=flag_values.num_shards,
       examples_per_shard=flag_values.examples_per_shard,
       max_value=flag_values.max_value, seed=flag_values.seed)
-  try:
-    # Argument errors first, before the slow TensorFlow import.
-    spec.validate()
-    resolve_num_processes(flag_values.num_processes)
-  except DataError as e:
-    return cli.fail(str(e))
+  # Argument errors first, before the slow TensorFlow import.
+  spec.validate()
+  resolve_num_processes(flag_values.num_processes)
   tf = cli.import_tensorflow()
   try:
     generate(spec, num_processes=flag_values.num_processes)
-  except DataError as e:
-    return cli.fail(str(e))
   except (OSError, tf.errors.OpError) as e:
     # File system errors (permissions, a missing bucket) end in one line too.
-    return cli.fail(cli.describe_io_error(e), status=1)
+    raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
   return 0
+
+
+def main(argv: list[str]) -> int:
+  command = argv[1] if len(argv) > 1 else None
+  try:
+    if command not in COMMANDS or len(argv) > 2:
+      raise errors.UserError(
+          f"usage: python -m trainer.data {{{'|'.join(COMMANDS)}}} [--flags]; "
+          f"got {' '.join(argv[1:]) or 'no command'}")
+    if command == "generate":
+      return _generate(flags.FLAGS)
+    return _transfer(command, flags.FLAGS)
+  except errors.UserError as e:
+    return cli.fail(str(e), status=e.exit_status)
 
 
 if __name__ == "__main__":

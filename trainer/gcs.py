@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from trainer import cli
+from trainer import errors
 from trainer import problems
 
 # What to tell a user without credentials.
@@ -28,14 +28,15 @@ NO_CREDENTIALS = (
     "file)")
 
 
-class GcsError(RuntimeError):
-  """A GCS problem, described in one line with what to do about it."""
+def _failure(message: str) -> errors.UserError:
+  """A GCS problem in one line; upload and verify exit with status 1."""
+  return errors.UserError(message, exit_status=1)
 
 
 def split_url(url: str) -> tuple[str, str]:
   """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
   if not url.startswith("gs://") or len(url) <= len("gs://"):
-    raise GcsError(f"{url!r} is not a gs://bucket/path URL")
+    raise _failure(f"{url!r} is not a gs://bucket/path URL")
   bucket, _, prefix = url[len("gs://"):].partition("/")
   return bucket, prefix.strip("/")
 
@@ -47,25 +48,25 @@ def make_client():
   try:
     return storage.Client()
   except google.auth.exceptions.DefaultCredentialsError as e:
-    raise GcsError(NO_CREDENTIALS) from e
+    raise _failure(NO_CREDENTIALS) from e
   except OSError as e:  # credentials without a project
-    raise GcsError(f"{e}: set GOOGLE_CLOUD_PROJECT or run `gcloud config set "
+    raise _failure(f"{e}: set GOOGLE_CLOUD_PROJECT or run `gcloud config set "
                    "project PROJECT`") from e
 
 
-def describe(error: Exception, bucket: str, what: str) -> GcsError:
-  """Maps a google.api_core error to a GcsError naming bucket and remedy."""
+def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
+  """Maps a google.api_core error to a UserError naming bucket and remedy."""
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
   message = getattr(error, "message", None) or str(error)
   if isinstance(error, exceptions.NotFound):
-    return GcsError(cli.missing_bucket(bucket, detail=message))
+    return _failure(errors.missing_bucket(bucket, detail=message))
   if isinstance(error, exceptions.Forbidden):
-    return GcsError(cli.permission_denied(what, bucket, detail=message))
+    return _failure(errors.permission_denied(what, bucket, detail=message))
   if isinstance(error, (exceptions.Unauthorized,
                         google.auth.exceptions.GoogleAuthError)):
-    return GcsError(f"{NO_CREDENTIALS} ({message})")
-  return GcsError(f"{what}: {type(error).__name__}: {message}")
+    return _failure(f"{NO_CREDENTIALS} ({message})")
+  return _failure(f"{what}: {type(error).__name__}: {message}")
 
 
 def _api_errors() -> tuple[type[Exception], ...]:
@@ -76,11 +77,11 @@ def _api_errors() -> tuple[type[Exception], ...]:
 
 def _local_files(src: str) -> list[str]:
   if not os.path.isdir(src):
-    raise GcsError(f"--src={src} is not a local directory")
+    raise _failure(f"--src={src} is not a local directory")
   names = sorted(n for n in os.listdir(src)
                  if os.path.isfile(os.path.join(src, n)) and ".tmp-" not in n)
   if not names:
-    raise GcsError(f"--src={src} holds no files to upload")
+    raise _failure(f"--src={src} holds no files to upload")
   return names
 
 
@@ -104,19 +105,19 @@ def upload(src: str, dst: str, num_threads: int = 8,
   manifest goes last, so a reader never finds a manifest before its shards.
 
   Raises:
-    GcsError: a bad argument, no credentials, a missing bucket, no
+    UserError: a bad argument, no credentials, a missing bucket, no
       permission, or a failed upload (named).
   """
   from trainer import progress  # pylint: disable=g-import-not-at-top
   bucket_name, prefix = split_url(dst)
   if num_threads <= 0:
-    raise GcsError(f"--num_threads={num_threads} must be positive")
+    raise _failure(f"--num_threads={num_threads} must be positive")
   names = _local_files(src)
   client = make_client()
   bucket = client.bucket(bucket_name)
   try:
     if not bucket.exists():
-      raise GcsError(f"--dst={dst}: " + cli.missing_bucket(bucket_name))
+      raise _failure(f"--dst={dst}: " + errors.missing_bucket(bucket_name))
   except _api_errors() as e:
     raise describe(e, bucket_name, dst) from e
 
@@ -174,8 +175,8 @@ def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
   start = f"{prefix}/" if prefix else ""
   try:
     if not bucket.exists():
-      raise GcsError(f"--data_dir={data_dir}: " +
-                     cli.missing_bucket(bucket_name))
+      raise _failure(f"--data_dir={data_dir}: " +
+                     errors.missing_bucket(bucket_name))
     objects = {}
     for blob in client.list_blobs(bucket_name, prefix=start):
       name = blob.name[len(start):]
@@ -195,7 +196,7 @@ def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
 
 def _list_local(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
   if not os.path.isdir(data_dir):
-    raise GcsError(f"--data_dir={data_dir} is not a directory")
+    raise _failure(f"--data_dir={data_dir} is not a directory")
   objects = {}
   for name in os.listdir(data_dir):
     path = os.path.join(data_dir, name)
@@ -217,12 +218,12 @@ def verify(data_dir: str) -> tuple[list[str], int]:
     another size or CRC32C, or a shard file of a split that the manifest
     does not list (a glob would read it) -- and the number of shards checked.
   Raises:
-    GcsError: no manifest, or an access problem.
+    UserError: no manifest, or an access problem.
   """
   objects, read = (_list_gcs if data_dir.startswith("gs://")
                    else _list_local)(data_dir)
   if "manifest.json" not in objects:
-    raise GcsError(f"{data_dir} has no manifest.json: nothing to verify "
+    raise _failure(f"{data_dir} has no manifest.json: nothing to verify "
                    "against (generate the data with python -m trainer.data "
                    "generate)")
   manifest: dict[str, Any] = json.loads(read("manifest.json"))

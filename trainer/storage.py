@@ -14,13 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from trainer import cli
+from trainer import errors
 
 gfile = tf.io.gfile
-
-
-class BucketError(OSError):
-  """A gs:// bucket that is missing or not accessible, said in one line."""
 
 
 def bucket_of(path: str) -> str | None:
@@ -38,7 +34,7 @@ def check_bucket(path: str, flag: str) -> None:
   retries without end; a glob fails with a bare HTTP 404).
 
   Raises:
-    BucketError: naming the bucket or object and what to do.
+    UserError: naming the bucket or object and what to do.
   """
   bucket = bucket_of(path)
   if bucket is None:
@@ -47,9 +43,9 @@ def check_bucket(path: str, flag: str) -> None:
     gfile.exists(path)  # a denied bucket fails here (403)
     present = gfile.isdir(f"gs://{bucket}")
   except tf.errors.PermissionDeniedError as e:
-    raise BucketError(cli.permission_denied(path, bucket)) from e
+    raise errors.UserError(errors.permission_denied(path, bucket)) from e
   if not present:
-    raise BucketError(f"{flag}={path}: " + cli.missing_bucket(
+    raise errors.UserError(f"{flag}={path}: " + errors.missing_bucket(
         bucket, detail="or this account cannot see it"))
 
 

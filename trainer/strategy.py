@@ -16,21 +16,19 @@ import socket
 
 import tensorflow as tf
 
+from trainer import errors
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
 COLLECTIVES = ("AUTO", "RING", "NCCL")
 
 
-class StrategyError(ValueError):
-  """A strategy that cannot be made here, with the reason."""
-
-
 def _gpus(num_gpus: int) -> list[str]:
   gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
   if num_gpus < 0:
-    raise StrategyError(f"--num_gpus={num_gpus} must be 0 (all) or positive")
+    raise errors.UserError(f"--num_gpus={num_gpus} must be 0 (all) or positive")
   if num_gpus > len(gpus):
-    raise StrategyError(f"--num_gpus={num_gpus} but {len(gpus)} GPU(s) are "
+    raise errors.UserError(f"--num_gpus={num_gpus} but {len(gpus)} GPU(s) are "
                         "visible")
   return gpus[:num_gpus] if num_gpus else gpus
 
@@ -44,22 +42,22 @@ def _parse_tf_config() -> dict | None:
   try:
     tf_config = json.loads(raw)
   except json.JSONDecodeError as e:
-    raise StrategyError(f"TF_CONFIG is not valid JSON ({e}): fix it, or "
+    raise errors.UserError(f"TF_CONFIG is not valid JSON ({e}): fix it, or "
                         "unset it for a single-machine run") from e
   if not isinstance(tf_config, dict):
-    raise StrategyError(f"TF_CONFIG must be a JSON object, got {raw!r}")
+    raise errors.UserError(f"TF_CONFIG must be a JSON object, got {raw!r}")
   return tf_config
 
 
 def _tf_config() -> dict:
   tf_config = _parse_tf_config()
   if not tf_config:
-    raise StrategyError(
+    raise errors.UserError(
         "--strategy=multi_worker_mirrored needs TF_CONFIG (cluster and task "
         "of this worker, as Vertex AI and Kubernetes set it); for one "
         "machine use --strategy=mirrored")
   if "cluster" not in tf_config or "task" not in tf_config:
-    raise StrategyError("TF_CONFIG needs 'cluster' and 'task' entries, got "
+    raise errors.UserError("TF_CONFIG needs 'cluster' and 'task' entries, got "
                         f"{sorted(tf_config)}")
   return tf_config
 
@@ -68,7 +66,7 @@ def _multi_worker(collective: str,
                   timeout_s: float) -> tf.distribute.Strategy:
   _tf_config()
   if collective not in COLLECTIVES:
-    raise StrategyError(f"collective={collective!r} is not one of "
+    raise errors.UserError(f"collective={collective!r} is not one of "
                         f"{', '.join(COLLECTIVES)}")
   options = tf.distribute.experimental.CommunicationOptions(
       implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
@@ -78,8 +76,8 @@ def _multi_worker(collective: str,
       communication_options=options)
 
 
-def _no_tpu(address: str, cause: str) -> StrategyError:
-  return StrategyError(
+def _no_tpu(address: str, cause: str) -> errors.UserError:
+  return errors.UserError(
       f"no TPU reachable at --tpu={address} ({cause}); --strategy=tpu must "
       "run on a Cloud TPU VM (--tpu=local), or on worker 0 of a pod with the "
       "TPU's name")
@@ -111,14 +109,14 @@ def split_cpu(num_devices: int) -> None:
   before TensorFlow initializes its devices (before the first op).
   """
   if num_devices < 0:
-    raise StrategyError(f"--num_cpu_devices={num_devices} must be >= 0")
+    raise errors.UserError(f"--num_cpu_devices={num_devices} must be >= 0")
   if num_devices:
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
     except RuntimeError as e:
-      raise StrategyError(f"--num_cpu_devices={num_devices}: TensorFlow has "
+      raise errors.UserError(f"--num_cpu_devices={num_devices}: TensorFlow has "
                           f"already initialized its devices ({e})") from e
 
 
@@ -137,10 +135,10 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
     num_cpu_devices: split the CPU into this many logical devices first.
 
   Raises:
-    StrategyError: an unknown name, or a strategy this machine cannot run.
+    UserError: an unknown name, or a strategy this machine cannot run.
   """
   if name not in STRATEGIES:
-    raise StrategyError(f"--strategy={name!r} is not one of "
+    raise errors.UserError(f"--strategy={name!r} is not one of "
                         f"{', '.join(STRATEGIES)}")
   split_cpu(num_cpu_devices)
   _parse_tf_config()

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 import configs
 from trainer import cli
+from trainer import errors
 from trainer import run_dir
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -87,12 +88,10 @@ def main(argv):
     dirs = run_dirs(_MODEL_DIR.value, data.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
     train.train_and_evaluate(config, distribution, data_dir, dirs)
-  except (train.TrainError, strategy.StrategyError, data.DataError) as e:
-    return cli.fail(str(e))
-  except train.WorkerLostError as e:
-    return cli.fail(str(e), status=1)
+  except errors.UserError as e:
+    return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:
-    return cli.fail(cli.describe_io_error(e), status=1)
+    return cli.fail(errors.describe_io_error(e), status=1)
   return 0
 
 

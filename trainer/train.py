@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from trainer import errors
 from trainer import export
 from trainer import input_pipeline
 from trainer import model as model_lib
@@ -53,14 +54,6 @@ warnings.filterwarnings("ignore", message="To make it possible to preserve "
                         "tf.data options")
 
 
-class TrainError(ValueError):
-  """A config, data or model_dir problem found before or during training."""
-
-
-class WorkerLostError(RuntimeError):
-  """A multi-worker run lost a peer; re-running every worker resumes it."""
-
-
 # What a collective op raises when a peer dies or stops answering.
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                 tf.errors.AbortedError, tf.errors.CancelledError)
@@ -72,10 +65,10 @@ def say(message: str) -> None:
 
 def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
                     on_tpu: bool = False) -> None:
-  """Raises TrainError naming the first bad field (before any graph)."""
+  """Raises UserError naming the first bad field (before any graph)."""
   train = config.train
   if config.model.vocab_size != vocab.VOCAB_SIZE:
-    raise TrainError(f"config.model.vocab_size={config.model.vocab_size} but "
+    raise errors.UserError(f"config.model.vocab_size={config.model.vocab_size} but "
                      f"the vocabulary has {vocab.VOCAB_SIZE} tokens")
   for section, name in (("model", "hidden_size"), ("model", "dense_size"),
                         ("model", "len_max_input"),
@@ -84,24 +77,24 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
                         ("train", "keep_checkpoints")):
     value = config[section][name]
     if value <= 0:
-      raise TrainError(f"config.{section}.{name}={value} must be positive")
+      raise errors.UserError(f"config.{section}.{name}={value} must be positive")
   for name in ("eval_every_steps", "eval_steps", "checkpoint_every_steps",
                "warmup_steps", "collective_timeout_s"):
     if train[name] < 0:
-      raise TrainError(f"config.train.{name}={train[name]} must be >= 0")
+      raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
   if train.learning_rate <= 0:
-    raise TrainError(f"config.train.learning_rate={train.learning_rate} must "
+    raise errors.UserError(f"config.train.learning_rate={train.learning_rate} must "
                      "be positive")
   if train.mixed_precision not in POLICIES:
-    raise TrainError(f"config.train.mixed_precision={train.mixed_precision!r}"
+    raise errors.UserError(f"config.train.mixed_precision={train.mixed_precision!r}"
                      f" is not one of {', '.join(POLICIES)}")
   if train.global_batch_size % num_replicas:
-    raise TrainError(
+    raise errors.UserError(
         f"config.train.global_batch_size={train.global_batch_size} is not "
         f"divisible by the {num_replicas} replicas of this strategy")
   per_replica = train.global_batch_size // num_replicas
   if on_tpu and per_replica % TPU_BATCH_MULTIPLE:
-    raise TrainError(
+    raise errors.UserError(
         f"config.train.global_batch_size={train.global_batch_size} gives "
         f"{per_replica} examples per TPU core; use a multiple of "
         f"{TPU_BATCH_MULTIPLE} per core ({num_replicas} cores): e.g. "
@@ -119,7 +112,7 @@ def check_tpu_paths(config: ml_collections.ConfigDict, data_dir: str | None,
                                                    config.data.eval_files)}
   for name, path in paths.items():
     if not path.startswith("gs://"):
-      raise TrainError(
+      raise errors.UserError(
           f"{name}={path} is a local path: on a TPU, data and model_dir must "
           "be gs:// URLs (the TPU workers cannot see this host's disk); "
           "copy the data with python -m trainer.data upload")
@@ -179,12 +172,12 @@ class Trainer:
             files, config.model.len_max_input, whole_split=True)
         self.file_lists[split == "training"] = files
       except FileNotFoundError as e:
-        raise TrainError(
+        raise errors.UserError(
             f"no {split} shards: {e} (generate them with python -m "
             "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
             "config.data)") from e
       except ValueError as e:
-        raise TrainError(str(e)) from e
+        raise errors.UserError(str(e)) from e
 
     keras.mixed_precision.set_global_policy(POLICIES[train.mixed_precision])
     keras.utils.set_random_seed(config.seed)
@@ -335,7 +328,7 @@ class Trainer:
     try:
       return self.strategy.distribute_datasets_from_function(dataset_fn)
     except ValueError as e:  # e.g. fewer files than workers
-      raise TrainError(f"{'training' if training else 'evaluation'} data: "
+      raise errors.UserError(f"{'training' if training else 'evaluation'} data: "
                        f"{e}") from e
 
   def trace_counts(self) -> dict[str, int]:
@@ -369,7 +362,7 @@ def _check_model_dir(dirs: run_dir.RunDirs,
   if differing and tf.train.latest_checkpoint(dirs.checkpoints):
     details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config "
                         f"{current.get(k)!r}" for k in differing)
-    raise TrainError(
+    raise errors.UserError(
         f"the checkpoint in {dirs.checkpoints} is of another model shape "
         f"({details}): use another --model_dir or the checkpoint's config")
 
@@ -399,21 +392,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final metrics (also written to metrics.json in dirs.files), with
     "stopped": True when SIGTERM ended the run early.
   Raises:
-    TrainError: a bad config, missing data, or a model_dir holding another
+    UserError: a bad config, missing data, or a model_dir holding another
       model shape; found before any graph is built.
   """
   on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   validate_config(config, strategy.num_replicas_in_sync, on_tpu=on_tpu)
   if on_tpu:
     check_tpu_paths(config, data_dir, dirs)
-  try:
-    for name, path in dirs.origin:
-      storage.check_bucket(path, name)
-    for name in ("train_files", "eval_files"):
-      storage.check_bucket(resolve_files(data_dir, config.data[name]),
-                           "--data_dir" if data_dir else f"config.data.{name}")
-  except storage.BucketError as e:
-    raise TrainError(str(e)) from e
+  for name, path in dirs.origin:
+    storage.check_bucket(path, name)
+  for name in ("train_files", "eval_files"):
+    storage.check_bucket(resolve_files(data_dir, config.data[name]),
+                         "--data_dir" if data_dir else f"config.data.{name}")
   is_chief = strategy_lib.is_chief(strategy)
   temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
@@ -426,12 +416,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if not strategy_lib.is_multi_worker(strategy):
       raise
     latest = tf.train.latest_checkpoint(dirs.checkpoints)
-    raise WorkerLostError(
+    raise errors.UserError(
         f"lost contact with another worker ({type(e).__name__}; a worker "
         "died or a collective op waited longer than "
         f"config.train.collective_timeout_s={config.train.collective_timeout_s}"
         "): start every worker again with the same command to resume from "
-        f"{latest or 'the start (no checkpoint yet)'}") from e
+        f"{latest or 'the start (no checkpoint yet)'}", exit_status=1) from e
   finally:
     if temp_dir:
       shutil.rmtree(temp_dir, ignore_errors=True)
