@@ -41,7 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_steps = 0  # eval batches per evaluation; 0 = one full pass
   config.train.checkpoint_every_steps = 5_000  # save a checkpoint this often
   config.train.keep_checkpoints = 3  # checkpoints kept in model_dir
-  config.train.deterministic = False  # reproducible order and ops (slower)
+  # A resumed run replays the data order exactly (skips the batches already
+  # trained on: costs a re-read of them) instead of drawing a new order.
+  config.train.exact_resume = False
   config.train.jit_compile = True  # XLA for each replica step (not on TPU)
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.

@@ -85,7 +85,7 @@ def test_mirrored_on_two_cpu_devices(run, smoke_data, tmp_path):
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     run, smoke_data, tmp_path):
-  flags = [f"--data_dir={smoke_data}", "--config.train.deterministic=True",
+  flags = [f"--data_dir={smoke_data}", "--config.train.exact_resume=True",
            "--config.train.num_steps=1500", "--config.train.steps_per_loop=10",
            "--config.train.eval_every_steps=0",
            "--config.train.checkpoint_every_steps=0"]

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from trainer import config_checks
 from trainer import errors
+from trainer import loop
 from trainer import model as model_lib
 from trainer import run_dir
 from trainer import train
@@ -29,7 +31,7 @@ def read_scalars(logdir):
 
 
 def run(config, data_dir, model_dir):
-  return train.train_and_evaluate(config, tf.distribute.get_strategy(),
+  return loop.train_and_evaluate(config, tf.distribute.get_strategy(),
                                   data_dir,
                                   run_dir.RunDirs.under(str(model_dir)))
 
@@ -61,7 +63,7 @@ def test_each_function_is_traced_once(smoke_data, tmp_path):
                                      "train_loop": 1, "eval_loop": 1}
 
 
-def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, capsys):
+def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   config = smoke.get_config()
   results = run(config, smoke_data, tmp_path)
   assert results["step"] == 40 and not results["stopped"]
@@ -71,20 +73,22 @@ def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, capsys):
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
       "ckpt-40")
   assert (tmp_path / "export" / "saved_model.pb").exists()
-  capsys.readouterr()
+  caplog.clear()
+  caplog.set_level("INFO", logger="absl")  # the run's lines: absl INFO
   again = run(config, smoke_data, tmp_path)
   assert again == {"step": 40, "stopped": False}
-  assert "already at step 40 of 40: nothing to train" in capsys.readouterr().err
+  assert "already at step 40 of 40: nothing to train" in caplog.text
 
 
 def test_longer_run_resumes_and_continues_the_step_count(smoke_data, tmp_path,
-                                                        capsys):
+                                                        caplog):
   config = smoke.get_config()
   run(config, smoke_data, tmp_path)
   config.train.num_steps = 60
-  capsys.readouterr()
+  caplog.clear()
+  caplog.set_level("INFO", logger="absl")
   results = run(config, smoke_data, tmp_path)
-  assert "resuming from" in capsys.readouterr().err
+  assert "resuming from" in caplog.text
   assert results["step"] == 60
   assert sorted(read_scalars(tmp_path / "train")["loss"]) == [
       10, 20, 30, 40, 50, 60]
@@ -154,15 +158,15 @@ def test_bad_config_fields(field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(errors.UserError, match=message):
-    train.validate_config(config, num_replicas=1)
+    config_checks.validate_config(config, num_replicas=1)
 
 
 def test_global_batch_must_divide_over_replicas():
   config = smoke.get_config()
-  train.validate_config(config, num_replicas=4)
+  config_checks.validate_config(config, num_replicas=4)
   with pytest.raises(errors.UserError, match="global_batch_size=16 is not "
                      "divisible by the 3 replicas"):
-    train.validate_config(config, num_replicas=3)
+    config_checks.validate_config(config, num_replicas=3)
 
 
 @pytest.mark.parametrize("precision, compute_dtype", [
@@ -190,7 +194,7 @@ def test_float16_uses_loss_scaling(smoke_data, tmp_path):
   config = smoke.get_config()
   config.train.mixed_precision = "float16"
   try:
-    trainer = train.Trainer(config, tf.distribute.get_strategy(), smoke_data)
+    trainer = train.Trainer(config, tf.distribute.get_strategy())
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -203,17 +207,17 @@ def test_tpu_config_resolves():
   assert not config.train.jit_compile  # TPUStrategy compiles the step
   assert config.train.steps_per_loop >= 1000
   for cores in (8, 32, 128):  # v4-8 .. v4-128 style slices
-    train.validate_config(config, num_replicas=cores, on_tpu=True)
+    config_checks.validate_config(config, num_replicas=cores, on_tpu=True)
   assert config.model.to_dict() == smoke.default.get_config().model.to_dict()
 
 
 def test_tpu_needs_per_core_batches_of_eight():
   config = smoke.get_config()  # global batch 16
-  train.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
+  config_checks.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
   with pytest.raises(errors.UserError, match=r"gives 4 examples per TPU core;"
                      r" use a multiple of 8 per core \(4 cores\)"):
-    train.validate_config(config, num_replicas=4, on_tpu=True)
-  train.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
+    config_checks.validate_config(config, num_replicas=4, on_tpu=True)
+  config_checks.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
 
 
 @pytest.mark.parametrize("data_dir, model_dir, bad", [
@@ -223,9 +227,9 @@ def test_tpu_needs_per_core_batches_of_eight():
 ])
 def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
   with pytest.raises(errors.UserError, match=re.escape(bad)):
-    train.check_tpu_paths(smoke.get_config(), data_dir,
+    config_checks.check_tpu_paths(smoke.get_config(), data_dir,
                           run_dir.RunDirs.under(model_dir))
-  train.check_tpu_paths(smoke.get_config(), "gs://b/arith",
+  config_checks.check_tpu_paths(smoke.get_config(), "gs://b/arith",
                         run_dir.RunDirs.under("gs://b/run"))
   # Vertex AI's directories are checked by the variable that named them.
   vertex = run_dir.RunDirs.from_vertex_env({
@@ -234,7 +238,7 @@ def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
       "AIP_TENSORBOARD_LOG_DIR": "gs://b/out/logs/"})
   with pytest.raises(errors.UserError,
                      match="AIP_CHECKPOINT_DIR=/tmp/checkpoints is a local"):
-    train.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
+    config_checks.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
 
 
 def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):

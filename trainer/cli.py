@@ -51,6 +51,24 @@ def import_tensorflow():
   return tf
 
 
+def log_plainly() -> None:
+  """The run's own lines (absl logging.info) print as they are, on stderr,
+  without absl's prefix; TensorFlow's Python INFO lines do not print.
+  An explicit `--verbosity` still wins."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  handler = logging.get_absl_handler()
+  handler.setFormatter(std_logging.Formatter("%(message)s"))
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+    # TensorFlow logs INFO lines through absl too (SavedModel writing,
+    # sharding callbacks): below WARNING, only this package's lines pass.
+    package_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    handler.addFilter(lambda record: record.levelno >= std_logging.WARNING
+                      or record.pathname.startswith(package_dir))
+  std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+
+
 def fail(message: str, status: int = 2) -> int:
   """Prints `error: message` on stderr; returns the exit status to use."""
   print(f"error: {message}", file=sys.stderr)

@@ -79,7 +79,8 @@ class Embed(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="trainer")
 class Reflect(keras.layers.Layer):
-  """Single-head self-attention with q, k, v matrices and scale 1/sqrt(d).
+  """Self-attention (the seed blog calls it Reflect): one head, q, k, v
+  matrices, scores scaled by 1/sqrt(d).
 
   Keys under the mask get a large negative logit, so no position attends to
   padding; outputs at masked query positions are zero. The mask is consumed

@@ -17,11 +17,13 @@ the TensorBoard logs into AIP_TENSORBOARD_LOG_DIR.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import posixpath
 from typing import Mapping
 
-# No TensorFlow here: the entry point imports this module before TensorFlow.
+# TensorFlow (and `storage`) only inside the functions that need them: the
+# entry point imports this module before TensorFlow.
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -78,6 +80,42 @@ class RunDirs:
     return (f"checkpoints {self.checkpoints}; TensorBoard {self.logs} "
             f"(train/, eval/); SavedModel {self.export}; config and metrics "
             f"in {self.files}")
+
+
+def check_compatible(dirs: RunDirs, config) -> None:
+  """A run directory holding a checkpoint of another model shape is an
+  error naming the fields that differ, not a crash at restore."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import errors, storage  # pylint: disable=g-import-not-at-top
+  path = posixpath.join(dirs.files, CONFIG_FILE)
+  if not storage.exists(path):
+    return
+  saved = storage.read_json(path).get("model", {})
+  current = config.model.to_dict()
+  differing = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k))
+  if differing and tf.train.latest_checkpoint(dirs.checkpoints):
+    details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config "
+                        f"{current.get(k)!r}" for k in differing)
+    raise errors.UserError(
+        f"the checkpoint in {dirs.checkpoints} is of another model shape "
+        f"({details}): use another --model_dir or the checkpoint's config")
+
+
+def write_config(dirs: RunDirs, config) -> None:
+  """The resolved config, as JSON, in dirs.files (config.json)."""
+  from trainer import storage  # pylint: disable=g-import-not-at-top
+  storage.makedirs(dirs.files)  # the others are made by what writes there
+  storage.write_atomic(posixpath.join(dirs.files, CONFIG_FILE),
+                       config.to_json_best_effort(indent=2, sort_keys=True)
+                       + "\n")
+
+
+def write_metrics(dirs: RunDirs, metrics: dict) -> None:
+  """The final metrics, as JSON, in dirs.files (metrics.json)."""
+  from trainer import storage  # pylint: disable=g-import-not-at-top
+  storage.write_atomic(posixpath.join(dirs.files, METRICS_FILE),
+                       json.dumps(metrics, indent=2) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)

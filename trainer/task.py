@@ -17,7 +17,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 import configs
@@ -65,9 +64,8 @@ def main(argv):
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
-  from trainer import data, strategy, train  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # TF's INFO lines hide progress
+  from trainer import config_checks, data, loop, strategy  # pylint: disable=g-import-not-at-top
+  cli.log_plainly()
   try:
     config = _CONFIG.value
     config.keys()  # a lazy placeholder raises on first use
@@ -76,7 +74,7 @@ def main(argv):
                     f"{config_flags.get_config_filename(flags.FLAGS['config'])}"
                     f": {' '.join(str(e).split())}")
   try:
-    train.validate_config(config, num_replicas=1)
+    config_checks.validate_config(config, num_replicas=1)
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,
@@ -87,7 +85,7 @@ def main(argv):
         config.seed)
     dirs = run_dirs(_MODEL_DIR.value, data.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
-    train.train_and_evaluate(config, distribution, data_dir, dirs)
+    loop.train_and_evaluate(config, distribution, data_dir, dirs)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:

@@ -1,0 +1,91 @@
+"""Config checks, before any graph is built: each bad field is one line.
+
+Also where the config's data lives: its shard patterns resolved against
+--data_dir.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import ml_collections
+
+from trainer import errors
+from trainer import run_dir
+from trainer import vocab
+
+TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
+# config.train.mixed_precision -> the Keras policy.
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
+            "float16": "mixed_float16"}
+
+
+def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
+                    on_tpu: bool = False) -> None:
+  """Raises UserError naming the first bad field."""
+  train = config.train
+  if config.model.vocab_size != vocab.VOCAB_SIZE:
+    raise errors.UserError(
+        f"config.model.vocab_size={config.model.vocab_size} but the "
+        f"vocabulary has {vocab.VOCAB_SIZE} tokens")
+  for section, name in (("model", "hidden_size"), ("model", "dense_size"),
+                        ("model", "len_max_input"),
+                        ("train", "global_batch_size"), ("train", "num_steps"),
+                        ("train", "steps_per_loop"),
+                        ("train", "keep_checkpoints")):
+    value = config[section][name]
+    if value <= 0:
+      raise errors.UserError(
+          f"config.{section}.{name}={value} must be positive")
+  for name in ("eval_every_steps", "eval_steps", "checkpoint_every_steps",
+               "warmup_steps", "collective_timeout_s"):
+    if train[name] < 0:
+      raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
+  if train.learning_rate <= 0:
+    raise errors.UserError(
+        f"config.train.learning_rate={train.learning_rate} must be positive")
+  if train.mixed_precision not in POLICIES:
+    raise errors.UserError(
+        f"config.train.mixed_precision={train.mixed_precision!r} is not one "
+        f"of {', '.join(POLICIES)}")
+  if train.global_batch_size % num_replicas:
+    raise errors.UserError(
+        f"config.train.global_batch_size={train.global_batch_size} is not "
+        f"divisible by the {num_replicas} replicas of this strategy")
+  per_replica = train.global_batch_size // num_replicas
+  if on_tpu and per_replica % TPU_BATCH_MULTIPLE:
+    suggestion = TPU_BATCH_MULTIPLE * num_replicas * max(
+        1, round(per_replica / TPU_BATCH_MULTIPLE))
+    raise errors.UserError(
+        f"config.train.global_batch_size={train.global_batch_size} gives "
+        f"{per_replica} examples per TPU core; use a multiple of "
+        f"{TPU_BATCH_MULTIPLE} per core ({num_replicas} cores): e.g. "
+        f"{suggestion}")
+
+
+def data_patterns(config: ml_collections.ConfigDict,
+                  data_dir: str | None) -> dict[str, str]:
+  """{"training": pattern, "evaluation": pattern}: the config's shard globs,
+  relative to data_dir unless absolute or a URL."""
+  def resolve(pattern: str) -> str:
+    if "://" in pattern or pattern.startswith("/") or not data_dir:
+      return pattern
+    return posixpath.join(data_dir, pattern)
+  return {"training": resolve(config.data.train_files),
+          "evaluation": resolve(config.data.eval_files)}
+
+
+def check_tpu_paths(config: ml_collections.ConfigDict, data_dir: str | None,
+                    dirs: run_dir.RunDirs) -> None:
+  """On a TPU, data and outputs must be gs://: the TPU workers read and
+  write there, and cannot see this host's disk."""
+  patterns = data_patterns(config, data_dir)
+  paths = {**dict(dirs.origin),
+           "config.data.train_files": patterns["training"],
+           "config.data.eval_files": patterns["evaluation"]}
+  for name, path in paths.items():
+    if not path.startswith("gs://"):
+      raise errors.UserError(
+          f"{name}={path} is a local path: on a TPU, data and model_dir must "
+          "be gs:// URLs (the TPU workers cannot see this host's disk); "
+          "copy the data with python -m trainer.data upload")

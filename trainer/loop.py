@@ -1,0 +1,347 @@
+"""The outer loop: when to train, evaluate, checkpoint, summarize and stop.
+
+`train_and_evaluate` reads top to bottom: check the config and the paths,
+list the data once, build the Trainer (model, optimizer, compiled steps),
+restore the latest checkpoint, then run host loops of `steps_per_loop` steps
+until `num_steps`, evaluating and checkpointing on their schedules; at the
+end evaluate, export the SavedModel and write the metrics.
+
+Only the chief writes to the run's directories (`run_dir`); other workers
+write the same files to a temporary directory they delete (every worker must
+take part in saving). SIGTERM ends the run after the current host loop, with
+a checkpoint. In a multi-worker run, a worker that dies becomes one line
+telling how to resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import shutil
+import signal
+import tempfile
+import time
+import warnings
+from typing import Any
+
+from absl import logging
+import ml_collections
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from trainer import config_checks
+from trainer import errors
+from trainer import export
+from trainer import input_pipeline
+from trainer import progress
+from trainer import run_dir
+from trainer import storage
+from trainer import strategy as strategy_lib
+from trainer import train as train_lib
+
+# Iterating a distributed dataset inside tf.function warns about tf.data
+# options on every trace; nothing here depends on them.
+warnings.filterwarnings("ignore", message="To make it possible to preserve "
+                        "tf.data options")
+
+# What a collective op raises when a peer dies or stops answering.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       strategy: tf.distribute.Strategy,
+                       data_dir: str | None,
+                       dirs: run_dir.RunDirs) -> dict[str, Any]:
+  """Trains (or resumes) to config.train.num_steps, evaluates and exports.
+
+  Returns:
+    The final metrics (also written to metrics.json in dirs.files), with
+    "stopped": True when SIGTERM ended the run early.
+  Raises:
+    UserError: a bad config, missing or inconsistent data, a model_dir
+      holding another model shape (before any graph is built); a lost peer
+      in a multi-worker run (exit status 1).
+  """
+  on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+  config_checks.validate_config(config, strategy.num_replicas_in_sync,
+                                on_tpu=on_tpu)
+  if on_tpu:
+    config_checks.check_tpu_paths(config, data_dir, dirs)
+  for name, path in dirs.origin:
+    storage.check_bucket(path, name)
+  run_dir.check_compatible(dirs, config)
+  files = list_data_files(config, data_dir)
+  patterns = config_checks.data_patterns(config, data_dir)
+
+  is_chief = strategy_lib.is_chief(strategy)
+  temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
+  paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
+  try:
+    # SIGTERM from here on (preemption, a scheduler) ends in a checkpoint
+    # after the current host loop.
+    with _Stop() as stop:
+      return _run(config, strategy, files, patterns, paths, stop)
+  except _PEER_ERRORS as e:
+    if not strategy_lib.is_multi_worker(strategy):
+      raise
+    latest = tf.train.latest_checkpoint(dirs.checkpoints)
+    raise errors.UserError(
+        f"lost contact with another worker ({type(e).__name__}; a worker "
+        "died or a collective op waited longer than "
+        f"config.train.collective_timeout_s={config.train.collective_timeout_s}"
+        "): start every worker again with the same command to resume from "
+        f"{latest or 'the start (no checkpoint yet)'}", exit_status=1) from e
+  finally:
+    if temp_dir:
+      shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def list_data_files(config: ml_collections.ConfigDict,
+                    data_dir: str | None) -> dict[str, list[str]]:
+  """{"training": files, "evaluation": files}: every file of each split,
+  listed once and checked against its manifest (counts, sizes, input
+  length), before anything is built.
+
+  Raises:
+    UserError: a missing bucket, no file for a pattern, a manifest that
+      disagrees with the files.
+  """
+  files = {}
+  for split, pattern in config_checks.data_patterns(config, data_dir).items():
+    storage.check_bucket(pattern, "--data_dir" if data_dir else (
+        f"config.data.{'train' if split == 'training' else 'eval'}_files"))
+    try:
+      files[split] = input_pipeline.list_files(pattern)
+    except FileNotFoundError as e:
+      raise errors.UserError(
+          f"no {split} shards: {e} (generate them with python -m "
+          "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
+          "config.data)") from e
+    try:
+      input_pipeline.check_against_manifests(
+          files[split], config.model.len_max_input, whole_split=True)
+    except ValueError as e:
+      raise errors.UserError(str(e)) from e
+  return files
+
+
+def _run(config, strategy, files: dict[str, list[str]],
+         patterns: dict[str, str], paths: run_dir.Paths,
+         stop: _Stop) -> dict[str, Any]:
+  """Restores, trains to num_steps (or a stop), then evaluates and exports."""
+  trainer = train_lib.Trainer(config, strategy)
+  latest = tf.train.latest_checkpoint(paths.read.checkpoints)
+  if latest:
+    trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+  start_step = int(trainer.step.numpy())
+  if start_step >= config.train.num_steps:
+    say(f"{paths.read.checkpoints} is already at step {start_step} of "
+        f"{config.train.num_steps}: nothing to train")
+    return {"step": start_step, "stopped": False}
+
+  out = paths.write
+  run_dir.write_config(out, config)
+  if paths.is_chief:
+    say(f"config:\n{config}")
+  say(f"strategy: {type(strategy).__name__} with {trainer.num_replicas} "
+      f"replica(s); XLA per replica step: {trainer.use_xla}; "
+      f"{'chief' if paths.is_chief else 'worker'}")
+  say(f"data: train {patterns['training']}, eval {patterns['evaluation']}")
+  say(f"{'resuming from ' + latest if latest else 'starting at step 0'}; "
+      f"checkpoints in {paths.read.checkpoints}")
+
+  feeds = Feeds(config, strategy, files, start_step)
+  run = _Run(config, trainer, out, start_step)
+  train_metrics = run.train(feeds, stop)
+  if stop.requested:
+    run.manager.save(checkpoint_number=run.step)
+    say(f"SIGTERM: saved a checkpoint at step {run.step} in "
+        f"{paths.read.checkpoints}; re-run the same command to resume")
+    return {"step": run.step, "stopped": True, "train": train_metrics}
+
+  eval_metrics = run.evaluate(feeds.eval_dataset)
+  export.export_saved_model(trainer.model, out.export,
+                            config.model.len_max_input)
+  results = {"step": run.step, "stopped": False, "train": train_metrics,
+             "eval": eval_metrics, "num_replicas": trainer.num_replicas,
+             "trace_counts": trainer.trace_counts(),
+             "weights_sha256": trainer.weights_sha256()}
+  # Every worker prints it: workers of one run must agree.
+  say(f"final weights sha256: {results['weights_sha256']}")
+  run_dir.write_metrics(out, results)
+  if paths.is_chief:
+    say(f"outputs: {out.describe()}")
+  return results
+
+
+@dataclasses.dataclass
+class Feeds:
+  """The distributed train iterator and eval dataset of one run.
+
+  Each worker (or TPU host) builds one input pipeline per split from its
+  share of the files; a resumed run either replays the exact order
+  (config.train.exact_resume: skip the batches already trained on) or draws
+  a new one (seed + step), so it does not repeat the first batches after
+  every restart.
+  """
+  config: ml_collections.ConfigDict
+  strategy: tf.distribute.Strategy
+  files: dict[str, list[str]]
+  start_step: int
+
+  def __post_init__(self):
+    self.train_iterator = iter(self._distribute(training=True))
+    self.eval_dataset = self._distribute(training=False)
+
+  def _distribute(self, training: bool):
+    config = self.config
+    exact = config.train.exact_resume
+    seed = config.seed if exact or not training else (
+        config.seed + self.start_step)
+    split = "training" if training else "evaluation"
+
+    def dataset_fn(context: tf.distribute.InputContext):
+      replicas_per_pipeline = (context.num_replicas_in_sync //
+                               context.num_input_pipelines)
+      # This pipeline's share of the files (disjoint across workers).
+      files = input_pipeline.pipeline_files(
+          self.files[split], training=training, seed=seed,
+          input_context=context)
+      names = [posixpath.basename(f) for f in files]
+      say(f"data: {'train' if training else 'eval'} input pipeline "
+          f"{context.input_pipeline_id} of {context.num_input_pipelines} "
+          f"reads {len(files)} file(s): {' '.join(names[:8])}"
+          f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")
+      return input_pipeline.make_dataset(
+          files, context.get_per_replica_batch_size(
+              config.train.global_batch_size),
+          len_max_input=config.model.len_max_input, training=training,
+          seed=seed, shuffle_buffer_size=config.data.shuffle_buffer_size,
+          skip_batches=(self.start_step * replicas_per_pipeline
+                        if training and exact else 0),
+          take_batches=(config.train.eval_steps * replicas_per_pipeline
+                        if not training and config.train.eval_steps else None))
+
+    try:
+      return self.strategy.distribute_datasets_from_function(dataset_fn)
+    except ValueError as e:  # e.g. fewer files than workers
+      raise errors.UserError(f"{split} data: {e}") from e
+
+
+class _Run:
+  """The schedule of one run: host loops, evaluations, checkpoints and the
+  TensorBoard scalars written along the way."""
+
+  def __init__(self, config, trainer: train_lib.Trainer, out: run_dir.RunDirs,
+               start_step: int):
+    self.config = config
+    self.trainer = trainer
+    self.step = start_step
+    self.manager = tf.train.CheckpointManager(
+        trainer.checkpoint, out.checkpoints,
+        max_to_keep=config.train.keep_checkpoints,
+        step_counter=trainer.step)
+    self.train_writer = tf.summary.create_file_writer(
+        storage.join(out.logs, "train"))
+    self.eval_writer = tf.summary.create_file_writer(
+        storage.join(out.logs, "eval"))
+
+  def next_stop(self) -> int:
+    """The step where this host loop ends: the next evaluation, checkpoint,
+    steps_per_loop boundary or the end."""
+    train = self.config.train
+    stops = [train.num_steps, self.step + train.steps_per_loop]
+    for every in (train.eval_every_steps, train.checkpoint_every_steps):
+      if every:
+        stops.append((self.step // every + 1) * every)
+    return min(stops)
+
+  def train(self, feeds: Feeds, stop: _Stop) -> dict[str, float]:
+    """Host loops until num_steps or a stop request; the last loop's
+    metrics."""
+    train = self.config.train
+    bar = progress.Progress(total=train.num_steps, unit="steps", desc="train",
+                            initial=self.step)
+    metrics: dict[str, float] = {}
+    while self.step < train.num_steps:
+      num_steps = self.next_stop() - self.step
+      start = time.perf_counter()
+      loss, accuracy = (float(t) for t in self.trainer.train_loop(
+          feeds.train_iterator, tf.constant(num_steps)))
+      seconds = time.perf_counter() - start
+      self.step += num_steps
+      examples_per_sec = num_steps * train.global_batch_size / seconds
+      metrics = {"loss": loss, "accuracy": accuracy,
+                 "learning_rate": self.trainer.learning_rate(),
+                 "steps_per_sec": num_steps / seconds,
+                 "examples_per_sec": examples_per_sec}
+      _write_scalars(self.train_writer, self.step, metrics)
+      bar.update(num_steps, extra=f"loss {loss:.4f}, accuracy "
+                 f"{accuracy:.3f}, {examples_per_sec:,.0f} examples/s")
+      if (train.eval_every_steps and self.step % train.eval_every_steps == 0
+          and self.step < train.num_steps):
+        self.evaluate(feeds.eval_dataset)
+      if stop.requested:
+        break
+      if (train.checkpoint_every_steps and
+          self.step % train.checkpoint_every_steps == 0) or (
+              self.step == train.num_steps):
+        self.manager.save(checkpoint_number=self.step)
+    bar.close()
+    return metrics
+
+  def evaluate(self, eval_dataset) -> dict[str, float]:
+    loss_sum, correct, count = (
+        t.numpy() for t in self.trainer.eval_loop(eval_dataset))
+    metrics = {"loss": float(loss_sum / max(count, 1)),
+               "accuracy": float(correct / max(count, 1)),
+               "examples": int(count)}
+    _write_scalars(self.eval_writer, self.step,
+                   {k: metrics[k] for k in ("loss", "accuracy")})
+    say(f"eval at step {self.step}: loss {metrics['loss']:.4f}, accuracy "
+        f"{metrics['accuracy']:.4f} over {metrics['examples']:,} examples")
+    return metrics
+
+
+class _Stop:
+  """Turns SIGTERM into a request to checkpoint and stop after this loop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no signal handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# TensorBoard's scalar format, written with TensorFlow's own summary op.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR)
+
+
+def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
+  with writer.as_default(step=step):
+    for name, value in scalars.items():
+      tf.summary.write(name, tf.constant(value, tf.float32),
+                       metadata=_SCALAR_METADATA)
+  writer.flush()
+
+
+def say(message: str) -> None:
+  """Logs one of the run's own lines (INFO, through absl logging)."""
+  logging.info(message)
+
