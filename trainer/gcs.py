@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from trainer import errors
 from trainer import problems
+from trainer import storage
 
 # What to tell a user without credentials.
 NO_CREDENTIALS = (
@@ -31,14 +32,6 @@ NO_CREDENTIALS = (
 def _failure(message: str) -> errors.UserError:
   """A GCS problem in one line; upload and verify exit with status 1."""
   return errors.UserError(message, exit_status=1)
-
-
-def split_url(url: str) -> tuple[str, str]:
-  """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
-  if not url.startswith("gs://") or len(url) <= len("gs://"):
-    raise _failure(f"{url!r} is not a gs://bucket/path URL")
-  bucket, _, prefix = url[len("gs://"):].partition("/")
-  return bucket, prefix.strip("/")
 
 
 def make_client():
@@ -79,7 +72,8 @@ def _local_files(src: str) -> list[str]:
   if not os.path.isdir(src):
     raise _failure(f"--src={src} is not a local directory")
   names = sorted(n for n in os.listdir(src)
-                 if os.path.isfile(os.path.join(src, n)) and ".tmp-" not in n)
+                 if os.path.isfile(os.path.join(src, n)) and
+                 not storage.is_temp_name(n))
   if not names:
     raise _failure(f"--src={src} holds no files to upload")
   return names
@@ -109,7 +103,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
       permission, or a failed upload (named).
   """
   from trainer import progress  # pylint: disable=g-import-not-at-top
-  bucket_name, prefix = split_url(dst)
+  bucket_name, prefix = storage.split_url(dst)
   if num_threads <= 0:
     raise _failure(f"--num_threads={num_threads} must be positive")
   names = _local_files(src)
@@ -169,7 +163,7 @@ class ObjectInfo:
 
 
 def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
-  bucket_name, prefix = split_url(data_dir)
+  bucket_name, prefix = storage.split_url(data_dir)
   client = make_client()
   bucket = client.bucket(bucket_name)
   start = f"{prefix}/" if prefix else ""
