@@ -19,22 +19,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # No TensorFlow import at the top: the generator's workers are spawned and
 # re-import this script as their __main__.
-from trainer import data  # pylint: disable=g-import-not-at-top
+from trainer import datasets  # pylint: disable=g-import-not-at-top
 
 
 def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):
-  spec = data.GenerateSpec(out_dir, "train", num_shards, examples_per_shard,
-                           max_value=100, seed=0)
+  spec = datasets.GenerateSpec(out_dir, "train", num_shards,
+                               examples_per_shard, max_value=100, seed=0)
   start = time.perf_counter()
-  data.generate(spec, num_processes=num_processes, show_progress=False)
+  datasets.generate(spec, num_processes=num_processes, show_progress=False)
   seconds = time.perf_counter() - start
   return num_shards * examples_per_shard / seconds, seconds
 
 
 def bench_pipeline(pattern, batch_size, training, num_batches):
   from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
+  files = input_pipeline.pipeline_files(
+      input_pipeline.list_split_files(pattern, 20, "training"),
+      training=training, seed=0)
   dataset = input_pipeline.make_dataset(
-      pattern, batch_size, len_max_input=20, training=training, seed=0)
+      files, batch_size, len_max_input=20, training=training, seed=0)
   if num_batches:
     dataset = dataset.take(num_batches)
   iterator = iter(dataset)

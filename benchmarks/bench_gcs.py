@@ -25,13 +25,16 @@ from gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint: disable=g-im
 for key, value in TF_IMPORT_TIME_ENV.items():
   os.environ.setdefault(key, value)
 
-from trainer import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def examples_per_second(pattern, training, num_batches, batch_size):
   from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
-  dataset = input_pipeline.make_dataset(pattern, batch_size,
-                                        len_max_input=20, training=training)
+  files = input_pipeline.pipeline_files(
+      input_pipeline.list_split_files(pattern, 20, "training"),
+      training=training, seed=0)
+  dataset = input_pipeline.make_dataset(files, batch_size, len_max_input=20,
+                                        training=training)
   if num_batches:
     dataset = dataset.take(num_batches + 1)
   iterator = iter(dataset)
@@ -55,9 +58,9 @@ def main():
     emulator.start()
     os.environ.update(emulator.env)
     local = os.path.join(work_dir, "data")
-    data.generate(data.GenerateSpec(local, "train", 8,
-                                    args.examples_per_shard, 100, 0),
-                  show_progress=False)
+    datasets.generate(datasets.GenerateSpec(local, "train", 8,
+                                            args.examples_per_shard, 100, 0),
+                      show_progress=False)
     emulator.create_bucket("bench")
     from trainer import gcs  # pylint: disable=g-import-not-at-top
     gcs.upload(local, "gs://bench/data", show_progress=False)

@@ -32,10 +32,10 @@ def run():
 def smoke_data(tmp_path_factory):
   """The smoke config's data set (train and eval splits), generated once."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from trainer import data  # pylint: disable=g-import-not-at-top
+  from trainer import datasets  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  return data.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                             config.data, config.seed, num_processes=1)
+  return datasets.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+                                 config.data, config.seed, num_processes=1)
 
 
 # --- GCS emulator -----------------------------------------------------------

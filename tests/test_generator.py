@@ -1,22 +1,27 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer import datasets
 from trainer import errors
-from trainer import data
+from trainer import manifest as manifest_lib
 from trainer import problems
 from trainer import vocab
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def spec(out_dir, **overrides):
   fields = dict(out_dir=str(out_dir), split="train", num_shards=3,
                 examples_per_shard=200, max_value=100, seed=7)
   fields.update(overrides)
-  return data.GenerateSpec(**fields)
+  return datasets.GenerateSpec(**fields)
 
 
 def files_of(directory):
@@ -86,10 +91,12 @@ def test_problems_follow_the_seed_task():
 
 
 def test_same_flags_give_the_same_bytes(tmp_path):
-  data.generate(spec(tmp_path / "a"), num_processes=2, show_progress=False)
-  data.generate(spec(tmp_path / "b"), num_processes=1, show_progress=False)
-  data.generate(spec(tmp_path / "c", seed=8), num_processes=1,
-                show_progress=False)
+  datasets.generate(spec(tmp_path / "a"), num_processes=2,
+                    show_progress=False)
+  datasets.generate(spec(tmp_path / "b"), num_processes=1,
+                    show_progress=False)
+  datasets.generate(spec(tmp_path / "c", seed=8), num_processes=1,
+                    show_progress=False)
   a, b, c = (files_of(tmp_path / d) for d in "abc")
   assert a == b
   assert set(a) == set(c)
@@ -97,23 +104,24 @@ def test_same_flags_give_the_same_bytes(tmp_path):
 
 
 def test_shard_does_not_depend_on_the_shard_count(tmp_path):
-  data.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
-                show_progress=False)
-  data.generate(spec(tmp_path / "five", num_shards=5), num_processes=1,
-                show_progress=False)
+  datasets.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
+                    show_progress=False)
+  datasets.generate(spec(tmp_path / "five", num_shards=5), num_processes=1,
+                    show_progress=False)
   assert ((tmp_path / "two" / "train-00001-of-00002.tfrecord").read_bytes() ==
           (tmp_path / "five" / "train-00001-of-00005.tfrecord").read_bytes())
 
 
 def test_manifest_records_each_split(tmp_path):
-  train = data.generate(spec(tmp_path), num_processes=2, show_progress=False)
-  data.generate(spec(tmp_path, split="eval", num_shards=2, seed=7),
-                num_processes=1, show_progress=False)
+  train = datasets.generate(spec(tmp_path), num_processes=2,
+                            show_progress=False)
+  datasets.generate(spec(tmp_path, split="eval", num_shards=2, seed=7),
+                    num_processes=1, show_progress=False)
   manifest = json.loads((tmp_path / "manifest.json").read_text())
-  assert manifest["format"] == data.MANIFEST_FORMAT
+  assert manifest["format"] == manifest_lib.MANIFEST_FORMAT
   assert manifest["vocab"] == list(vocab.VOCAB)
   assert set(manifest["splits"]) == {"train", "eval"}
-  assert manifest["splits"]["train"] == train
+  assert manifest["splits"]["train"] == train.to_json()
   entry = manifest["splits"]["eval"]
   assert entry["num_shards"] == 2 and entry["num_examples"] == 400
   assert entry["generator"] == {"seed": 7, "max_value": 100,
@@ -130,9 +138,9 @@ def test_manifest_records_each_split(tmp_path):
 
 def test_rerun_skips_complete_shards_and_cleans_interrupted_ones(
     tmp_path, capsys):
-  data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
-  data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert "already complete" in capsys.readouterr().err
   assert files_of(tmp_path) == before
 
@@ -140,34 +148,34 @@ def test_rerun_skips_complete_shards_and_cleans_interrupted_ones(
   os.remove(tmp_path / "manifest.json")
   os.remove(tmp_path / "train-00001-of-00003.tfrecord")
   (tmp_path / "train-00001-of-00003.tfrecord.tmp-123").write_bytes(b"part")
-  data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert "wrote 1 shard(s), skipped 2" in capsys.readouterr().err
   assert files_of(tmp_path) == before
 
 
 def test_shard_that_differs_is_an_error_and_is_kept(tmp_path):
-  data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   os.remove(tmp_path / "manifest.json")
   shard = tmp_path / "train-00002-of-00003.tfrecord"
   shard.write_bytes(b"not this")
   with pytest.raises(errors.UserError, match="train-00002-of-00003.tfrecord "
                      "exists but differs"):
-    data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+    datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert shard.read_bytes() == b"not this"
 
 
 def test_other_generation_in_out_dir_is_an_error_before_writing(tmp_path):
-  data.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
   with pytest.raises(errors.UserError, match=r"generated with .*'seed': 7"):
-    data.generate(spec(tmp_path, seed=9), num_processes=1,
-                  show_progress=False)
+    datasets.generate(spec(tmp_path, seed=9), num_processes=1,
+                      show_progress=False)
   os.remove(tmp_path / "manifest.json")
   del before["manifest.json"]
   with pytest.raises(errors.UserError, match=r"holds 3 train shard\(s\) of "
                      "another generation"):
-    data.generate(spec(tmp_path, num_shards=4), num_processes=1,
-                  show_progress=False)
+    datasets.generate(spec(tmp_path, num_shards=4), num_processes=1,
+                      show_progress=False)
   assert files_of(tmp_path) == before
 
 
@@ -224,6 +232,17 @@ def test_cli_unknown_command(run, tmp_path, args):
   assert result.returncode == 2
   assert result.stderr.strip().startswith("error: usage: python -m trainer.data")
   assert not (tmp_path / "x").exists()
+
+
+def test_generator_modules_import_no_tensorflow():
+  # The spawned workers import trainer.datasets and their __main__
+  # (trainer.data): TensorFlow there would cost seconds per worker.
+  code = ("import sys, trainer.data, trainer.datasets, trainer.problems; "
+          "print(sorted(m for m in ('tensorflow', 'trainer.storage') "
+          "if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, cwd=ROOT, check=True)
+  assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("lengths", [(9, 3, 2), (40, 20, 28), (40, 20, 29),

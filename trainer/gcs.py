@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from trainer import errors
+from trainer import manifest
 from trainer import problems
+from trainer import storage
 
 # What to tell a user without credentials.
 NO_CREDENTIALS = (
@@ -31,14 +32,6 @@ NO_CREDENTIALS = (
 def _failure(message: str) -> errors.UserError:
   """A GCS problem in one line; upload and verify exit with status 1."""
   return errors.UserError(message, exit_status=1)
-
-
-def split_url(url: str) -> tuple[str, str]:
-  """gs://bucket/some/prefix -> ("bucket", "some/prefix")."""
-  if not url.startswith("gs://") or len(url) <= len("gs://"):
-    raise _failure(f"{url!r} is not a gs://bucket/path URL")
-  bucket, _, prefix = url[len("gs://"):].partition("/")
-  return bucket, prefix.strip("/")
 
 
 def make_client():
@@ -79,7 +72,8 @@ def _local_files(src: str) -> list[str]:
   if not os.path.isdir(src):
     raise _failure(f"--src={src} is not a local directory")
   names = sorted(n for n in os.listdir(src)
-                 if os.path.isfile(os.path.join(src, n)) and ".tmp-" not in n)
+                 if os.path.isfile(os.path.join(src, n)) and
+                 not storage.is_temp_name(n))
   if not names:
     raise _failure(f"--src={src} holds no files to upload")
   return names
@@ -109,7 +103,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
       permission, or a failed upload (named).
   """
   from trainer import progress  # pylint: disable=g-import-not-at-top
-  bucket_name, prefix = split_url(dst)
+  bucket_name, prefix = storage.split_url(dst)
   if num_threads <= 0:
     raise _failure(f"--num_threads={num_threads} must be positive")
   names = _local_files(src)
@@ -133,8 +127,8 @@ def upload(src: str, dst: str, num_threads: int = 8,
     blob.upload_from_filename(path, checksum="crc32c")
     return name, True, os.path.getsize(path)
 
-  manifest = [n for n in names if n == "manifest.json"]
-  shards = [n for n in names if n != "manifest.json"]
+  last = [n for n in names if n == manifest.MANIFEST_NAME]
+  shards = [n for n in names if n != manifest.MANIFEST_NAME]
   bar = progress.Progress(len(names), "files", desc=f"upload to {dst}") if (
       show_progress) else None
   result = UploadResult([], [], 0)
@@ -152,7 +146,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
       for outcome in pool.map(upload_one, shards):
         record(outcome)
-    for name in manifest:
+    for name in last:
       record(upload_one(name))
   except _api_errors() as e:
     raise describe(e, bucket_name, dst) from e
@@ -162,14 +156,9 @@ def upload(src: str, dst: str, num_threads: int = 8,
   return result
 
 
-@dataclasses.dataclass
-class ObjectInfo:
-  size: int
-  crc32c: str
-
-
-def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
-  bucket_name, prefix = split_url(data_dir)
+def _list_gcs(
+    data_dir: str) -> tuple[dict[str, manifest.FileInfo], Callable]:
+  bucket_name, prefix = storage.split_url(data_dir)
   client = make_client()
   bucket = client.bucket(bucket_name)
   start = f"{prefix}/" if prefix else ""
@@ -181,7 +170,7 @@ def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
     for blob in client.list_blobs(bucket_name, prefix=start):
       name = blob.name[len(start):]
       if "/" not in name:  # this directory only
-        objects[name] = ObjectInfo(blob.size, blob.crc32c)
+        objects[name] = manifest.FileInfo(blob.size, blob.crc32c)
   except _api_errors() as e:
     raise describe(e, bucket_name, data_dir) from e
 
@@ -194,14 +183,16 @@ def _list_gcs(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
   return objects, read
 
 
-def _list_local(data_dir: str) -> tuple[dict[str, ObjectInfo], Callable]:
+def _list_local(
+    data_dir: str) -> tuple[dict[str, manifest.FileInfo], Callable]:
   if not os.path.isdir(data_dir):
     raise _failure(f"--data_dir={data_dir} is not a directory")
   objects = {}
   for name in os.listdir(data_dir):
     path = os.path.join(data_dir, name)
     if os.path.isfile(path):
-      objects[name] = ObjectInfo(os.path.getsize(path), _file_crc32c(path))
+      objects[name] = manifest.FileInfo(os.path.getsize(path),
+                                        _file_crc32c(path))
 
   def read(name: str) -> bytes:
     with open(os.path.join(data_dir, name), "rb") as f:
@@ -214,49 +205,21 @@ def verify(data_dir: str) -> tuple[list[str], int]:
   """Compares the manifest of `data_dir` (gs:// or local) with its files.
 
   Returns:
-    One line per problem (empty: everything matches) -- a shard missing, of
-    another size or CRC32C, or a shard file of a split that the manifest
-    does not list (a glob would read it) -- and the number of shards checked.
+    One line per problem (empty: everything matches) and the number of
+    shards checked; see `manifest.compare`.
   Raises:
-    UserError: no manifest, or an access problem.
+    UserError: no manifest, a manifest of another format, or an access
+      problem.
   """
-  objects, read = (_list_gcs if data_dir.startswith("gs://")
-                   else _list_local)(data_dir)
-  if "manifest.json" not in objects:
-    raise _failure(f"{data_dir} has no manifest.json: nothing to verify "
+  files, read = (_list_gcs if data_dir.startswith("gs://")
+                 else _list_local)(data_dir)
+  name = manifest.MANIFEST_NAME
+  if name not in files:
+    raise _failure(f"{data_dir} has no {name}: nothing to verify "
                    "against (generate the data with python -m trainer.data "
                    "generate)")
-  manifest: dict[str, Any] = json.loads(read("manifest.json"))
-  problems_found = []
-  checked = 0
-  for split, entry in sorted(manifest.get("splits", {}).items()):
-    listed = set()
-    for shard in entry["shards"]:
-      name = shard["file"]
-      listed.add(name)
-      checked += 1
-      found = objects.get(name)
-      if found is None:
-        problems_found.append(f"{data_dir}/{name}: missing (manifest: "
-                              f"{shard['bytes']} bytes)")
-        continue
-      if found.size != shard["bytes"]:
-        problems_found.append(f"{data_dir}/{name}: {found.size} bytes, "
-                              f"manifest says {shard['bytes']}")
-      if found.crc32c != shard["crc32c"]:
-        problems_found.append(f"{data_dir}/{name}: CRC32C {found.crc32c}, "
-                              f"manifest says {shard['crc32c']} (corrupted "
-                              "or from another generation)")
-    for name in sorted(objects):
-      if name.startswith(f"{split}-") and name.endswith(".tfrecord") and (
-          name not in listed):
-        problems_found.append(f"{data_dir}/{name}: a {split} shard the "
-                              "manifest does not list (a glob would read it)")
-    count = len(entry["shards"])
-    if count != entry["num_shards"]:
-      problems_found.append(f"manifest: split {split} lists {count} shards "
-                            f"but says num_shards={entry['num_shards']}")
-  return problems_found, checked
+  listed = manifest.parse(read(name), f"{data_dir}/{name}")
+  return manifest.compare(listed, files, data_dir)
 
 
 def print_verify(data_dir: str) -> int:

@@ -1,5 +1,12 @@
 """The input pipeline: TFRecord shards -> batches of static-shape (x, y).
 
+Files take one path, each step once per split:
+
+  files = list_split_files(pattern, len_max_input, "training")  # glob, check
+  share = pipeline_files(files, training=True, seed=seed,
+                         input_context=context)  # this pipeline's files
+  dataset = make_dataset(share, per_replica_batch_size, ...)  # read them
+
 x = defs + [':'] + op, right-padded with 0 to `len_max_input`: int32
 [batch, len_max_input]; y = the first token of res: int32 [batch]. Every
 batch has the same shape (drop_remainder), so a step compiles once.
@@ -7,18 +14,19 @@ batch has the same shape (drop_remainder), so a step compiles once.
 
 from __future__ import annotations
 
-import collections
-import os
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import data
+from trainer import errors
+from trainer import manifest
 from trainer import storage
 from trainer import vocab
 
 RECORDS_PER_READ = 16
+_GENERATE_HINT = (" (generate them with python -m trainer.data generate "
+                  "--out_dir=DATA_DIR, or fix --data_dir / config.data)")
 
 _FEATURES = {
     "defs": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
@@ -27,84 +35,36 @@ _FEATURES = {
 }
 
 
-def list_files(file_pattern: str | Sequence[str]) -> list[str]:
-  """Expands a glob (or a list of globs and paths), local or gs://, sorted.
+def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
+                     split: str) -> list[str]:
+  """Every file of a split, sorted, checked against the manifests beside them.
 
+  Args:
+    file_pattern: a glob, or a list of globs and paths, local or gs://.
+    len_max_input: the padded input length the files must fit.
+    split: "training" or "evaluation", to name in errors.
+
+  Returns:
+    The matching files (temporary names of an interrupted write skipped).
   Raises:
-    FileNotFoundError: naming a pattern that matches no file.
+    UserError: a pattern matching no file, or files that disagree with
+      their manifest (see `manifest.check_files`).
   """
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(
       file_pattern)
   if not patterns:
-    raise FileNotFoundError("no file pattern given")
+    raise errors.UserError(f"no {split} shards: no file pattern given"
+                           f"{_GENERATE_HINT}")
   files = set()
   for pattern in patterns:
     matches = [p for p in storage.glob(pattern) if not storage.is_temp_name(p)]
     if not matches:
-      raise FileNotFoundError(f"no file matches {pattern!r}")
+      raise errors.UserError(f"no {split} shards: no file matches "
+                             f"{pattern!r}{_GENERATE_HINT}")
     files.update(matches)
-  return sorted(files)
-
-
-def check_against_manifests(files: Sequence[str], len_max_input: int,
-                            whole_split: bool = False) -> None:
-  """Checks the manifest beside each file, where there is one.
-
-  Args:
-    files: the files to be read.
-    len_max_input: the padded input length.
-    whole_split: `files` are every file to be read of their splits (not one
-      pipeline's share): then every shard the manifest lists for a split
-      that `files` touch must also be there, with the recorded size, so a
-      stale or half-copied data set is caught before training instead of as
-      a short epoch or a parse error.
-
-  Raises:
-    ValueError: a file whose examples are longer than `len_max_input`, a
-      manifest with another vocabulary, or (whole_split) a listed shard that
-      is missing or of another size; naming the object and what to do.
-  """
-  by_dir = collections.defaultdict(set)
-  for path in files:
-    by_dir[os.path.dirname(path)].add(os.path.basename(path))
-  for directory, names in sorted(by_dir.items()):
-    manifest = data.read_manifest(directory)
-    if manifest is None:
-      continue  # e.g. the seed's files: the in-graph guard checks them
-    if manifest["vocab"] != list(vocab.VOCAB):
-      raise ValueError(f"the manifest in {directory} has another vocabulary "
-                       f"{manifest['vocab']}, expected {list(vocab.VOCAB)}")
-    for entry in manifest["splits"].values():
-      listed = {shard["file"]: shard for shard in entry["shards"]}
-      for name in sorted(names & set(listed)):
-        if listed[name]["max_input_length"] > len_max_input:
-          raise ValueError(
-              f"{storage.join(directory, name)} has examples of input length "
-              f"{listed[name]['max_input_length']} (defs + ':' + op), over "
-              f"len_max_input={len_max_input}: raise len_max_input or "
-              "generate with a smaller max_value")
-      if whole_split and names & set(listed):
-        _check_split_present(directory, names, listed)
-
-
-def _check_split_present(directory: str, names: set[str],
-                         listed: dict[str, dict]) -> None:
-  """Every shard in `listed` exists with its recorded size."""
-  for name, shard in sorted(listed.items()):
-    path = storage.join(directory, name)
-    if name not in names:
-      if storage.exists(path):
-        continue  # there, but not selected: a deliberate subset
-      raise ValueError(
-          f"{path} is listed in {directory}/manifest.json but missing: "
-          "re-upload the data set (python -m trainer.data upload) or "
-          "check it with python -m trainer.data verify")
-    size = storage.size(path)
-    if size != shard["bytes"]:
-      raise ValueError(
-          f"{path} has {size} bytes but {directory}/manifest.json says "
-          f"{shard['bytes']}: a partial or foreign copy; re-upload it or "
-          "check the data set with python -m trainer.data verify")
+  files = sorted(files)
+  manifest.check_files(files, len_max_input, whole_split=True)
+  return files
 
 
 def pipeline_files(
@@ -117,7 +77,7 @@ def pipeline_files(
   files and together every file once per pass.
 
   Raises:
-    ValueError: fewer files than input pipelines, naming both counts.
+    UserError: fewer files than input pipelines, naming both counts.
   """
   files = sorted(files)
   if training:
@@ -125,7 +85,7 @@ def pipeline_files(
   num_pipelines = input_context.num_input_pipelines if input_context else 1
   pipeline_id = input_context.input_pipeline_id if input_context else 0
   if len(files) < num_pipelines:
-    raise ValueError(
+    raise errors.UserError(
         f"{len(files)} file(s) for {num_pipelines} input pipelines (one per "
         "worker or host): each needs at least one file; generate at least "
         f"{num_pipelines} shards")
@@ -164,13 +124,12 @@ def _parse_batch(serialized: tf.Tensor, batch_size: int,
 
 
 def make_dataset(
-    file_pattern: str | Sequence[str],
+    files: Sequence[str],
     per_replica_batch_size: int,
     *,
     len_max_input: int,
     training: bool,
     seed: int = 0,
-    input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer_size: int = 16_384,
     cycle_length: int = 8,
     deterministic: bool = True,
@@ -180,13 +139,12 @@ def make_dataset(
   """Returns a dataset of (x int32 [batch, len_max_input], y int32 [batch]).
 
   Args:
-    file_pattern: a glob, or a list of globs and paths, local or gs://.
+    files: the files this input pipeline reads, in this order (from
+      `pipeline_files`): no glob, no manifest check, no sharding here.
     per_replica_batch_size: examples per batch of this input pipeline.
     len_max_input: the padded input length.
     training: shuffle and repeat forever; otherwise one ordered pass.
-    seed: seeds the file order and the example shuffle.
-    input_context: from `distribute_datasets_from_function`: this pipeline
-      reads every `num_input_pipelines`-th file.
+    seed: seeds the file shuffle and the example shuffle.
     shuffle_buffer_size: examples in the shuffle buffer (training); they are
       shuffled in groups of RECORDS_PER_READ consecutive records.
     cycle_length: files read in parallel.
@@ -199,17 +157,18 @@ def make_dataset(
     take_batches: stop after this many batches (None: no limit).
 
   Raises:
-    FileNotFoundError: the pattern matches no file.
-    ValueError: a bad batch size, fewer files than input pipelines, or a
-      manifest recording inputs longer than `len_max_input`.
+    TypeError: `files` is one string (a pattern: use `list_split_files`).
+    ValueError: no files, or a batch size that is not positive.
   """
+  if isinstance(files, str):
+    raise TypeError(f"make_dataset takes a list of files, not {files!r}: "
+                    "expand patterns with list_split_files")
+  files = list(files)
+  if not files:
+    raise ValueError("make_dataset needs at least one file")
   if per_replica_batch_size <= 0:
     raise ValueError(f"per_replica_batch_size={per_replica_batch_size} must "
                      "be positive")
-  files = list_files(file_pattern)
-  check_against_manifests(files, len_max_input)
-  files = pipeline_files(files, training=training, seed=seed,
-                         input_context=input_context)
 
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if training:

@@ -2,7 +2,12 @@
 
 Every read and write of shards, manifests, checkpoints and exports goes
 through here or through TensorFlow's own ops, so a path may always be a
-`gs://bucket/...` URL as well as a local one.
+`gs://bucket/...` URL as well as a local one. The path helpers (`bucket_of`,
+`split_url`, `join`, temporary names) are here too.
+
+TensorFlow is imported by the functions that touch files, not at import:
+the path helpers serve modules that load without it (`manifest`, `gcs`, the
+data generator, whose spawned worker processes must not import TensorFlow).
 """
 
 from __future__ import annotations
@@ -12,11 +17,17 @@ import posixpath
 import uuid
 from typing import Any
 
-import tensorflow as tf
-
 from trainer import errors
 
-gfile = tf.io.gfile
+
+def _tf():
+  """TensorFlow, imported on first use (see the module docstring)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def _gfile():
+  return _tf().io.gfile
 
 
 def bucket_of(path: str) -> str | None:
@@ -24,6 +35,18 @@ def bucket_of(path: str) -> str | None:
   if not path.startswith("gs://"):
     return None
   return path[len("gs://"):].split("/", 1)[0]
+
+
+def split_url(url: str) -> tuple[str, str]:
+  """gs://bucket/some/prefix -> ("bucket", "some/prefix").
+
+  Raises:
+    UserError: `url` is not a gs:// URL with a bucket.
+  """
+  bucket = bucket_of(url)
+  if not bucket:
+    raise errors.UserError(f"{url!r} is not a gs://bucket/path URL")
+  return bucket, url[len("gs://") + len(bucket):].strip("/")
 
 
 def check_bucket(path: str, flag: str) -> None:
@@ -39,9 +62,10 @@ def check_bucket(path: str, flag: str) -> None:
   bucket = bucket_of(path)
   if bucket is None:
     return
+  tf = _tf()
   try:
-    gfile.exists(path)  # a denied bucket fails here (403)
-    present = gfile.isdir(f"gs://{bucket}")
+    tf.io.gfile.exists(path)  # a denied bucket fails here (403)
+    present = tf.io.gfile.isdir(f"gs://{bucket}")
   except tf.errors.PermissionDeniedError as e:
     raise errors.UserError(errors.permission_denied(path, bucket)) from e
   if not present:
@@ -55,32 +79,32 @@ def join(*parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-  return gfile.exists(path)
+  return _gfile().exists(path)
 
 
 def isdir(path: str) -> bool:
-  return gfile.isdir(path)
+  return _gfile().isdir(path)
 
 
 def makedirs(path: str) -> None:
   if bucket_of(path) is None:  # GCS has no directories to make
-    gfile.makedirs(path)
+    _gfile().makedirs(path)
 
 
 def glob(pattern: str) -> list[str]:
-  return sorted(gfile.glob(pattern))
+  return sorted(_gfile().glob(pattern))
 
 
 def remove(path: str) -> None:
-  gfile.remove(path)
+  _gfile().remove(path)
 
 
 def size(path: str) -> int:
-  return gfile.stat(path).length
+  return _gfile().stat(path).length
 
 
 def read_bytes(path: str) -> bytes:
-  with gfile.GFile(path, "rb") as f:
+  with _gfile().GFile(path, "rb") as f:
     return f.read()
 
 
@@ -101,13 +125,13 @@ def write_atomic(path: str, data: bytes | str) -> None:
   """
   temp = temp_name(path)
   mode = "wb" if isinstance(data, bytes) else "w"
-  with gfile.GFile(temp, mode) as f:
+  with _gfile().GFile(temp, mode) as f:
     f.write(data)
-  gfile.rename(temp, path, overwrite=True)
+  _gfile().rename(temp, path, overwrite=True)
 
 
 def read_json(path: str) -> Any:
-  with gfile.GFile(path, "r") as f:
+  with _gfile().GFile(path, "r") as f:
     return json.load(f)
 
 
