@@ -111,18 +111,8 @@ def list_data_files(config: ml_collections.ConfigDict,
   for split, pattern in config_checks.data_patterns(config, data_dir).items():
     storage.check_bucket(pattern, "--data_dir" if data_dir else (
         f"config.data.{'train' if split == 'training' else 'eval'}_files"))
-    try:
-      files[split] = input_pipeline.list_files(pattern)
-    except FileNotFoundError as e:
-      raise errors.UserError(
-          f"no {split} shards: {e} (generate them with python -m "
-          "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
-          "config.data)") from e
-    try:
-      input_pipeline.check_against_manifests(
-          files[split], config.model.len_max_input, whole_split=True)
-    except ValueError as e:
-      raise errors.UserError(str(e)) from e
+    files[split] = input_pipeline.list_split_files(
+        pattern, config.model.len_max_input, split)
   return files
 
 
@@ -225,8 +215,8 @@ class Feeds:
 
     try:
       return self.strategy.distribute_datasets_from_function(dataset_fn)
-    except ValueError as e:  # e.g. fewer files than workers
-      raise errors.UserError(f"{split} data: {e}") from e
+    except errors.UserError as e:  # e.g. fewer files than workers
+      raise errors.UserError(f"{split} data: {e}", e.exit_status) from e
 
 
 class _Run:

@@ -2,6 +2,12 @@
 
 On a terminal it redraws one line in place; elsewhere (logs, CI, pipes) it
 prints a line at most every `log_every_s` seconds, and always the last one.
+
+Why not a library: `keras.utils.Progbar` rewrites with carriage returns in
+logs too and needs Keras in the data generator's parent, which otherwise
+does not import it; `tqdm` would be a dependency for ~80 lines, and its
+non-terminal output is one line per refresh. This prints whole lines that a
+log file or a Vertex AI / TPU VM log keeps readable.
 """
 
 from __future__ import annotations

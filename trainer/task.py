@@ -64,7 +64,7 @@ def main(argv):
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
-  from trainer import config_checks, data, loop, strategy  # pylint: disable=g-import-not-at-top
+  from trainer import config_checks, datasets, loop, strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()
   try:
     config = _CONFIG.value
@@ -80,10 +80,10 @@ def main(argv):
         collective=config.train.collective,
         collective_timeout_s=config.train.collective_timeout_s,
         num_cpu_devices=_NUM_CPU_DEVICES.value)
-    data_dir = _DATA_DIR.value or data.ensure_dataset(
-        data.default_data_dir(config.data, config.seed), config.data,
+    data_dir = _DATA_DIR.value or datasets.ensure_dataset(
+        datasets.default_data_dir(config.data, config.seed), config.data,
         config.seed)
-    dirs = run_dirs(_MODEL_DIR.value, data.cache_dir())
+    dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
     loop.train_and_evaluate(config, distribution, data_dir, dirs)
   except errors.UserError as e:
