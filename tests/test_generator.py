@@ -137,19 +137,22 @@ def test_manifest_records_each_split(tmp_path):
 
 
 def test_rerun_skips_complete_shards_and_cleans_interrupted_ones(
-    tmp_path, capsys):
+    tmp_path, caplog):
+  caplog.set_level("INFO", logger="absl")  # what generate logs
   datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
+  caplog.clear()
   datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
-  assert "already complete" in capsys.readouterr().err
+  assert "already complete" in caplog.text
   assert files_of(tmp_path) == before
 
   # An interrupted run: no manifest, one shard missing, a temporary left.
   os.remove(tmp_path / "manifest.json")
   os.remove(tmp_path / "train-00001-of-00003.tfrecord")
   (tmp_path / "train-00001-of-00003.tfrecord.tmp-123").write_bytes(b"part")
+  caplog.clear()
   datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
-  assert "wrote 1 shard(s), skipped 2" in capsys.readouterr().err
+  assert "wrote 1 shard(s), skipped 2" in caplog.text
   assert files_of(tmp_path) == before
 
 

@@ -90,6 +90,7 @@ def _generate(flag_values) -> int:
 
 
 def main(argv: list[str]) -> int:
+  cli.log_plainly()
   command = argv[1] if len(argv) > 1 else None
   try:
     if command not in COMMANDS or len(argv) > 2:

@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import sys
 from typing import TYPE_CHECKING, Iterator
+
+from absl import logging
 
 from trainer import errors
 from trainer import problems
@@ -202,9 +203,9 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
     existing = _check_out_dir(spec)
     if _is_complete(spec, existing):
       entry = existing.splits[spec.split]
-      print(f"{spec.split}: already complete in {spec.out_dir} "
-            f"({entry.num_shards} shards, {entry.num_examples:,} "
-            "examples)", file=sys.stderr)
+      logging.info(f"{spec.split}: already complete in {spec.out_dir} "
+                   f"({entry.num_shards} shards, {entry.num_examples:,} "
+                   "examples)")
       return entry
     storage.makedirs(spec.out_dir)
     _remove_stale_temporaries(spec)
@@ -238,9 +239,9 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   entry = manifest.SplitEntry.of_shards(
       [records[i] for i in range(spec.num_shards)], spec.generator_params())
   manifest.record_split(spec.out_dir, spec.split, entry)
-  print(f"{spec.split}: wrote {spec.num_shards - skipped} shard(s), skipped "
-        f"{skipped} already complete; {entry.num_examples:,} examples in "
-        f"{spec.out_dir}", file=sys.stderr)
+  logging.info(f"{spec.split}: wrote {spec.num_shards - skipped} shard(s), "
+               f"skipped {skipped} already complete; "
+               f"{entry.num_examples:,} examples in {spec.out_dir}")
   return entry
 
 
