@@ -22,8 +22,11 @@ import os
 import posixpath
 from typing import Mapping
 
-# TensorFlow (and `storage`) only inside the functions that need them: the
-# entry point imports this module before TensorFlow.
+from trainer import errors
+from trainer import storage  # imports TensorFlow on first file access
+
+# TensorFlow only inside the functions that need it: the entry point imports
+# this module before TensorFlow.
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -86,7 +89,6 @@ def check_compatible(dirs: RunDirs, config) -> None:
   """A run directory holding a checkpoint of another model shape is an
   error naming the fields that differ, not a crash at restore."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import errors, storage  # pylint: disable=g-import-not-at-top
   path = posixpath.join(dirs.files, CONFIG_FILE)
   if not storage.exists(path):
     return
@@ -104,7 +106,6 @@ def check_compatible(dirs: RunDirs, config) -> None:
 
 def write_config(dirs: RunDirs, config) -> None:
   """The resolved config, as JSON, in dirs.files (config.json)."""
-  from trainer import storage  # pylint: disable=g-import-not-at-top
   storage.makedirs(dirs.files)  # the others are made by what writes there
   storage.write_atomic(posixpath.join(dirs.files, CONFIG_FILE),
                        config.to_json_best_effort(indent=2, sort_keys=True)
@@ -113,7 +114,6 @@ def write_config(dirs: RunDirs, config) -> None:
 
 def write_metrics(dirs: RunDirs, metrics: dict) -> None:
   """The final metrics, as JSON, in dirs.files (metrics.json)."""
-  from trainer import storage  # pylint: disable=g-import-not-at-top
   storage.write_atomic(posixpath.join(dirs.files, METRICS_FILE),
                        json.dumps(metrics, indent=2) + "\n")
 
