@@ -176,6 +176,13 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
     self.secure = True
     self.close_connection = False
 
+  def handle_expect_100(self):
+    # libcurl sends Expect: 100-continue on uploads and waits 1 s for the
+    # interim answer: it must leave the (buffered) TLS wfile at once.
+    super().handle_expect_100()
+    self.wfile.flush()
+    return True
+
   def do_GET(self):  # pylint: disable=invalid-name
     body = self._read_body()
     host = self.headers.get("Host", "")
