@@ -28,6 +28,23 @@ def run():
   return run_module
 
 
+# --- The `slow` marker ----------------------------------------------------------
+# Applied here, not in the test files: a test is slow if it starts processes
+# (the trainer, gcloud, worker processes, launch/ scripts), the GCS emulator or
+# the gcloud fake. `pytest -m "not slow"` is the edit-test loop (in-process
+# unit tests only, under a minute); the full suite runs them all.
+SLOW_FILES = frozenset({
+    "test_task.py", "test_multi_worker.py", "test_tpu_vm.py", "test_vertex_ai.py",
+    "test_launch.py", "test_gcs.py", "test_gcs_emulator.py"})
+SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if item.path.name in SLOW_FILES or SLOW_FIXTURES.intersection(item.fixturenames):
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
   """The smoke config's data set (train and eval splits), generated once."""
