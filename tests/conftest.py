@@ -43,6 +43,10 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if item.path.name in SLOW_FILES or SLOW_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.slow)
+  # Slow tests first (a stable sort: each file keeps its order): pytest-xdist
+  # hands tests out in this order, so the run ends on short in-process tests
+  # that even out the workers, not on one long test.
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
