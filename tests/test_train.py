@@ -76,7 +76,7 @@ def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   caplog.clear()
   caplog.set_level("INFO", logger="absl")  # the run's lines: absl INFO
   again = run(config, smoke_data, tmp_path)
-  assert again == {"step": 40, "stopped": False}
+  assert again == {"step": 40, "stopped": None}
   assert "already at step 40 of 40: nothing to train" in caplog.text
 
 

@@ -6,11 +6,16 @@ r"""The data set's command line: generate, upload, verify.
       --num_shards=2 --examples_per_shard=5000 --seed=0
   python -m trainer.data upload --src=/tmp/arith --dst=gs://bucket/arith
   python -m trainer.data verify --data_dir=gs://bucket/arith
+  python -m trainer.data verify --data_dir=gs://bucket/arith --deep
 
 `generate` writes one split's shards and updates `manifest.json` beside them
 (trainer/datasets.py); re-running the same command skips the shards already
 there. `upload` and `verify` move and check a data set with
-google-cloud-storage (trainer/gcs.py).
+google-cloud-storage (trainer/gcs.py): `verify` compares the files with the
+manifest (count, size, CRC32C); `verify --deep` also reads every record of
+every shard (trainer/records.py) and names each bad file, the first bad
+record and the number of good ones, so a bad shard is found before a long
+job instead of in it.
 
 Bad flags print one line `error: ...` and exit with status 2, before anything
 is written.
@@ -49,6 +54,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_threads", 8, "upload: parallel uploads.")
   flags.DEFINE_string("data_dir", None,
                       "verify: data set directory (gs:// or local).")
+  flags.DEFINE_bool("deep", False, "verify: also read and check every record "
+                    "of every *.tfrecord file.")
+  flags.DEFINE_integer("len_max_input", None, "verify --deep: the longest "
+                       "input (defs + ':' + op) allowed; default: "
+                       "configs/default.py's config.model.len_max_input.")
 
 
 def _transfer(command: str, flag_values) -> int:
@@ -68,7 +78,58 @@ def _transfer(command: str, flag_values) -> int:
     return 0
   if not flag_values.data_dir:
     raise errors.UserError("verify needs --data_dir")
-  return gcs.print_verify(flag_values.data_dir)
+  if not flag_values.deep:
+    return gcs.print_verify(flag_values.data_dir)
+  return _verify_deep(flag_values.data_dir, flag_values.len_max_input)
+
+
+def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
+  """`verify --deep`: the manifest check (if there is a manifest), then every
+  record of every shard; prints each problem, returns the exit status."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from trainer import gcs, manifest, progress, records, storage  # pylint: disable=g-import-not-at-top
+  if len_max_input is None:
+    len_max_input = default.get_config().model.len_max_input
+  problems = 0
+  listed = None
+  try:
+    listed = manifest.read(data_dir)
+  except errors.UserError as e:  # unreadable or foreign: say so, go on
+    print(f"mismatch: {e}", file=sys.stderr)
+    problems += 1
+  if listed is not None:
+    mismatches, _ = gcs.verify(data_dir)
+    for line in mismatches:
+      print(f"mismatch: {line}", file=sys.stderr)
+    problems += len(mismatches)
+  files = sorted(storage.glob(storage.join(data_dir, "*.tfrecord")))
+  if not files:
+    raise errors.UserError(f"no *.tfrecord file in {data_dir}: nothing to "
+                           "verify", exit_status=1)
+  bar = progress.Progress(total=len(files), unit="files", desc="verify")
+  good_records = 0
+  bad_files = 0
+  for path in files:
+    result = records.check_file(path, len_max_input)
+    good_records += result.good_records
+    if not result.ok:
+      bad_files += 1
+      print(f"bad: {path}: {result.problem} ({result.good_records:,} good "
+            "record(s) before it)", file=sys.stderr)
+    bar.update(1, extra=f"{good_records:,} good records")
+  bar.close()
+  problems += bad_files
+  if problems:
+    print(f"error: {bad_files} bad file(s) of {len(files)} and "
+          f"{problems - bad_files} manifest mismatch(es) in {data_dir}: "
+          "regenerate (python -m trainer.data generate) or re-copy them",
+          file=sys.stderr)
+    return 1
+  print(f"ok: {len(files)} file(s), {good_records:,} records in {data_dir} "
+        "read and fit (CRC, Example schema, vocabulary, len_max_input="
+        f"{len_max_input})" + ("" if listed else "; no manifest to compare"),
+        file=sys.stderr)
+  return 0
 
 
 def _generate(flag_values) -> int:

@@ -9,6 +9,8 @@ the exit status it carries. No TensorFlow here.
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
   """A problem the user can fix, said in one line.
@@ -54,6 +56,14 @@ def describe_io_error(error: BaseException) -> str:
             "application-default login`, or set "
             f"GOOGLE_APPLICATION_CREDENTIALS): {lines[0] if lines else kind}")
   first = lines[0] if lines else ""
+  if "No space left on device" in message:
+    found = re.search(r"(?:^|[\s'\"])((?:gs:/)?/[^\s;'\"]+)",
+                      re.sub(r"\{\{[^}]*\}\}", "", message))
+    path = found.group(1) if found else ""
+    return (f"no space left on device{f' writing {path}' if path else ''}: "
+            "free some space or choose another --model_dir; the checkpoints "
+            "already saved are complete, and the same command resumes from "
+            "the latest")
   if where and where != first:
     first = f"{first} ... {where}"
   return f"{kind}: {first}"

@@ -8,9 +8,14 @@ end evaluate, export the SavedModel and write the metrics.
 
 Only the chief writes to the run's directories (`run_dir`); other workers
 write the same files to a temporary directory they delete (every worker must
-take part in saving). SIGTERM ends the run after the current host loop, with
-a checkpoint. In a multi-worker run, a worker that dies becomes one line
-telling how to resume.
+take part in saving).
+
+Stops (trainer/stop.py): SIGTERM, SIGHUP or Ctrl-C on any worker ends the
+run at the end of the current host loop with a checkpoint; in a multi-worker
+run the workers agree on that once per host loop (an all-reduce of their stop
+flags), so every worker saves the same step and stops. A worker that dies
+becomes one line telling how to resume; so does a bad record in the input
+(trainer/records.py names the file).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import shutil
-import signal
 import tempfile
 import time
 import warnings
@@ -34,7 +38,9 @@ from trainer import errors
 from trainer import export
 from trainer import input_pipeline
 from trainer import progress
+from trainer import records
 from trainer import run_dir
+from trainer import stop as stop_lib
 from trainer import storage
 from trainer import strategy as strategy_lib
 from trainer import train as train_lib
@@ -43,6 +49,9 @@ from trainer import train as train_lib
 # options on every trace; nothing here depends on them.
 warnings.filterwarnings("ignore", message="To make it possible to preserve "
                         "tf.data options")
+
+# What a step raises when its input pipeline reads a bad record.
+_DATA_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
 
 # What a collective op raises when a peer dies or stops answering.
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
@@ -57,11 +66,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The final metrics (also written to metrics.json in dirs.files), with
-    "stopped": True when SIGTERM ended the run early.
+    "stopped": the signal that ended the run early ("SIGTERM", "SIGHUP",
+    "SIGINT", or "another worker" for a worker that another worker's
+    signal stopped), else None.
   Raises:
     UserError: a bad config, missing or inconsistent data, a model_dir
-      holding another model shape (before any graph is built); a lost peer
-      in a multi-worker run (exit status 1).
+      holding another model shape (before any graph is built); a bad record
+      met in training (exit status 2); a lost peer in a multi-worker run
+      (exit status 1).
   """
   on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   config_checks.validate_config(config, strategy.num_replicas_in_sync,
@@ -70,18 +82,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     config_checks.check_tpu_paths(config, data_dir, dirs)
   for name, path in dirs.origin:
     storage.check_bucket(path, name)
+  is_chief = strategy_lib.is_chief(strategy)
+  if is_chief:  # the only one that writes there
+    run_dir.check_writable(dirs)
   run_dir.check_compatible(dirs, config)
   files = list_data_files(config, data_dir)
   patterns = config_checks.data_patterns(config, data_dir)
 
-  is_chief = strategy_lib.is_chief(strategy)
   temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
   try:
-    # SIGTERM from here on (preemption, a scheduler) ends in a checkpoint
-    # after the current host loop.
-    with _Stop() as stop:
-      return _run(config, strategy, files, patterns, paths, stop)
+    # A stop signal from here on ends in a checkpoint after the current
+    # host loop (a second Ctrl-C: at once, naming this one).
+    with stop_lib.StopSignals(
+        lambda: tf.train.latest_checkpoint(dirs.checkpoints)) as signals:
+      return _run(config, strategy, files, patterns, paths, signals)
   except _PEER_ERRORS as e:
     if not strategy_lib.is_multi_worker(strategy):
       raise
@@ -118,17 +133,19 @@ def list_data_files(config: ml_collections.ConfigDict,
 
 def _run(config, strategy, files: dict[str, list[str]],
          patterns: dict[str, str], paths: run_dir.Paths,
-         stop: _Stop) -> dict[str, Any]:
+         signals: stop_lib.StopSignals) -> dict[str, Any]:
   """Restores, trains to num_steps (or a stop), then evaluates and exports."""
   trainer = train_lib.Trainer(config, strategy)
   latest = tf.train.latest_checkpoint(paths.read.checkpoints)
   if latest:
     trainer.checkpoint.restore(latest).assert_existing_objects_matched()
   start_step = int(trainer.step.numpy())
-  if start_step >= config.train.num_steps:
+  finished = start_step >= config.train.num_steps
+  if finished and storage.exists(
+      posixpath.join(paths.read.files, run_dir.METRICS_FILE)):
     say(f"{paths.read.checkpoints} is already at step {start_step} of "
         f"{config.train.num_steps}: nothing to train")
-    return {"step": start_step, "stopped": False}
+    return {"step": start_step, "stopped": None}
 
   out = paths.write
   run_dir.write_config(out, config)
@@ -139,21 +156,27 @@ def _run(config, strategy, files: dict[str, list[str]],
       f"{'chief' if paths.is_chief else 'worker'}")
   say(f"data: train {patterns['training']}, eval {patterns['evaluation']}")
   say(f"{'resuming from ' + latest if latest else 'starting at step 0'}; "
-      f"checkpoints in {paths.read.checkpoints}")
+      f"checkpoints in {paths.read.checkpoints}" + (
+          "; trained already: evaluating and exporting (the last run ended "
+          "before)" if finished else ""))
 
   feeds = Feeds(config, strategy, files, start_step)
-  run = _Run(config, trainer, out, start_step)
-  train_metrics = run.train(feeds, stop)
-  if stop.requested:
+  run = _Run(config, trainer, out, start_step, files, strategy)
+  train_metrics, stopped = ({}, None) if finished else run.train(
+      feeds, signals)
+  if stopped:
     run.manager.save(checkpoint_number=run.step)
-    say(f"SIGTERM: saved a checkpoint at step {run.step} in "
-        f"{paths.read.checkpoints}; re-run the same command to resume")
-    return {"step": run.step, "stopped": True, "train": train_metrics}
+    every = " on every worker" if strategy_lib.is_multi_worker(strategy) else ""
+    by = "stopped by another worker" if stopped == "another worker" else (
+        stopped)
+    say(f"{by}: saved a checkpoint at step {run.step} in "
+        f"{paths.read.checkpoints}; run the same command{every} to resume")
+    return {"step": run.step, "stopped": stopped, "train": train_metrics}
 
   eval_metrics = run.evaluate(feeds.eval_dataset)
   export.export_saved_model(trainer.model, out.export,
                             config.model.len_max_input)
-  results = {"step": run.step, "stopped": False, "train": train_metrics,
+  results = {"step": run.step, "stopped": None, "train": train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
              "weights_sha256": trainer.weights_sha256()}
@@ -224,10 +247,13 @@ class _Run:
   TensorBoard scalars written along the way."""
 
   def __init__(self, config, trainer: train_lib.Trainer, out: run_dir.RunDirs,
-               start_step: int):
+               start_step: int, files: dict[str, list[str]],
+               strategy: tf.distribute.Strategy):
     self.config = config
     self.trainer = trainer
     self.step = start_step
+    self.files = files
+    self.any_worker = _any_worker(strategy)
     self.manager = tf.train.CheckpointManager(
         trainer.checkpoint, out.checkpoints,
         max_to_keep=config.train.keep_checkpoints,
@@ -247,18 +273,28 @@ class _Run:
         stops.append((self.step // every + 1) * every)
     return min(stops)
 
-  def train(self, feeds: Feeds, stop: _Stop) -> dict[str, float]:
-    """Host loops until num_steps or a stop request; the last loop's
-    metrics."""
+  def train(self, feeds: Feeds, signals: stop_lib.StopSignals
+            ) -> tuple[dict[str, float], str | None]:
+    """Host loops until num_steps or a stop request.
+
+    Returns:
+      The last loop's metrics, and what stopped training early (the signal's
+      name, "another worker" for another worker's signal) or None. A stop requested
+      during the last host loop lets the run finish.
+    """
     train = self.config.train
     bar = progress.Progress(total=train.num_steps, unit="steps", desc="train",
                             initial=self.step)
     metrics: dict[str, float] = {}
+    stopped = None
     while self.step < train.num_steps:
       num_steps = self.next_stop() - self.step
       start = time.perf_counter()
-      loss, accuracy = (float(t) for t in self.trainer.train_loop(
-          feeds.train_iterator, tf.constant(num_steps)))
+      try:
+        loss, accuracy = (float(t) for t in self.trainer.train_loop(
+            feeds.train_iterator, tf.constant(num_steps)))
+      except _DATA_ERRORS as e:
+        raise self._data_error(e, "training") from e
       seconds = time.perf_counter() - start
       self.step += num_steps
       examples_per_sec = num_steps * train.global_batch_size / seconds
@@ -272,18 +308,23 @@ class _Run:
       if (train.eval_every_steps and self.step % train.eval_every_steps == 0
           and self.step < train.num_steps):
         self.evaluate(feeds.eval_dataset)
-      if stop.requested:
+      # Every worker takes part, once per host loop, so all stop together.
+      if self.any_worker(signals.requested) and self.step < train.num_steps:
+        stopped = signals.signal_name or "another worker"
         break
       if (train.checkpoint_every_steps and
           self.step % train.checkpoint_every_steps == 0) or (
               self.step == train.num_steps):
         self.manager.save(checkpoint_number=self.step)
     bar.close()
-    return metrics
+    return metrics, stopped
 
   def evaluate(self, eval_dataset) -> dict[str, float]:
-    loss_sum, correct, count = (
-        t.numpy() for t in self.trainer.eval_loop(eval_dataset))
+    try:
+      loss_sum, correct, count = (
+          t.numpy() for t in self.trainer.eval_loop(eval_dataset))
+    except _DATA_ERRORS as e:
+      raise self._data_error(e, "evaluation") from e
     metrics = {"loss": float(loss_sum / max(count, 1)),
                "accuracy": float(correct / max(count, 1)),
                "examples": int(count)}
@@ -293,28 +334,28 @@ class _Run:
         f"{metrics['accuracy']:.4f} over {metrics['examples']:,} examples")
     return metrics
 
+  def _data_error(self, error: tf.errors.OpError,
+                  split: str) -> errors.UserError:
+    """The one line for a step that failed on its input: names the file."""
+    return records.describe_data_error(
+        error, self.files[split], self.config.model.len_max_input, split)
 
-class _Stop:
-  """Turns SIGTERM into a request to checkpoint and stop after this loop."""
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
+def _any_worker(strategy: tf.distribute.Strategy):
+  """A function of this worker's stop flag: True when any worker's is set.
 
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no signal handling
-      self._previous = None
-    return self
+  Multi-worker: an all-reduce over every replica (one per host loop, every
+  worker must call it at the same point). Otherwise the flag itself.
+  """
+  if not strategy_lib.is_multi_worker(strategy):
+    return bool
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+  @tf.function
+  def count(flag: tf.Tensor) -> tf.Tensor:
+    per_replica = strategy.run(lambda: tf.identity(flag))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  return lambda flag: int(count(tf.constant(int(flag)))) > 0
 
 
 # TensorBoard's scalar format, written with TensorFlow's own summary op.

@@ -17,6 +17,7 @@ the TensorBoard logs into AIP_TENSORBOARD_LOG_DIR.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
 import posixpath
@@ -83,6 +84,34 @@ class RunDirs:
     return (f"checkpoints {self.checkpoints}; TensorBoard {self.logs} "
             f"(train/, eval/); SavedModel {self.export}; config and metrics "
             f"in {self.files}")
+
+
+def check_writable(dirs: RunDirs) -> None:
+  """Each local run directory is a directory this user can write, or can be
+  made in one: checked before anything is built. (gs:// directories are
+  checked by `storage.check_bucket`; a 403 is named when it happens.)
+
+  Raises:
+    UserError: naming the flag or variable, the path and the way out.
+  """
+  for path in dirs.all():
+    if "://" in path:
+      continue
+    name, value = next(((n, v) for n, v in dirs.origin
+                        if path.startswith(v.rstrip("/"))),
+                       ("the run directory", path))
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise errors.UserError(
+          f"{name}={value}: {existing} is a file, not a directory: choose "
+          f"another {name}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise errors.UserError(
+          f"{name}={value}: user {getpass.getuser()} cannot write in "
+          f"{existing} (permission denied or a read-only file system): fix "
+          f"its permissions or choose another {name}")
 
 
 def check_compatible(dirs: RunDirs, config) -> None:

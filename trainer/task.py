@@ -23,6 +23,7 @@ import configs
 from trainer import cli
 from trainer import errors
 from trainer import run_dir
+from trainer import stop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(configs.__file__), "default.py"),
@@ -61,6 +62,14 @@ def run_dirs(model_dir: str | None, cache_dir: str) -> run_dir.RunDirs:
 def main(argv):
   if len(argv) > 1:
     return cli.fail(f"unexpected arguments {argv[1:]}: every option is a flag")
+  try:
+    return _main()
+  except KeyboardInterrupt:  # Ctrl-C before or after the training loop's
+    return cli.fail("interrupted (Ctrl-C) outside the training loop: "
+                    "nothing to save", status=stop.INTERRUPTED_STATUS)
+
+
+def _main():
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
@@ -85,12 +94,13 @@ def main(argv):
         config.seed)
     dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
-    loop.train_and_evaluate(config, distribution, data_dir, dirs)
+    results = loop.train_and_evaluate(config, distribution, data_dir, dirs)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:
     return cli.fail(errors.describe_io_error(e), status=1)
-  return 0
+  # Ctrl-C says "interrupted" to the shell; other stops are a clean end.
+  return stop.INTERRUPTED_STATUS if results["stopped"] == "SIGINT" else 0
 
 
 if __name__ == "__main__":
