@@ -80,6 +80,14 @@ def test_upload_skips_unchanged_and_verify_finds_corruption(gcs, run,
   assert all("gs://up/smoke/train-00001-of-00004.tfrecord" in m
              for m in mismatches)
   assert error_lines(bad) == ["error: 2 problem(s) in gs://up/smoke"]
+  deep = run("trainer.data", "verify", "--data_dir=gs://up/smoke", "--deep")
+  assert deep.returncode == 1, deep.stderr
+  assert [l for l in deep.stderr.splitlines() if l.startswith("bad:")] == [
+      "bad: gs://up/smoke/train-00001-of-00004.tfrecord: record 0: the file "
+      "ends inside its 12-byte header (11 byte(s) after the last whole "
+      "record) (0 good record(s) before it)"]
+  assert error_lines(deep)[0].startswith(
+      "error: 1 bad file(s) of 6 and 2 manifest mismatch(es) in gs://up/smoke")
 
   repaired = run("trainer.data", "upload", f"--src={local_data}",
                  "--dst=gs://up/smoke")
@@ -87,6 +95,10 @@ def test_upload_skips_unchanged_and_verify_finds_corruption(gcs, run,
   assert "skipped 6 unchanged" in repaired.stderr
   assert run("trainer.data", "verify",
              "--data_dir=gs://up/smoke").returncode == 0
+  deep = run("trainer.data", "verify", "--data_dir=gs://up/smoke", "--deep")
+  assert deep.returncode == 0, deep.stderr
+  assert "ok: 6 file(s), 2,256 records in gs://up/smoke read and fit" in (
+      deep.stderr)
 
 
 def test_train_from_gcs_into_gcs_and_resume(gcs, run, local_data):

@@ -77,6 +77,7 @@ def check_file(path: str, len_max_input: int) -> FileCheck:
   input (so the message can say how far to raise len_max_input).
   """
   good = 0
+  consumed = 0  # bytes of the records read: each has 16 bytes of framing
   longest = 0
   too_long: tuple[int, int] | None = None  # (record index, its length)
   batches = iter(tf.data.TFRecordDataset(path).batch(_READ_BATCH))
@@ -100,6 +101,15 @@ def check_file(path: str, len_max_input: int) -> FileCheck:
     if over.size and too_long is None:
       too_long = (good + int(over[0]), int(lengths[over[0]]))
     good += len(lengths)
+    consumed += int(tf.reduce_sum(tf.strings.length(serialized))) + 16 * len(
+        lengths)
+  trailing = tf.io.gfile.stat(path).length - consumed
+  if trailing:
+    # TensorFlow reads a record header cut short as the end of the file.
+    return FileCheck(
+        path, good, f"record {good}: the file ends inside its 12-byte header "
+        f"({trailing} byte(s) after the last whole record)", "corrupt",
+        longest)
   if too_long is not None:
     index, length = too_long
     return FileCheck(
