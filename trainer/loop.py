@@ -279,8 +279,8 @@ class _Run:
 
     Returns:
       The last loop's metrics, and what stopped training early (the signal's
-      name, "another worker" for another worker's signal) or None. A stop requested
-      during the last host loop lets the run finish.
+      name, "another worker" for another worker's signal) or None. A stop
+      requested during the last host loop lets the run finish.
     """
     train = self.config.train
     bar = progress.Progress(total=train.num_steps, unit="steps", desc="train",

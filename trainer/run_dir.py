@@ -109,9 +109,16 @@ def check_writable(dirs: RunDirs) -> None:
           f"another {name}")
     if not os.access(existing, os.W_OK | os.X_OK):
       raise errors.UserError(
-          f"{name}={value}: user {getpass.getuser()} cannot write in "
+          f"{name}={value}: user {_user()} cannot write in "
           f"{existing} (permission denied or a read-only file system): fix "
           f"its permissions or choose another {name}")
+
+
+def _user() -> str:
+  try:
+    return getpass.getuser()
+  except (KeyError, OSError):  # a uid without a name (containers)
+    return f"uid {os.getuid()}"
 
 
 def check_compatible(dirs: RunDirs, config) -> None:
