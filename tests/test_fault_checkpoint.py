@@ -15,6 +15,14 @@ After each kill the latest checkpoint must exist (once one was saved), read
 back whole and restore into the Trainer; its step never goes backwards; the
 next round's resume must work. The test counts the kills that left a partial
 newer checkpoint behind (they landed during a write) and fails without any.
+
+Safe because every save here has a new number: TF writes ckpt-N.index in
+place (O_TRUNC) after renaming the new data file over ckpt-N.data, so saving
+the number `checkpoint` already names is not. loop.py does that when SIGTERM
+arrives during the final save (it saves num_steps again): a kill -9 between
+that rename and the index write leaves the latest checkpoint failing to
+restore (DataLossError, checksum mismatch), found with strace fault
+injection, not reachable by this test's polling.
 """
 
 import os
