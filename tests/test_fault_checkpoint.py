@@ -16,13 +16,14 @@ back whole and restore into the Trainer; its step never goes backwards; the
 next round's resume must work. The test counts the kills that left a partial
 newer checkpoint behind (they landed during a write) and fails without any.
 
-Safe because every save here has a new number: TF writes ckpt-N.index in
-place (O_TRUNC) after renaming the new data file over ckpt-N.data, so saving
-the number `checkpoint` already names is not. loop.py does that when SIGTERM
-arrives during the final save (it saves num_steps again): a kill -9 between
-that rename and the index write leaves the latest checkpoint failing to
-restore (DataLossError, checksum mismatch), found with strace fault
-injection, not reachable by this test's polling.
+Safe because every save has a new number: TF writes ckpt-N.index in place
+(O_TRUNC) after renaming the new data file over ckpt-N.data, so saving the
+number `checkpoint` already names is not -- a kill -9 between that rename and
+the index write left the latest checkpoint failing to restore (DataLossError,
+checksum mismatch; found with strace fault injection, not reachable by this
+test's polling). loop.py once did that (a SIGTERM during the final save saved
+num_steps again); `_Run.save` now never saves a step the latest checkpoint
+already holds.
 """
 
 import os

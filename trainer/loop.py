@@ -165,7 +165,7 @@ def _run(config, strategy, files: dict[str, list[str]],
   train_metrics, stopped = ({}, None) if finished else run.train(
       feeds, signals)
   if stopped:
-    run.manager.save(checkpoint_number=run.step)
+    run.save()
     every = " on every worker" if strategy_lib.is_multi_worker(strategy) else ""
     by = "stopped by another worker" if stopped == "another worker" else (
         stopped)
@@ -315,9 +315,19 @@ class _Run:
       if (train.checkpoint_every_steps and
           self.step % train.checkpoint_every_steps == 0) or (
               self.step == train.num_steps):
-        self.manager.save(checkpoint_number=self.step)
+        self.save()
     bar.close()
     return metrics, stopped
+
+  def save(self) -> None:
+    """A checkpoint of this step, unless the latest one already is: TF
+    rewrites an existing checkpoint's index file in place, so a kill -9
+    during a second save of one step could leave it unrestorable (new
+    numbers are written under temporary names, and `checkpoint` names them
+    only once they are whole)."""
+    latest = self.manager.latest_checkpoint
+    if not (latest and latest.endswith(f"-{self.step}")):
+      self.manager.save(checkpoint_number=self.step)
 
   def evaluate(self, eval_dataset) -> dict[str, float]:
     try:
