@@ -35,7 +35,7 @@ def run():
 # unit tests only, under a minute); the full suite runs them all.
 SLOW_FILES = frozenset({
     "test_task.py", "test_multi_worker.py", "test_tpu_vm.py", "test_vertex_ai.py",
-    "test_launch.py", "test_gcs.py", "test_gcs_emulator.py"})
+    "test_launch.py", "test_gcs.py", "test_gcs_emulator.py", "test_fault_gcs.py"})
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
 
 
