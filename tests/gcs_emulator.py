@@ -12,7 +12,8 @@ storage.googleapis.com (media reads). What it does honour is libcurl's
   also the ``CURL_CA_BUNDLE``) and forwards each tunnelled request to the
   emulator with ``http.client``. The same port serves plain HTTP too: that is
   how google-cloud-storage (``STORAGE_EMULATOR_HOST``) and ``gcloud storage``
-  reach it. So every client passes the fault hook ``deny_buckets``.
+  reach it. So every client passes the fault hooks: ``deny_buckets`` (a
+  GCS-style 403) and ``cut_responses`` (a connection dropped mid-body).
 
 Facts this shape rests on (measured):
 
@@ -20,9 +21,10 @@ Facts this shape rests on (measured):
   in a thread of the test process: ``tf.io.TFRecordWriter.close()`` performs
   its GCS upload while holding the GIL, so a proxy thread inside the same
   interpreter can never answer it and the test deadlocks (libcurl gives up
-  after 60 s of no progress). ``deny_buckets`` changes reach it over its
-  stdin. It owns fake-gcs-server and stops it when that stdin closes, so even
-  a SIGKILLed pytest leaves no server behind.
+  after 60 s of no progress). Fault-hook changes (``deny_buckets``,
+  ``cut_responses``) reach it over its stdin, and the cuts it made come back
+  on its stdout. It owns fake-gcs-server and stops it when that stdin
+  closes, so even a SIGKILLed pytest leaves no server behind.
 * TF reads ``GCS_RETRY_CONFIG_*`` once, when ``import tensorflow`` registers
   the gs:// filesystem. Set after the import they have no effect, and a call
   that keeps failing had still not returned after 60 s (TF's defaults: 10
@@ -48,6 +50,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -148,6 +151,37 @@ def _forbidden(bucket: str) -> bytes:
       {"message": message, "domain": "global", "reason": "forbidden"}]}}).encode()
 
 
+class _Cuts:
+  """The proxy's ``cut_responses`` state, shared by its handler threads.
+
+  The next ``count`` responses whose request path (query included) matches
+  ``pattern`` lose their connection after ``after_bytes`` bytes of the body;
+  ``made`` lists those request paths, in order, since the last ``arm``.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()  # handler threads and the stdin loop
+    self._pattern: re.Pattern | None = None
+    self._left = 0
+    self._after_bytes = 0
+    self.made: list[str] = []
+
+  def arm(self, pattern: str, count: int, after_bytes: int) -> None:
+    with self._lock:
+      self._pattern, self._left, self._after_bytes = re.compile(pattern), count, after_bytes
+      self.made = []
+
+  def take(self, path: str) -> int | None:
+    """The body bytes to send before cutting this response (the cut is then
+    counted), or None: send it whole."""
+    with self._lock:
+      if self._left <= 0 or not self._pattern.search(path):
+        return None
+      self._left -= 1
+      self.made.append(path)
+      return self._after_bytes
+
+
 class _Proxy(http.server.BaseHTTPRequestHandler):
   """Plain HTTP requests, or CONNECT and then the requests inside the tunnel."""
 
@@ -198,10 +232,27 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
     if self.command != "HEAD" and status not in (204, 304):
       self.send_header("Content-Length", str(len(body)))
     self.end_headers()
-    if self.command != "HEAD":
+    if self.command == "HEAD":
+      return
+    after_bytes = self.server.cuts.take(self.path)
+    if after_bytes is None:
       self.wfile.write(body)
+    else:
+      self._cut(body[:after_bytes])
 
   do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+  def _cut(self, head: bytes) -> None:
+    """Sends only ``head`` of the body (the headers, already written, still
+    announce the whole Content-Length), then drops the connection the way a
+    broken network does: a TCP shutdown with no TLS close_notify, so the
+    client sees the stream end short of Content-Length."""
+    self.wfile.write(head)
+    self.wfile.flush()  # the TLS wfile is buffered
+    # On an SSLSocket, shutdown() discards the TLS layer without a
+    # close_notify and shuts the TCP socket down; finish() then closes it.
+    self.connection.shutdown(socket.SHUT_RDWR)
+    self.close_connection = True
 
   def _read_body(self) -> bytes:
     if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
@@ -293,8 +344,10 @@ def _start_fake_gcs_server(log) -> tuple[subprocess.Popen, int]:
 
 def _proxy_main(work_dir: str, cert: str, key: str) -> None:
   """``gcs_emulator.py WORK_DIR CERT KEY``: prints the ports as JSON once both
-  servers answer; then each stdin line is the JSON list of denied buckets,
-  acknowledged with one line. Stops fake-gcs-server on stdin EOF or SIGTERM."""
+  servers answer; then each stdin line is one JSON command ``[name,
+  argument]`` (``deny_buckets``, ``cut_responses`` or ``cuts_made``),
+  answered with one JSON line: the request paths cut since the last
+  ``cut_responses``. Stops fake-gcs-server on stdin EOF or SIGTERM."""
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
   with open(os.path.join(work_dir, "fake-gcs-server.log"), "ab") as log:
     emulator, emulator_port = _start_fake_gcs_server(log)
@@ -302,6 +355,7 @@ def _proxy_main(work_dir: str, cert: str, key: str) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     server.daemon_threads = True  # a stuck client connection never blocks exit
     server.emulator_port, server.deny_buckets = emulator_port, frozenset()
+    server.cuts = _Cuts()
     server.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.ssl_context.load_cert_chain(cert, key)
     # Only HTTP/1.1, so libcurl never tries HTTP/2 through the tunnel.
@@ -309,8 +363,14 @@ def _proxy_main(work_dir: str, cert: str, key: str) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"proxy": server.server_address[1], "emulator": emulator_port}), flush=True)
     for line in sys.stdin:
-      server.deny_buckets = frozenset(json.loads(line))
-      print("ok", flush=True)
+      command, argument = json.loads(line)
+      if command == "deny_buckets":
+        server.deny_buckets = frozenset(argument)
+      elif command == "cut_responses":
+        server.cuts.arm(**argument)
+      elif command != "cuts_made":
+        raise ValueError(f"unknown command {command!r}")
+      print(json.dumps(server.cuts.made), flush=True)
   finally:
     emulator.terminate()
     try:
@@ -351,6 +411,8 @@ class GcsEmulator:
       STORAGE_EMULATOR_HOST + "/storage/v1/") here.
     deny_buckets: ``.add(bucket)`` / ``.discard(bucket)``; requests naming a
       denied bucket get a GCS-style 403.
+
+  Methods ``cut_responses`` and ``cuts_made`` drop connections mid-response.
   """
 
   def __init__(self, work_dir: str):
@@ -415,11 +477,37 @@ class GcsEmulator:
       self._closed_port.close()
       self._closed_port = None
 
+  def cut_responses(self, pattern: str, count: int, after_bytes: int) -> None:
+    """Drops the connection of the next `count` responses whose request path
+    matches `pattern` (``re.search`` over the path and query as sent), after
+    their headers and at most `after_bytes` bytes of the body: what a broken
+    network connection looks like to the client. The request itself reached
+    the emulator (an upload is stored). TF reads an object from
+    storage.googleapis.com as ``/BUCKET/OBJECT`` with the object's slashes
+    encoded (``/b/data%2Ftrain-00000-of-00004.tfrecord``), so
+    ``"train-[0-9]+-of-[0-9]+[.]tfrecord$"`` matches TF's shard reads but
+    not the JSON API's metadata requests (they end in a query).
+    Replaces any earlier cut_responses and starts `cuts_made` afresh; in
+    force before it returns. Every client, TF or not, is subject to it.
+    """
+    self._command("cut_responses", {"pattern": pattern, "count": count,
+                                    "after_bytes": after_bytes})
+
+  def cuts_made(self) -> list[str]:
+    """The request paths cut since the last `cut_responses`, in order."""
+    return self._command("cuts_made", None)
+
   def _push_deny_buckets(self, names: list[str]) -> None:
-    self._proxy.stdin.write((json.dumps(names) + "\n").encode())
+    self._command("deny_buckets", names)
+
+  def _command(self, name: str, argument):
+    """One command to the proxy process; its answer (see _proxy_main)."""
+    self._proxy.stdin.write((json.dumps([name, argument]) + "\n").encode())
     self._proxy.stdin.flush()
-    if self._proxy.stdout.readline() != b"ok\n":
+    answer = self._proxy.stdout.readline()
+    if not answer:
       raise RuntimeError(f"gcs-emulator proxy died; see {self.work_dir}/proxy.log")
+    return json.loads(answer)
 
   # Set-up of the test's own state: straight to the emulator, past the proxy.
 
