@@ -43,6 +43,9 @@ def describe_io_error(error: BaseException) -> str:
   """One line for a file system error (local or gs://), with a remedy for
   the GCS ones: permission denied, missing credentials."""
   message = getattr(error, "message", None) or str(error)
+  # TensorFlow's graph decorations say where in the graph, not what.
+  message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "",
+                   message)
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
   # TF's gs:// errors end with "when <doing> gs://bucket/object".
   where = next((l for l in reversed(lines) if "gs://" in l), "")
@@ -57,8 +60,7 @@ def describe_io_error(error: BaseException) -> str:
             f"GOOGLE_APPLICATION_CREDENTIALS): {lines[0] if lines else kind}")
   first = lines[0] if lines else ""
   if "No space left on device" in message:
-    found = re.search(r"(?:^|[\s'\"])((?:gs:/)?/[^\s;'\"]+)",
-                      re.sub(r"\{\{[^}]*\}\}", "", message))
+    found = re.search(r"(?:^|[\s'\"])((?:gs:/)?/[^\s;'\"]+)", message)
     path = found.group(1) if found else ""
     return (f"no space left on device{f' writing {path}' if path else ''}: "
             "free some space or choose another --model_dir; the checkpoints "
