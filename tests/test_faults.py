@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 import tensorflow as tf
@@ -382,11 +381,7 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(
   first.mkdir()
   workers = Workers(2, flags, first)
   try:
-    deadline = time.monotonic() + 180
-    while "steps/s" not in workers.log(1):  # worker 1 is training
-      assert workers.processes[1].poll() is None, workers.logs_tail()
-      assert time.monotonic() < deadline, workers.logs_tail()
-      time.sleep(0.2)
+    workers.wait_until(lambda: "steps/s" in workers.log(1))  # training
     workers.processes[1].send_signal(signal.SIGTERM)
     assert workers.wait(timeout=120) == [0, 0], workers.logs_tail()
   finally:

@@ -86,11 +86,7 @@ def test_killed_worker_fails_in_bounded_time_and_rerun_resumes(
   workers = Workers(2, flags, first)
   try:
     index = model_dir / "checkpoints" / "ckpt-100.index"
-    deadline = time.monotonic() + 180
-    while not index.exists():
-      assert time.monotonic() < deadline, workers.logs_tail()
-      assert workers.processes[0].poll() is None, workers.logs_tail()
-      time.sleep(0.2)
+    workers.wait_until(index.exists)
     workers.processes[1].kill()
     killed_at = time.monotonic()
     code = workers.processes[0].wait(timeout=120)

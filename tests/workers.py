@@ -67,6 +67,14 @@ class Workers:
                     + self.logs_tail())
     return codes
 
+  def wait_until(self, ready, timeout=180):
+    """Polls `ready()` until it is true; fails if a worker ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+      assert all(p.poll() is None for p in self.processes), self.logs_tail()
+      assert time.monotonic() < deadline, self.logs_tail()
+      time.sleep(0.2)
+
   def kill(self):
     for process in self.processes:
       if process.poll() is None:
