@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   # trained on: costs a re-read of them) instead of drawing a new order.
   config.train.exact_resume = False
   config.train.jit_compile = True  # XLA for each replica step (not on TPU)
+  # With jit_compile: Adam's update in XLA too (trainer/optimizer.py); False:
+  # Keras's apply_gradients outside XLA (the slower path, for comparison).
+  config.train.xla_update = True
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"

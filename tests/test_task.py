@@ -79,7 +79,8 @@ def test_mirrored_on_two_cpu_devices(run, smoke_data, tmp_path):
   # 4 host loops and 2 evaluations: the loops are traced once; each
   # replica's compiled step once per replica device.
   assert metrics["trace_counts"] == {"forward_backward": 2, "forward": 2,
-                                     "train_loop": 1, "eval_loop": 1}
+                                     "apply_update": 2, "train_loop": 1,
+                                     "eval_loop": 1}
   assert np.isfinite(metrics["train"]["loss"])
 
 

@@ -59,7 +59,7 @@ def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
 
 def test_each_function_is_traced_once(smoke_data, tmp_path):
   results = run(smoke.get_config(), smoke_data, tmp_path)  # 4 host loops
-  assert results["trace_counts"] == {"forward_backward": 1, "forward": 1,
+  assert results["trace_counts"] == {"fused_step": 1, "forward": 1,
                                      "train_loop": 1, "eval_loop": 1}
 
 

@@ -4,9 +4,16 @@ Keras 3 `fit` cannot be the loop under tf.distribute with XLA (it fails
 under MirroredStrategy with jit_compile and under multi-worker; see the
 README's "What a run does"), so the steps are written here:
 
-  * each replica's forward and backward pass is one XLA-compiled function
-    (`jit_compile=True`; on TPU, TPUStrategy compiles the step itself) that
-    takes the weights as tensors (`model.stateless_call`);
+  * on one replica, the whole step -- forward, backward and Adam's update
+    (trainer/optimizer.py) -- is one XLA-compiled function
+    (`jit_compile=True`) that reads and assigns the variables itself;
+  * on several replicas, each replica's forward and backward pass is one XLA
+    function that takes the weights as tensors (`model.stateless_call`),
+    the gradients are summed across replicas, and the update is a second
+    XLA function on tensors whose results each replica assigns (a compiled
+    function may not capture another replica's variables);
+  * on TPU, TPUStrategy compiles the whole step itself (Keras's
+    apply_gradients inside it);
   * `strategy.run` of the replica step runs `num_steps` times inside one
     outer tf.function, so the host calls into the graph once per host loop;
   * the loss is summed per replica and divided by the global batch size, so
@@ -27,6 +34,7 @@ import tensorflow as tf
 
 from trainer import config_checks
 from trainer import model as model_lib
+from trainer import optimizer as optimizer_lib
 
 
 class Trainer:
@@ -72,6 +80,17 @@ class Trainer:
     self.forward_backward = tf.function(self._forward_backward,
                                         jit_compile=self.use_xla)
     self.forward = tf.function(self._forward, jit_compile=self.use_xla)
+    # Adam's update in XLA too: fused with the step on one replica, a
+    # second function on tensors on several.
+    self.update = None
+    self.fused_step = None
+    if self.use_xla and train.xla_update:
+      self.update = optimizer_lib.TensorAdam(self.optimizer,
+                                             self.model.trainable_variables)
+      if self.num_replicas == 1:
+        self.fused_step = tf.function(self._fused_step, jit_compile=True)
+      else:
+        self.apply_update = tf.function(self.update.apply, jit_compile=True)
     self.train_loop = tf.function(self._train_loop)
     self.eval_loop = tf.function(self._eval_loop)
 
@@ -113,11 +132,30 @@ class Trainer:
     gradients = tape.gradient(scaled_loss, trainable)
     return loss, correct, gradients
 
+  def _fused_step(self, x, y):
+    """One replica's whole step, compiled as one XLA function."""
+    trainable, non_trainable = self._weights()
+    loss, correct, gradients = self._forward_backward(trainable,
+                                                      non_trainable, x, y)
+    self.update.assign(*self.update.apply(self.update.values(), trainable,
+                                          gradients))
+    return loss, correct
+
   def _replica_train_step(self, x, y):
-    loss, correct, gradients = self.forward_backward(*self._weights(), x, y)
-    # Outside XLA: the all-reduce of gradients and the update.
-    self.optimizer.apply_gradients(
-        zip(gradients, self.model.trainable_variables))
+    if self.fused_step is not None:
+      return self.fused_step(x, y)
+    trainable, non_trainable = self._weights()
+    loss, correct, gradients = self.forward_backward(trainable, non_trainable,
+                                                     x, y)
+    if self.update is None:  # TPU (compiled whole by TPUStrategy), or
+      # Keras's apply_gradients chosen (jit_compile or xla_update False).
+      self.optimizer.apply_gradients(
+          zip(gradients, self.model.trainable_variables))
+      return loss, correct
+    gradients = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, gradients)
+    self.update.assign(*self.apply_update(self.update.values(), trainable,
+                                          gradients))
     return loss, correct
 
   def _forward(self, trainable, non_trainable, x, y):
@@ -165,9 +203,15 @@ class Trainer:
 
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""
+    names = ["forward", "train_loop", "eval_loop"]
+    if self.fused_step is not None:
+      names.append("fused_step")
+    else:
+      names.append("forward_backward")
+      if self.update is not None:
+        names.append("apply_update")
     return {name: getattr(self, name).experimental_get_tracing_count()
-            for name in ("forward_backward", "forward", "train_loop",
-                         "eval_loop")}
+            for name in sorted(names)}
 
   def weights_sha256(self) -> str:
     """sha256 (hex) of the model's weights, this replica's copy: workers of
