@@ -81,9 +81,10 @@ def main():
                     f"--data_dir={seed_data_dir}",
                     f"--batch_size={args.batch_size}",
                     f"--num_epochs={SEED_EPOCHS}"]
-    subprocess.run(seed_command + ["--generate",
-                                   f"--examples={seed_examples // SEED_EPOCHS}"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        seed_command + ["--generate",
+                        f"--examples={seed_examples // SEED_EPOCHS}"],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
     trainer_seconds, seed_seconds, ratios = [], [], []
     for i in range(args.repeats):

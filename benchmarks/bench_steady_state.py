@@ -1,4 +1,4 @@
-"""Prints the trainer's steady-state throughput over its in-memory compute bound.
+"""Prints the trainer's steady-state throughput over its compute bound.
 
   python benchmarks/bench_steady_state.py [--repeats=5] [--loops=5]
 
