@@ -14,6 +14,10 @@ set of real batches already in memory as static-shape tensors (no parsing,
 no shuffling), with `steps_per_execution` = `steps_per_loop`, so the host
 calls into the graph as often as the trainer does.
 
+C (with --keras_update, the default): the trainer as A with
+`config.train.xla_update=False`, Keras's apply_gradients outside XLA (the
+loop before Adam's update moved into XLA); printed as A / C.
+
 Each measurement runs one host loop (execution) as warm-up, then `--loops`
 timed ones, waiting for each loop's loss as the trainer's own loop does. A and
 B alternate (A, B, A, B, ...) `--repeats` times in one process; the ratio of
@@ -49,8 +53,10 @@ def make_config(batch_size):
   return config
 
 
-def trainer_side(config, data_dir):
+def trainer_side(config, data_dir, xla_update=True):
   """The trainer and its file-fed iterator; returns a measuring function."""
+  config = config.copy_and_resolve_references()
+  config.train.xla_update = xla_update
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import loop  # pylint: disable=g-import-not-at-top
   from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
@@ -132,6 +138,9 @@ def main():
   parser.add_argument("--loops", type=int, default=5,
                       help="timed host loops per measurement")
   parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--keras_update", action=argparse.BooleanOptionalAction,
+                      default=True, help="also time the trainer with Keras's "
+                      "apply_gradients (xla_update=False)")
   parser.add_argument("--memory_batches", type=int, default=64,
                       help="distinct in-memory batches of the compute bound")
   args = parser.parse_args()
@@ -143,14 +152,22 @@ def main():
     datasets.ensure_dataset(data_dir, config.data, config.seed)
     trainer_measure, files = trainer_side(config, data_dir)
     bound_measure = compute_bound_side(config, files, args.memory_batches)
-    trainer_rates, bound_rates, ratios = [], [], []
+    keras_measure = (trainer_side(config, data_dir, xla_update=False)[0]
+                     if args.keras_update else None)
+    trainer_rates, bound_rates, ratios, update_ratios = [], [], [], []
     for i in range(args.repeats):
       trainer_rates.append(examples / trainer_measure(args.loops))
       bound_rates.append(examples / bound_measure(args.loops))
       ratios.append(trainer_rates[-1] / bound_rates[-1])
-      print(f"pair {i + 1}/{args.repeats}: trainer {trainer_rates[-1]:,.0f}, "
-            f"compute bound {bound_rates[-1]:,.0f} examples/s: "
-            f"{ratios[-1]:.2f}x", flush=True)
+      line = (f"pair {i + 1}/{args.repeats}: trainer {trainer_rates[-1]:,.0f}, "
+              f"compute bound {bound_rates[-1]:,.0f} examples/s: "
+              f"{ratios[-1]:.2f}x")
+      if keras_measure:
+        keras_rate = examples / keras_measure(args.loops)
+        update_ratios.append(trainer_rates[-1] / keras_rate)
+        line += (f"; with Keras's apply_gradients {keras_rate:,.0f} "
+                 f"examples/s: {update_ratios[-1]:.2f}x")
+      print(line, flush=True)
     print(f"trainer (8 local shards): {statistics.median(trainer_rates):,.0f} "
           f"examples/s ({spread(trainer_rates, '{:,.0f}')})")
     print(f"compute bound (fit + XLA, in memory): "
@@ -159,6 +176,10 @@ def main():
     print(f"steady state: trainer / compute bound = "
           f"{statistics.median(ratios):.2f}x ({spread(ratios)}; batch "
           f"{args.batch_size}, {steps} steps each; target >= 1.0x)")
+    if update_ratios:
+      print(f"Adam in XLA / Keras's apply_gradients = "
+            f"{statistics.median(update_ratios):.2f}x "
+            f"({spread(update_ratios)})")
   finally:
     shutil.rmtree(data_dir, ignore_errors=True)
 
