@@ -76,14 +76,17 @@ def run_steps(config, smoke_data, strategy, steps):
   return trainer
 
 
-def test_the_fused_xla_step_trains_as_apply_gradients(smoke_data):
+@pytest.mark.parametrize("policy", ["float32", "float16"])
+def test_the_fused_xla_step_trains_as_apply_gradients(smoke_data, policy):
   """40 steps of the smoke config on one replica: the fused XLA step (Adam
-  inside) against xla_update=False (forward and backward in XLA, Keras's
-  apply_gradients outside: the loop before), on the same data order."""
+  inside; under float16 with the loss scale) against xla_update=False
+  (forward and backward in XLA, Keras's apply_gradients outside: the loop
+  before), on the same data order."""
   results = {}
   for xla_update in (True, False):
     config = smoke.get_config()
     config.train.xla_update = xla_update
+    config.train.mixed_precision = policy
     trainer = run_steps(config, smoke_data, tf.distribute.get_strategy(), 40)
     assert (trainer.fused_step is not None) == xla_update
     results[xla_update] = [np.asarray(v.value) for v in
