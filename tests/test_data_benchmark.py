@@ -66,3 +66,13 @@ def test_no_shards_is_one_error_line(run, tmp_path):
       f"'{tmp_path}/train-*-of-*.tfrecord' (generate them with python -m "
       "trainer.data generate --out_dir=DATA_DIR, or fix --data_dir / "
       "config.data)"]
+
+
+def test_benchmark_reads_gcs(gcs, run, smoke_data):
+  gcs.create_bucket("bench")
+  assert run("trainer.data", "upload", f"--src={smoke_data}",
+             "--dst=gs://bench/data").returncode == 0
+  result = benchmark(run, "--data_dir=gs://bench/data", "--seconds=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  match = LINE.fullmatch(result.stdout.strip())
+  assert match and match[6] == "gs://bench/data", result.stdout
