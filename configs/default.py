@@ -54,5 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   # A collective op that waits longer than this (a worker died) fails the
   # run instead of hanging; 0 = wait forever.
   config.train.collective_timeout_s = 300
+  # "START,COUNT": trace the COUNT steps after step START with tf.profiler,
+  # into the TensorBoard logs (plugins/profile/); "" = off.
+  config.train.profile_steps = ""
 
   return config

@@ -52,6 +52,11 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
     raise errors.UserError(
         f"config.train.global_batch_size={train.global_batch_size} is not "
         f"divisible by the {num_replicas} replicas of this strategy")
+  profile = profile_steps(config)
+  if profile and profile[0] >= train.num_steps:
+    raise errors.UserError(
+        f"config.train.profile_steps={train.profile_steps!r} starts at or "
+        f"after config.train.num_steps={train.num_steps}: nothing to trace")
   per_replica = train.global_batch_size // num_replicas
   if on_tpu and per_replica % TPU_BATCH_MULTIPLE:
     suggestion = TPU_BATCH_MULTIPLE * num_replicas * max(
@@ -61,6 +66,29 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
         f"{per_replica} examples per TPU core; use a multiple of "
         f"{TPU_BATCH_MULTIPLE} per core ({num_replicas} cores): e.g. "
         f"{suggestion}")
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(start, count) of config.train.profile_steps "START,COUNT", or None
+  when it is "" (off).
+
+  Raises:
+    UserError: any other form, naming the field and the expected one.
+  """
+  value = config.train.profile_steps
+  if not value:
+    return None
+  parts = str(value).split(",")
+  try:
+    start, count = (int(p) for p in parts)
+  except ValueError:
+    start, count = -1, 0  # not two integers
+  if start < 0 or count <= 0:
+    raise errors.UserError(
+        f"config.train.profile_steps={value!r} is not START,COUNT: two "
+        "integers, START >= 0 and COUNT > 0 (e.g. '100,20': the 20 steps "
+        "after step 100), or '' for no profile")
+  return start, count
 
 
 def data_patterns(config: ml_collections.ConfigDict,

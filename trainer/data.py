@@ -1,4 +1,4 @@
-r"""The data set's command line: generate, upload, verify.
+r"""The data set's command line: generate, upload, verify, benchmark.
 
   python -m trainer.data generate --out_dir=/tmp/arith --split=train \
       --num_shards=8 --examples_per_shard=10000 --seed=0
@@ -7,6 +7,8 @@ r"""The data set's command line: generate, upload, verify.
   python -m trainer.data upload --src=/tmp/arith --dst=gs://bucket/arith
   python -m trainer.data verify --data_dir=gs://bucket/arith
   python -m trainer.data verify --data_dir=gs://bucket/arith --deep
+  python -m trainer.data benchmark --data_dir=gs://bucket/arith --split=train \
+      --batch_size=256 --seconds=10
 
 `generate` writes one split's shards and updates `manifest.json` beside them
 (trainer/datasets.py); re-running the same command skips the shards already
@@ -15,7 +17,9 @@ google-cloud-storage (trainer/gcs.py): `verify` compares the files with the
 manifest (count, size, CRC32C); `verify --deep` also reads every record of
 every shard (trainer/records.py) and names each bad file, the first bad
 record and the number of good ones, so a bad shard is found before a long
-job instead of in it.
+job instead of in it. `benchmark` times the trainer's own input pipeline
+alone (no model) and prints its examples/s, to compare with the examples/s
+the trainer logs per host loop: close to it, input limits the run.
 
 Bad flags print one line `error: ...` and exit with status 2, before anything
 is written.
@@ -24,6 +28,7 @@ is written.
 from __future__ import annotations
 
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -34,14 +39,17 @@ from trainer import errors
 # No TensorFlow (nor `storage`, `gcs`) at import: the generator's spawned
 # workers re-import this module as their __main__ and need none of it.
 
-COMMANDS = ("generate", "upload", "verify")
+COMMANDS = ("generate", "upload", "verify", "benchmark")
+SPLITS = ("train", "eval")
+WARM_UP_S = 1.0  # benchmark: untimed reading first (at most a quarter of it)
 
 
 def define_flags() -> None:
   """Defines the command's flags (only when run as the command)."""
   flags.DEFINE_string(
       "out_dir", None, "Directory (local or gs://) for the shards and manifest.")
-  flags.DEFINE_string("split", "train", "Split to generate: train|eval.")
+  flags.DEFINE_string("split", "train",
+                      "generate, benchmark: the split, train|eval.")
   flags.DEFINE_integer("num_shards", 8, "Number of shard files.")
   flags.DEFINE_integer("examples_per_shard", 10_000, "Examples in each shard.")
   flags.DEFINE_integer(
@@ -52,13 +60,19 @@ def define_flags() -> None:
   flags.DEFINE_string("src", None, "upload: local data set directory.")
   flags.DEFINE_string("dst", None, "upload: gs://bucket/path to upload to.")
   flags.DEFINE_integer("num_threads", 8, "upload: parallel uploads.")
-  flags.DEFINE_string("data_dir", None,
-                      "verify: data set directory (gs:// or local).")
+  flags.DEFINE_string("data_dir", None, "verify, benchmark: data set "
+                      "directory (gs:// or local).")
   flags.DEFINE_bool("deep", False, "verify: also read and check every record "
                     "of every *.tfrecord file.")
-  flags.DEFINE_integer("len_max_input", None, "verify --deep: the longest "
-                       "input (defs + ':' + op) allowed; default: "
+  flags.DEFINE_integer("len_max_input", None, "verify --deep, benchmark: the "
+                       "longest input (defs + ':' + op) allowed; default: "
                        "configs/default.py's config.model.len_max_input.")
+  flags.DEFINE_integer("batch_size", None, "benchmark: examples per batch; "
+                       "default: configs/default.py's global_batch_size.")
+  flags.DEFINE_integer("shuffle_buffer_size", None, "benchmark: default: "
+                       "configs/default.py's config.data.shuffle_buffer_size.")
+  flags.DEFINE_float("seconds", 10.0, "benchmark: how long to time the "
+                     "pipeline, after a warm-up.")
 
 
 def _transfer(command: str, flag_values) -> int:
@@ -132,6 +146,106 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   return 0
 
 
+def _benchmark(flag_values) -> int:
+  """`benchmark`: examples/s of the trainer's input pipeline alone."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  data_dir, split = flag_values.data_dir, flag_values.split
+  if not data_dir:
+    raise errors.UserError("benchmark needs --data_dir")
+  if split not in SPLITS:
+    raise errors.UserError(f"--split={split!r} is not one of "
+                           f"{', '.join(SPLITS)}")
+  batch_size = flag_values.batch_size or config.train.global_batch_size
+  len_max_input = flag_values.len_max_input or config.model.len_max_input
+  shuffle_buffer_size = (flag_values.shuffle_buffer_size or
+                         config.data.shuffle_buffer_size)
+  for name, value in (("batch_size", flag_values.batch_size),
+                      ("len_max_input", flag_values.len_max_input),
+                      ("shuffle_buffer_size", flag_values.shuffle_buffer_size),
+                      ("seconds", flag_values.seconds)):
+    if value is not None and value <= 0:
+      raise errors.UserError(f"--{name}={value} must be positive")
+  tf = cli.import_tensorflow()
+  from trainer import config_checks, input_pipeline, records, storage  # pylint: disable=g-import-not-at-top
+  training = split == "train"
+  split_name = "training" if training else "evaluation"
+  pattern = config_checks.data_patterns(config, data_dir)[split_name]
+  files = []
+  try:
+    storage.check_bucket(pattern, "--data_dir")
+    # The trainer's path, for one input pipeline (Feeds in trainer/loop.py).
+    files = input_pipeline.list_split_files(pattern, len_max_input, split_name)
+    dataset = input_pipeline.make_dataset(
+        input_pipeline.pipeline_files(files, training=training,
+                                      seed=config.seed),
+        batch_size, len_max_input=len_max_input, training=training,
+        seed=config.seed, shuffle_buffer_size=shuffle_buffer_size)
+    if not training:
+      dataset = dataset.repeat()  # pass after pass until the time is spent
+    examples, seconds = _time_dataset(tf, dataset, batch_size,
+                                      flag_values.seconds, split)
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    raise records.describe_data_error(e, files, len_max_input,
+                                      split_name) from e
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
+  print(f"{split} pipeline: {examples / seconds:,.0f} examples/s (batch "
+        f"{batch_size}, {seconds:.1f} s, {examples:,} examples) from "
+        f"{data_dir}")
+  return 0
+
+
+def _time_dataset(tf, dataset, batch_size: int, seconds: float,
+                  split: str) -> tuple[int, float]:
+  """Reads batches for `seconds` after a warm-up; (examples, seconds).
+
+  Batches are taken inside one tf.function call of n batches at a time, as
+  the trainer's host loop takes them, so no Python runs per batch.
+  """
+  from trainer import progress  # pylint: disable=g-import-not-at-top
+  iterator = iter(dataset)
+
+  @tf.function
+  def take(num_batches):
+    for _ in tf.range(num_batches):
+      next(iterator)
+
+  try:
+    next(iterator)  # opens the files, fills the buffers
+  except StopIteration:
+    raise errors.UserError(
+        f"the {split} split has fewer examples than --batch_size="
+        f"{batch_size}: not one batch") from None
+  # Warm-up: also finds the batches per call that take ~0.1 s.
+  num_batches = 1
+  warm_up_s = min(WARM_UP_S, seconds / 4)
+  start = time.perf_counter()
+  while True:
+    call_start = time.perf_counter()
+    take(tf.constant(num_batches))
+    now = time.perf_counter()
+    if now - call_start < 0.1:
+      num_batches *= 2
+    if now - start >= warm_up_s:
+      break
+  bar = progress.Progress(total=max(1, round(seconds)), unit="s",
+                          desc=f"benchmark {split}")
+  batches = 0
+  start = time.perf_counter()
+  elapsed = 0.0
+  while elapsed < seconds:
+    take(tf.constant(num_batches))
+    batches += num_batches
+    elapsed = time.perf_counter() - start
+    shown = min(int(elapsed), bar.total)  # whole seconds
+    if shown > bar.done:
+      rate = batches * batch_size / elapsed
+      bar.update(shown - bar.done, extra=f"{rate:,.0f} examples/s")
+  bar.close()
+  return batches * batch_size, elapsed
+
+
 def _generate(flag_values) -> int:
   spec = datasets.GenerateSpec(
       out_dir=flag_values.out_dir, split=flag_values.split,
@@ -160,6 +274,8 @@ def main(argv: list[str]) -> int:
           f"got {' '.join(argv[1:]) or 'no command'}")
     if command == "generate":
       return _generate(flags.FLAGS)
+    if command == "benchmark":
+      return _benchmark(flags.FLAGS)
     return _transfer(command, flags.FLAGS)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)

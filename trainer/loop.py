@@ -20,6 +20,7 @@ becomes one line telling how to resume; so does a bad record in the input
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import posixpath
 import shutil
@@ -262,6 +263,10 @@ class _Run:
         storage.join(out.logs, "train"))
     self.eval_writer = tf.summary.create_file_writer(
         storage.join(out.logs, "eval"))
+    # The chief's trace (is_chief: every TPU host is one), into its logs.
+    self.profile = _Profile(
+        config_checks.profile_steps(config) if strategy_lib.is_chief(
+            strategy) else None, out.logs)
 
   def next_stop(self) -> int:
     """The step where this host loop ends: the next evaluation, checkpoint,
@@ -271,6 +276,12 @@ class _Run:
     for every in (train.eval_every_steps, train.checkpoint_every_steps):
       if every:
         stops.append((self.step // every + 1) * every)
+    # The profiled steps are whole host loops (on every worker: all workers
+    # run the same loops).
+    profile = config_checks.profile_steps(self.config)
+    if profile:
+      start, count = profile
+      stops += [s for s in (start, start + count) if s > self.step]
     return min(stops)
 
   def train(self, feeds: Feeds, signals: stop_lib.StopSignals
@@ -291,8 +302,9 @@ class _Run:
       num_steps = self.next_stop() - self.step
       start = time.perf_counter()
       try:
-        loss, accuracy = (float(t) for t in self.trainer.train_loop(
-            feeds.train_iterator, tf.constant(num_steps)))
+        with self.profile.host_loop(self.step, num_steps):
+          loss, accuracy = (float(t) for t in self.trainer.train_loop(
+              feeds.train_iterator, tf.constant(num_steps)))
       except _DATA_ERRORS as e:
         raise self._data_error(e, "training") from e
       seconds = time.perf_counter() - start
@@ -316,6 +328,7 @@ class _Run:
           self.step % train.checkpoint_every_steps == 0) or (
               self.step == train.num_steps):
         self.save()
+    self.profile.stop(self.step)  # stopped inside the profiled steps
     bar.close()
     return metrics, stopped
 
@@ -349,6 +362,48 @@ class _Run:
     """The one line for a step that failed on its input: names the file."""
     return records.describe_data_error(
         error, self.files[split], self.config.model.len_max_input, split)
+
+
+class _Profile:
+  """A tf.profiler trace of the host loops inside config.train.profile_steps,
+  written to `logdir`/plugins/profile/<time>/<host>.xplane.pb (TensorBoard's
+  profile plugin reads it; writing it needs TensorFlow alone)."""
+
+  def __init__(self, steps: tuple[int, int] | None, logdir: str):
+    self.steps = steps  # (start, count), or None: no trace
+    self.logdir = logdir
+    self.first_step = None  # where the running trace started, or None
+
+  @contextlib.contextmanager
+  def host_loop(self, step: int, num_steps: int):
+    """Traces the host loop of num_steps steps after `step` if it is one of
+    the profiled ones (next_stop makes their bounds host-loop bounds)."""
+    if self.steps and self.first_step is None and (
+        self.steps[0] <= step < sum(self.steps)):
+      tf.profiler.experimental.start(self.logdir)
+      self.first_step = step
+    try:
+      yield
+    except BaseException:
+      self.stop(None)
+      raise
+    if self.steps and step + num_steps >= sum(self.steps):
+      self.stop(step + num_steps)
+
+  def stop(self, last_step: int | None) -> None:
+    """Stops a running trace (writes it) and says where it went; last_step
+    None: a host loop failed."""
+    if self.first_step is None:
+      return
+    tf.profiler.experimental.stop()
+    runs = sorted(storage.glob(storage.join(self.logdir, "plugins", "profile",
+                                            "*")))
+    steps = (f"steps {self.first_step} to {last_step}" if last_step is not None
+             else f"from step {self.first_step} until a host loop failed")
+    say(f"profile: {steps} traced to {runs[-1] if runs else self.logdir}; "
+        f"view it with tensorboard --logdir {self.logdir} (Profile tab: "
+        "pip install tensorboard-plugin-profile)")
+    self.first_step = None
 
 
 def _any_worker(strategy: tf.distribute.Strategy):
