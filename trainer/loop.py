@@ -33,6 +33,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from trainer import cli
 from trainer import config_checks
 from trainer import errors
 from trainer import export
@@ -135,6 +136,7 @@ def _run(config, strategy, files: dict[str, list[str]],
          patterns: dict[str, str], paths: run_dir.Paths,
          signals: stop_lib.StopSignals) -> dict[str, Any]:
   """Restores, trains to num_steps (or a stop), then evaluates and exports."""
+  started = time.perf_counter()
   trainer = train_lib.Trainer(config, strategy)
   latest = tf.train.latest_checkpoint(paths.read.checkpoints)
   if latest:
@@ -162,6 +164,8 @@ def _run(config, strategy, files: dict[str, list[str]],
 
   feeds = Feeds(config, strategy, files, start_step)
   run = _Run(config, trainer, out, start_step, files, strategy)
+  trainer.train_loop = _StartUpLine(trainer.train_loop, trainer.use_xla,
+                                    started)
   train_metrics, stopped = ({}, None) if finished else run.train(
       feeds, signals)
   if stopped:
@@ -240,6 +244,43 @@ class Feeds:
       return self.strategy.distribute_datasets_from_function(dataset_fn)
     except errors.UserError as e:  # e.g. fewer files than workers
       raise errors.UserError(f"{split} data: {e}", e.exit_status) from e
+
+
+class _StartUpLine:
+  """The trainer's `train_loop`, logging at its first return how long the
+  run took to start: from TensorFlow's import (or, without the CLI, from
+  `started`) to the first step, then the first host loop itself.
+
+  A wrapper (other attributes pass through), so that the host loop's code
+  (`_Run.train`) stays the schedule alone.
+  """
+
+  def __init__(self, train_loop, use_xla: bool, started: float):
+    self._train_loop = train_loop
+    self._use_xla = use_xla
+    self._started = started
+    self._logged = False
+
+  def __getattr__(self, name: str):
+    return getattr(self._train_loop, name)
+
+  def __call__(self, iterator, num_steps: tf.Tensor):
+    if self._logged:
+      return self._train_loop(iterator, num_steps)
+    start = time.perf_counter()
+    result = self._train_loop(iterator, num_steps)  # returns when done
+    seconds = time.perf_counter() - start
+    self._logged = True
+    imported = cli.tensorflow_import_times
+    since = (f"{start - imported[1]:.1f} s from TensorFlow import to the "
+             f"first step (the import itself: {imported[1] - imported[0]:.1f}"
+             " s)" if imported else
+             f"{start - self._started:.1f} s from building the trainer to "
+             "the first step")
+    say(f"start-up: {since}; first host loop (tracing"
+        f"{' + XLA compile' if self._use_xla else ''} + {int(num_steps)} "
+        f"steps) {seconds:.1f} s")
+    return result
 
 
 class _Run:
