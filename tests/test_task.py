@@ -51,6 +51,12 @@ def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
   assert f"model_dir: {model_dir}" in result.stdout
   assert "train: 100%" in result.stderr and "40/40 steps" in result.stderr
   assert "eval at step 40" in result.stderr
+  # One start-up line, at the first host loop (smoke: 10 steps per loop).
+  assert len(re.findall(
+      r"^start-up: \d+\.\d s from TensorFlow import to the first step \(the "
+      r"import itself: \d+\.\d s\); first host loop \(tracing \+ XLA "
+      r"compile \+ \d+ steps\) \d+\.\d s$", result.stderr, re.M)) == 1, (
+          result.stderr[-3000:])
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert metrics["step"] == 40 and metrics["num_replicas"] == 1
   assert np.isfinite(metrics["eval"]["loss"])

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 from absl import flags
 
@@ -20,16 +21,30 @@ _IMPORT_NOISE = re.compile(
     r"|port\.cc:\d+\] oneDNN custom operations are on")
 
 
+# (start, end) in time.perf_counter() seconds of the import that
+# `import_tensorflow` made; None when it has not imported TensorFlow.
+tensorflow_import_times: tuple[float, float] | None = None
+
+
 def import_tensorflow():
   """Imports TensorFlow with its C++ start-up and log lines quieted.
 
   Unless the user set TF_CPP_MIN_LOG_LEVEL (0 brings every line back), it
   becomes 3, and the lines TensorFlow prints while it loads, before that
   setting applies, are dropped; anything else written then is passed on.
-  Returns the `tensorflow` module.
+  The import's start and end go to `tensorflow_import_times` (the trainer
+  logs its start-up time from there). Returns the `tensorflow` module.
   """
+  global tensorflow_import_times
   if "tensorflow" in sys.modules:
     return sys.modules["tensorflow"]
+  start = time.perf_counter()
+  tf = _import_tensorflow_quietly()
+  tensorflow_import_times = (start, time.perf_counter())
+  return tf
+
+
+def _import_tensorflow_quietly():
   if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf

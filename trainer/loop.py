@@ -34,6 +34,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from trainer import cli
 from trainer import config_checks
 from trainer import errors
 from trainer import export
@@ -136,6 +137,7 @@ def _run(config, strategy, files: dict[str, list[str]],
          patterns: dict[str, str], paths: run_dir.Paths,
          signals: stop_lib.StopSignals) -> dict[str, Any]:
   """Restores, trains to num_steps (or a stop), then evaluates and exports."""
+  started = time.perf_counter()
   trainer = train_lib.Trainer(config, strategy)
   latest = tf.train.latest_checkpoint(paths.read.checkpoints)
   if latest:
@@ -162,7 +164,7 @@ def _run(config, strategy, files: dict[str, list[str]],
           "before)" if finished else ""))
 
   feeds = Feeds(config, strategy, files, start_step)
-  run = _Run(config, trainer, out, start_step, files, strategy)
+  run = _Run(config, trainer, out, start_step, files, strategy, started)
   train_metrics, stopped = ({}, None) if finished else run.train(
       feeds, signals)
   if stopped:
@@ -249,11 +251,12 @@ class _Run:
 
   def __init__(self, config, trainer: train_lib.Trainer, out: run_dir.RunDirs,
                start_step: int, files: dict[str, list[str]],
-               strategy: tf.distribute.Strategy):
+               strategy: tf.distribute.Strategy, started: float):
     self.config = config
     self.trainer = trainer
     self.step = start_step
     self.files = files
+    self.started = started  # when _run began (without the CLI's import)
     self.any_worker = _any_worker(strategy)
     self.manager = tf.train.CheckpointManager(
         trainer.checkpoint, out.checkpoints,
@@ -308,6 +311,8 @@ class _Run:
       except _DATA_ERRORS as e:
         raise self._data_error(e, "training") from e
       seconds = time.perf_counter() - start
+      if not metrics:  # the first host loop
+        self._say_start_up(start, seconds, num_steps)
       self.step += num_steps
       examples_per_sec = num_steps * train.global_batch_size / seconds
       metrics = {"loss": loss, "accuracy": accuracy,
@@ -341,6 +346,20 @@ class _Run:
     latest = self.manager.latest_checkpoint
     if not (latest and latest.endswith(f"-{self.step}")):
       self.manager.save(checkpoint_number=self.step)
+
+  def _say_start_up(self, first_step: float, seconds: float,
+                    num_steps: int) -> None:
+    """How long the run took to start: from TensorFlow's import (or, without
+    the CLI, from building the trainer) to the first step, then the first
+    host loop (tracing and compiling included)."""
+    imported = cli.tensorflow_import_times
+    since = (f"{first_step - imported[1]:.1f} s from TensorFlow import to the "
+             f"first step (the import itself: {imported[1] - imported[0]:.1f}"
+             " s)" if imported else f"{first_step - self.started:.1f} s from "
+             "building the trainer to the first step")
+    say(f"start-up: {since}; first host loop (tracing"
+        f"{' + XLA compile' if self.trainer.use_xla else ''} + {num_steps} "
+        f"steps) {seconds:.1f} s")
 
   def evaluate(self, eval_dataset) -> dict[str, float]:
     try:
