@@ -28,6 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.vocab_size = 20  # tokens in trainer/vocab.py (fixed)
   config.model.hidden_size = 15  # embedding and attention width
   config.model.dense_size = 150  # units of the hidden Dense layer
+  # Growing the model (these defaults are the seed's model exactly):
+  config.model.num_heads = 1  # attention heads; must divide hidden_size
+  config.model.num_layers = 1  # attention layers (or blocks), stacked
+  # 0: bare attention layers (the seed's); > 0: residual blocks (LayerNorm,
+  # attention, then a feed-forward of this width).
+  config.model.ffn_size = 0
+  config.model.position_embeddings = False  # a learned vector per position
+  config.model.dropout = 0.0  # on attention, feed-forward and Dense outputs
   config.model.len_max_input = 20  # padded length of defs + ':' + op
 
   config.train = ml_collections.ConfigDict()

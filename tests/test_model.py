@@ -126,3 +126,77 @@ def test_layer_configs_round_trip():
                 model_lib.Embed(20, 15, name="e"), model_lib.Reflect(name="r")):
     clone = type(layer).from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+GROWN = {
+    "heads": {"num_heads": 3},
+    "layers": {"num_layers": 2},
+    "blocks": {"num_layers": 2, "ffn_size": 32},
+    "positions": {"position_embeddings": True},
+    "dropout": {"ffn_size": 32, "dropout": 0.2},
+    "all": {"num_heads": 5, "num_layers": 3, "ffn_size": 24,
+            "position_embeddings": True, "dropout": 0.1},
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("options", GROWN.values(), ids=GROWN.keys())
+def test_grown_models_ignore_padding(config, tokens, policy, options, dtype):
+  """Whatever the padding token's embedding (and, with positions, the
+  position vectors where the padding is), the logits stay the same."""
+  policy("float32" if dtype == "float32" else "mixed_bfloat16")
+  for key, value in options.items():
+    config[key] = value
+  keras.utils.set_random_seed(4)
+  model = model_lib.build_model(config)
+  before = np.asarray(model(tokens, training=False), np.float32)
+  assert np.isfinite(before).all()
+  table = model.get_layer("embed").embeddings
+  changed = np.asarray(table).copy()
+  changed[vocab.PAD_ID] = 1e3
+  table.assign(changed)
+  if options.get("position_embeddings"):
+    positions = model.get_layer("positions").positions
+    moved = np.asarray(positions).copy()
+    moved[-3:] = 1e3  # the last 3 positions are padding in every row
+    assert (tokens[:, -3:] == vocab.PAD_ID).all()
+    positions.assign(moved)
+  after = np.asarray(model(tokens, training=False), np.float32)
+  np.testing.assert_array_equal(after, before)
+
+
+def test_grown_models_train_with_dropout_only_in_training(config, tokens):
+  for key, value in GROWN["all"].items():
+    config[key] = value
+  keras.utils.set_random_seed(5)
+  model = model_lib.build_model(config)
+  inference = [np.asarray(model(tokens, training=False)) for _ in range(2)]
+  np.testing.assert_array_equal(inference[0], inference[1])
+  training = [np.asarray(model(tokens, training=True)) for _ in range(2)]
+  assert not np.array_equal(training[0], training[1])
+  assert [l.name for l in model.layers if l.name.startswith("block")] == [
+      "block_0", "block_1", "block_2"]
+  heads = model.get_layer("block_0").attention
+  embedded = np.random.default_rng(0).normal(size=(4, 20, 15)).astype(
+      np.float32)
+  weights = np.asarray(heads.attention_weights(embedded, tokens != 0))
+  assert weights.shape == (4, 5, 20, 20)
+  np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_one_head_one_layer_is_the_seed_model(config):
+  for key, value in {"num_heads": 1, "num_layers": 1, "ffn_size": 0,
+                     "position_embeddings": False, "dropout": 0.0}.items():
+    config[key] = value
+  model = model_lib.build_model(config)
+  assert model.count_params() == 49_145
+  assert [l.name for l in model.layers] == [
+      "tokens", "masking", "embed", "reflect", "flatten", "dense", "logits"]
+
+
+def test_grown_layer_configs_round_trip():
+  for layer in (model_lib.Reflect(num_heads=3, keep_mask=True, name="r"),
+                model_lib.PositionEmbed(name="p"),
+                model_lib.Block(3, 24, 0.1, keep_mask=False, name="b")):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()

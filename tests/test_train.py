@@ -152,6 +152,11 @@ def test_missing_data_is_a_clear_error(tmp_path):
     ("train.eval_every_steps", -5, "eval_every_steps=-5 must be >= 0"),
     ("train.mixed_precision", "float8", "'float8' is not one of"),
     ("model.vocab_size", 21, "vocab_size=21 but the vocabulary has 20"),
+    ("model.num_heads", 3, r"num_heads=3 does not divide "
+     r"config.model.hidden_size=8"),
+    ("model.num_layers", 0, "num_layers=0 must be positive"),
+    ("model.ffn_size", -1, "ffn_size=-1 must be >= 0"),
+    ("model.dropout", 1.0, r"dropout=1.0 must be in \[0, 1\)"),
 ])
 def test_bad_config_fields(field, value, message):
   config = smoke.get_config()

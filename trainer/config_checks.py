@@ -29,7 +29,8 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
         f"config.model.vocab_size={config.model.vocab_size} but the "
         f"vocabulary has {vocab.VOCAB_SIZE} tokens")
   for section, name in (("model", "hidden_size"), ("model", "dense_size"),
-                        ("model", "len_max_input"),
+                        ("model", "len_max_input"), ("model", "num_heads"),
+                        ("model", "num_layers"),
                         ("train", "global_batch_size"), ("train", "num_steps"),
                         ("train", "steps_per_loop"),
                         ("train", "keep_checkpoints")):
@@ -37,6 +38,17 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
     if value <= 0:
       raise errors.UserError(
           f"config.{section}.{name}={value} must be positive")
+  model = config.model
+  if model.hidden_size % model.num_heads:
+    raise errors.UserError(
+        f"config.model.num_heads={model.num_heads} does not divide "
+        f"config.model.hidden_size={model.hidden_size}")
+  if model.ffn_size < 0:
+    raise errors.UserError(f"config.model.ffn_size={model.ffn_size} must be "
+                           ">= 0 (0: the seed's bare attention layers)")
+  if not 0 <= model.dropout < 1:
+    raise errors.UserError(
+        f"config.model.dropout={model.dropout} must be in [0, 1)")
   for name in ("eval_every_steps", "eval_steps", "checkpoint_every_steps",
                "warmup_steps", "collective_timeout_s"):
     if train[name] < 0:

@@ -118,22 +118,31 @@ class TensorAdam:
     """Writes an update back: in the XLA function itself (one replica), or
     per replica from its own values (several; every replica computed the
     same update from the all-reduced gradients)."""
-    variables = [*self.state, *self.trainable_variables]
-    values = [*state, *params]
-    if not tf.distribute.has_strategy() or (
-        tf.distribute.get_strategy().num_replicas_in_sync == 1):
-      for variable, value in zip(variables, values):
-        variable.assign(value)
-      return
+    assign_variables([*self.state, *self.trainable_variables],
+                     [*state, *params])
 
-    def assign_all(strategy, values):
-      for variable, value in zip(variables, values):
-        strategy.extended.update(
-            _tf_variable(variable), lambda var, val: var.assign(val),
-            args=(value,), group=False)
 
-    tf.__internal__.distribute.interim.maybe_merge_call(
-        assign_all, tf.distribute.get_strategy(), values)
+def assign_variables(variables, values) -> None:
+  """Assigns each variable its value, in a replica context: directly on one
+  replica (also inside an XLA function), else each replica its own value
+  (through the strategy's update, as Keras's optimizers do)."""
+  variables, values = list(variables), list(values)
+  if not variables:
+    return
+  if not tf.distribute.has_strategy() or (
+      tf.distribute.get_strategy().num_replicas_in_sync == 1):
+    for variable, value in zip(variables, values):
+      variable.assign(value)
+    return
+
+  def assign_all(strategy, values):
+    for variable, value in zip(variables, values):
+      strategy.extended.update(
+          _tf_variable(variable), lambda var, val: var.assign(val),
+          args=(value,), group=False)
+
+  tf.__internal__.distribute.interim.maybe_merge_call(
+      assign_all, tf.distribute.get_strategy(), values)
 
 
 def _values(gradient):

@@ -110,43 +110,50 @@ class Trainer:
             [tf.convert_to_tensor(v.value) for v in
              self.model.non_trainable_variables])
 
-  def _loss_and_correct(self, trainable, non_trainable, x, y):
-    logits, _ = self.model.stateless_call(trainable, non_trainable, x,
-                                          training=True)
+  def _loss_and_correct(self, trainable, non_trainable, x, y,
+                        training=True):
+    """Per-example losses, correct count and the non-trainable variables'
+    new values (dropout's seed state advances in training)."""
+    logits, non_trainable = self.model.stateless_call(
+        trainable, non_trainable, x, training=training)
     logits = tf.cast(logits, tf.float32)
     per_example = keras.losses.sparse_categorical_crossentropy(
         y, logits, from_logits=True)  # [per_replica_batch]
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y),
         tf.int32))
-    return per_example, correct
+    return per_example, correct, non_trainable
 
   def _forward_backward(self, trainable, non_trainable, x, y):
     with tf.GradientTape() as tape:
       tape.watch(trainable)
-      per_example, correct = self._loss_and_correct(trainable, non_trainable,
-                                                    x, y)
+      per_example, correct, non_trainable = self._loss_and_correct(
+          trainable, non_trainable, x, y)
       # Summed per replica over the global batch: replica sums add to the mean.
       loss = tf.reduce_sum(per_example) / self.global_batch_size
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, trainable)
-    return loss, correct, gradients
+    return loss, correct, gradients, non_trainable
 
   def _fused_step(self, x, y):
     """One replica's whole step, compiled as one XLA function."""
     trainable, non_trainable = self._weights()
-    loss, correct, gradients = self._forward_backward(trainable,
-                                                      non_trainable, x, y)
+    loss, correct, gradients, non_trainable = self._forward_backward(
+        trainable, non_trainable, x, y)
     self.update.assign(*self.update.apply(self.update.values(), trainable,
                                           gradients))
+    optimizer_lib.assign_variables(self.model.non_trainable_variables,
+                                   non_trainable)
     return loss, correct
 
   def _replica_train_step(self, x, y):
     if self.fused_step is not None:
       return self.fused_step(x, y)
     trainable, non_trainable = self._weights()
-    loss, correct, gradients = self.forward_backward(trainable, non_trainable,
-                                                     x, y)
+    loss, correct, gradients, non_trainable = self.forward_backward(
+        trainable, non_trainable, x, y)
+    optimizer_lib.assign_variables(self.model.non_trainable_variables,
+                                   non_trainable)
     if self.update is None:  # TPU (compiled whole by TPUStrategy), or
       # Keras's apply_gradients chosen (jit_compile or xla_update False).
       self.optimizer.apply_gradients(
@@ -159,8 +166,8 @@ class Trainer:
     return loss, correct
 
   def _forward(self, trainable, non_trainable, x, y):
-    per_example, correct = self._loss_and_correct(trainable, non_trainable,
-                                                  x, y)
+    per_example, correct, _ = self._loss_and_correct(
+        trainable, non_trainable, x, y, training=False)
     return tf.reduce_sum(per_example), correct, tf.shape(y)[0]
 
   def _replica_eval_step(self, x, y):
