@@ -46,10 +46,15 @@ SAVED_MODEL_FILE = "saved_model.pb"
 SIGNATURE = "predict_text"
 EXPORT_SUBDIR = "export"  # run_dir.RunDirs.under(model_dir).export
 
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "A trainer run directory (the SavedModel in its "
-    "export/), the SavedModel directory itself, or Vertex AI's AIP_MODEL_DIR; "
-    "local or gs://. Default: $AIP_MODEL_DIR.")
+
+def define_flags() -> None:
+  """Defines the command's flags (only when run as the command: the
+  trainer's entry point, imported beside this module in tests, defines its
+  own --model_dir)."""
+  flags.DEFINE_string(
+      "model_dir", None, "A trainer run directory (the SavedModel in its "
+      "export/), the SavedModel directory itself, or Vertex AI's "
+      "AIP_MODEL_DIR; local or gs://. Default: $AIP_MODEL_DIR.")
 
 
 def check_expression(expression: str, len_max_input: int | None) -> str | None:
@@ -192,7 +197,7 @@ def main(argv: list[str]) -> int:
 
 
 def _main(args: list[str]) -> int:
-  model_dir = _MODEL_DIR.value or os.environ.get("AIP_MODEL_DIR")
+  model_dir = flags.FLAGS.model_dir or os.environ.get("AIP_MODEL_DIR")
   if not model_dir:
     raise errors.UserError("--model_dir is required (or set AIP_MODEL_DIR)")
   export_dir = find_saved_model(model_dir.rstrip("/") or "/")
@@ -220,4 +225,5 @@ def _main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)
