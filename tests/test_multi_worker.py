@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from eval_checks import assert_by_op_adds_up
 from workers import Workers, fingerprint
 
 
@@ -41,6 +42,8 @@ def test_two_workers_train_identically_and_only_the_chief_writes(
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert metrics["num_replicas"] == 2 and metrics["step"] == 40
   assert metrics["weights_sha256"] == fingerprint(chief)
+  assert_by_op_adds_up(metrics["eval"])  # summed over both workers
+  assert metrics["eval"]["examples"] == 4 * 16
   assert (model_dir / "export" / "saved_model.pb").exists()
   assert (model_dir / "checkpoints" / "checkpoint").exists()
   # The non-chief wrote to a temporary directory and deleted it.

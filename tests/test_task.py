@@ -16,6 +16,8 @@ from configs import smoke
 
 from trainer import model as model_lib
 
+from eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
@@ -50,7 +52,7 @@ def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
   assert not tf_lines, tf_lines
   assert f"model_dir: {model_dir}" in result.stdout
   assert "train: 100%" in result.stderr and "40/40 steps" in result.stderr
-  assert "eval at step 40" in result.stderr
+  assert re.search(eval_line(40), result.stderr, re.M), result.stderr[-3000:]
   # One start-up line, at the first host loop (smoke: 10 steps per loop).
   assert len(re.findall(
       r"^start-up: \d+\.\d s from TensorFlow import to the first step \(the "
@@ -60,12 +62,15 @@ def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert metrics["step"] == 40 and metrics["num_replicas"] == 1
   assert np.isfinite(metrics["eval"]["loss"])
+  assert_by_op_adds_up(metrics["eval"])
   assert set(metrics["trace_counts"].values()) == {1}
   assert json.loads((model_dir / "config.json").read_text())["train"][
       "num_steps"] == 40
   # TensorBoard (a dependency) reads the scalars the run wrote.
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  for sub, tag in (("train", "loss"), ("eval", "accuracy")):
+  for sub, tag in (("train", "loss"), ("eval", "accuracy"),
+                   *(("eval", f"{metric}_{op}") for op in OPERATION_NAMES
+                     for metric in ("loss", "accuracy"))):
     events = event_accumulator.EventAccumulator(str(model_dir / sub))
     events.Reload()
     assert tag in events.Tags()["tensors"], events.Tags()
@@ -88,6 +93,7 @@ def test_mirrored_on_two_cpu_devices(run, smoke_data, tmp_path):
                                      "apply_update": 2, "train_loop": 1,
                                      "eval_loop": 1}
   assert np.isfinite(metrics["train"]["loss"])
+  assert_by_op_adds_up(metrics["eval"])  # summed over both replicas
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(

@@ -19,6 +19,8 @@ from trainer import run_dir
 from trainer import train
 from trainer import vocab
 
+from eval_checks import eval_line, assert_by_op_adds_up
+
 
 def read_scalars(logdir):
   """{tag: {step: value}} from the TensorBoard event files in logdir."""
@@ -55,6 +57,47 @@ def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
   assert sorted(evals["loss"]) == [100, 200, 300]
   assert evals["loss"][300] == pytest.approx(results["eval"]["loss"])
   assert results["eval"]["examples"] == 4 * 16  # eval_steps batches
+  assert_by_op_adds_up(results["eval"])
+  assert set(evals) == {f"{metric}{op}" for metric in ("loss", "accuracy")
+                        for op in ("", "_add", "_sub", "_mul")}
+  for name, op_metrics in results["eval"]["by_op"].items():
+    assert sorted(evals[f"accuracy_{name}"]) == [100, 200, 300]
+    assert evals[f"accuracy_{name}"][300] == pytest.approx(
+        op_metrics["accuracy"])
+    assert evals[f"loss_{name}"][300] == pytest.approx(op_metrics["loss"])
+
+
+def _inputs(*rows):
+  """int32 [len(rows), 20] model inputs of texts defs:op."""
+  return tf.constant([vocab.encode(r) + [vocab.PAD_ID] * (20 - len(r))
+                      for r in rows], tf.int32)
+
+
+def test_operation_is_read_after_the_separator():
+  x = _inputs("x=-3,y=4:x*y",  # '-' in defs: a sign, not the operation
+              "y=-12,x=-56:y-x",
+              "x=7,y=-8:y+x",
+              "x=-1,y=-2:xy",  # no operator: in no operation
+              "x=1,y=2:")
+  expected = [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]]
+  assert train.operation_one_hot(x).numpy().tolist() == expected
+  compiled = tf.function(train.operation_one_hot, jit_compile=True)
+  assert compiled(x).numpy().tolist() == expected
+  assert train.OPERATION_NAMES == ("add", "sub", "mul")
+
+
+def test_eval_rows_without_an_operator_count_in_the_totals_only():
+  trainer = train.Trainer(smoke.get_config(), tf.distribute.get_strategy())
+  x = _inputs(*(["x=-3,y=4:x*y", "y=5,x=-6:y-x", "x=7,y=8:y+x"] * 5 +
+                ["x=-1,y=-2:xy"]))  # 16 rows: one batch of the smoke config
+  y = tf.constant([vocab.TOKEN_IDS["1"]] * 16, tf.int32)
+  sums = {k: v.numpy() for k, v in trainer.eval_loop(
+      tf.data.Dataset.from_tensors((x, y)).repeat(2)).items()}
+  assert sums["count"] == 32
+  assert sums["op_count"].tolist() == [10, 10, 10]  # + - *
+  assert sums["op_correct"].sum() <= sums["correct"]
+  assert sums["op_loss_sum"].sum() < sums["loss_sum"]
+  assert trainer.trace_counts()["eval_loop"] == 1
 
 
 def test_each_function_is_traced_once(smoke_data, tmp_path):
@@ -65,11 +108,20 @@ def test_each_function_is_traced_once(smoke_data, tmp_path):
 
 def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   config = smoke.get_config()
+  caplog.set_level("INFO", logger="absl")
   results = run(config, smoke_data, tmp_path)
   assert results["step"] == 40 and not results["stopped"]
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved == json.loads(config.to_json_best_effort())
-  assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 40
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["step"] == 40 and metrics["eval"] == results["eval"]
+  # The final eval line ends with the accuracy per operation.
+  lines = [m for m in caplog.messages if m.startswith("eval at step 40")]
+  assert len(lines) == 1 and re.match(eval_line(40), lines[0]), lines
+  by_op = results["eval"]["by_op"]
+  assert lines[0].endswith(
+      f"; + {by_op['add']['accuracy']:.4f}, - {by_op['sub']['accuracy']:.4f}"
+      f", * {by_op['mul']['accuracy']:.4f}")
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
       "ckpt-40")
   assert (tmp_path / "export" / "saved_model.pb").exists()

@@ -39,6 +39,7 @@ from trainer import config_checks
 from trainer import errors
 from trainer import export
 from trainer import input_pipeline
+from trainer import problems
 from trainer import progress
 from trainer import records
 from trainer import run_dir
@@ -361,19 +362,42 @@ class _Run:
         f"{' + XLA compile' if self.trainer.use_xla else ''} + {num_steps} "
         f"steps) {seconds:.1f} s")
 
-  def evaluate(self, eval_dataset) -> dict[str, float]:
+  def evaluate(self, eval_dataset) -> dict[str, Any]:
+    """One eval pass: says it, writes eval/ scalars and returns the metrics.
+
+    Returns:
+      {"loss", "accuracy", "examples", "by_op": {name: {"loss", "accuracy",
+      "examples"}}}, names of train.OPERATION_NAMES; an operation without
+      examples has loss and accuracy None (and no scalars).
+    """
     try:
-      loss_sum, correct, count = (
-          t.numpy() for t in self.trainer.eval_loop(eval_dataset))
+      sums = {name: t.numpy()
+              for name, t in self.trainer.eval_loop(eval_dataset).items()}
     except _DATA_ERRORS as e:
       raise self._data_error(e, "evaluation") from e
-    metrics = {"loss": float(loss_sum / max(count, 1)),
-               "accuracy": float(correct / max(count, 1)),
-               "examples": int(count)}
-    _write_scalars(self.eval_writer, self.step,
-                   {k: metrics[k] for k in ("loss", "accuracy")})
+    count = int(sums["count"])
+    metrics = {"loss": float(sums["loss_sum"] / max(count, 1)),
+               "accuracy": float(sums["correct"] / max(count, 1)),
+               "examples": count}
+    metrics["by_op"] = {
+        name: _mean_metrics(op_loss_sum, op_correct, op_count)
+        for name, op_loss_sum, op_correct, op_count in zip(
+            train_lib.OPERATION_NAMES, sums["op_loss_sum"],
+            sums["op_correct"], sums["op_count"])}
+    scalars = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+    for name, op_metrics in metrics["by_op"].items():
+      if op_metrics["examples"]:
+        scalars[f"loss_{name}"] = op_metrics["loss"]
+        scalars[f"accuracy_{name}"] = op_metrics["accuracy"]
+    _write_scalars(self.eval_writer, self.step, scalars)
+    by_op = ", ".join(
+        f"{operator} " + (f"{op_metrics['accuracy']:.4f}"
+                          if op_metrics["examples"] else "n/a")
+        for operator, op_metrics in zip(problems.OPERATORS,
+                                        metrics["by_op"].values()))
     say(f"eval at step {self.step}: loss {metrics['loss']:.4f}, accuracy "
-        f"{metrics['accuracy']:.4f} over {metrics['examples']:,} examples")
+        f"{metrics['accuracy']:.4f} over {metrics['examples']:,} examples; "
+        f"{by_op}")
     return metrics
 
   def _data_error(self, error: tf.errors.OpError,
@@ -440,6 +464,15 @@ def _any_worker(strategy: tf.distribute.Strategy):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
   return lambda flag: int(count(tf.constant(int(flag)))) > 0
+
+
+def _mean_metrics(loss_sum, correct, count) -> dict[str, Any]:
+  """Mean loss and accuracy of one operation's sums (None: no examples)."""
+  count = int(count)
+  if not count:
+    return {"loss": None, "accuracy": None, "examples": 0}
+  return {"loss": float(loss_sum / count), "accuracy": float(correct / count),
+          "examples": count}
 
 
 # TensorBoard's scalar format, written with TensorFlow's own summary op.

@@ -35,6 +35,41 @@ import tensorflow as tf
 from trainer import config_checks
 from trainer import model as model_lib
 from trainer import optimizer as optimizer_lib
+from trainer import problems
+from trainer import vocab
+
+# The names evaluation reports problems.OPERATORS under, in that order.
+OPERATION_NAMES = ("add", "sub", "mul")
+assert len(OPERATION_NAMES) == len(problems.OPERATORS)
+_OPERATOR_IDS = [vocab.TOKEN_IDS[op] for op in problems.OPERATORS]
+
+
+def operation_one_hot(x: tf.Tensor) -> tf.Tensor:
+  """Which operation each row of model inputs asks for, from x alone.
+
+  The operation is the first operator token after the first ':' of a row
+  (x = defs + [':'] + op: a '-' in defs is a negative sign, not the
+  operation). Static shapes and plain tensor ops, so it runs inside an XLA
+  function and on TPU.
+
+  Args:
+    x: int32 [batch, len_max_input] model inputs.
+
+  Returns:
+    int32 [batch, len(problems.OPERATORS)]: one-hot over problems.OPERATORS
+    in that order; a row whose op part has no operator is all zeros.
+  """
+  # [batch, length]: True strictly after the first separator.
+  after_separator = tf.cumsum(tf.cast(tf.equal(x, vocab.SEP_ID), tf.int32),
+                              axis=1, exclusive=True) > 0
+  # [batch, length, operators]
+  is_operator = (tf.equal(x[:, :, tf.newaxis], _OPERATOR_IDS) &
+                 after_separator[:, :, tf.newaxis])
+  any_operator = tf.cast(tf.reduce_any(is_operator, axis=2), tf.int32)
+  # [batch, length]: the first operator position of the op part only.
+  first = tf.equal(tf.cumsum(any_operator, axis=1, exclusive=True), 0)
+  return tf.cast(tf.reduce_any(is_operator & first[:, :, tf.newaxis], axis=1),
+                 tf.int32)
 
 
 class Trainer:
@@ -110,19 +145,26 @@ class Trainer:
             [tf.convert_to_tensor(v.value) for v in
              self.model.non_trainable_variables])
 
-  def _loss_and_correct(self, trainable, non_trainable, x, y,
-                        training=True):
-    """Per-example losses, correct count and the non-trainable variables'
-    new values (dropout's seed state advances in training)."""
+  def _per_example(self, trainable, non_trainable, x, y, training=True):
+    """Loss (float32) and correctness (int32 0/1) per example [batch], and
+    the non-trainable variables' new values (dropout's seed state advances
+    in training)."""
     logits, non_trainable = self.model.stateless_call(
         trainable, non_trainable, x, training=training)
     logits = tf.cast(logits, tf.float32)
     per_example = keras.losses.sparse_categorical_crossentropy(
         y, logits, from_logits=True)  # [per_replica_batch]
-    correct = tf.reduce_sum(tf.cast(
+    correct = tf.cast(
         tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y),
-        tf.int32))
+        tf.int32)  # [per_replica_batch]
     return per_example, correct, non_trainable
+
+  def _loss_and_correct(self, trainable, non_trainable, x, y):
+    """Training: per-example losses, the correct count, new non-trainable
+    values."""
+    per_example, correct, non_trainable = self._per_example(
+        trainable, non_trainable, x, y)
+    return per_example, tf.reduce_sum(correct), non_trainable
 
   def _forward_backward(self, trainable, non_trainable, x, y):
     with tf.GradientTape() as tape:
@@ -166,9 +208,19 @@ class Trainer:
     return loss, correct
 
   def _forward(self, trainable, non_trainable, x, y):
-    per_example, correct, _ = self._loss_and_correct(
+    """One replica's eval sums: totals, and per operation ([operators])."""
+    per_example, correct, _ = self._per_example(
         trainable, non_trainable, x, y, training=False)
-    return tf.reduce_sum(per_example), correct, tf.shape(y)[0]
+    by_op = operation_one_hot(x)  # [batch, operators]
+    return {
+        "loss_sum": tf.reduce_sum(per_example),
+        "correct": tf.reduce_sum(correct),
+        "count": tf.shape(y)[0],
+        "op_loss_sum": tf.linalg.matvec(tf.cast(by_op, tf.float32),
+                                        per_example, transpose_a=True),
+        "op_correct": tf.linalg.matvec(by_op, correct, transpose_a=True),
+        "op_count": tf.reduce_sum(by_op, axis=0),
+    }
 
   def _replica_eval_step(self, x, y):
     return self.forward(*self._weights(), x, y)
@@ -193,20 +245,28 @@ class Trainer:
             tf.cast(correct, tf.float32) / (steps * self.global_batch_size))
 
   def _eval_loop(self, dataset):
-    """One pass over the distributed eval dataset: loss sum, correct, count."""
-    loss_sum = tf.constant(0.0)
-    correct = tf.constant(0, tf.int64)
-    count = tf.constant(0, tf.int64)
+    """One pass over the distributed eval dataset.
+
+    Returns:
+      A dict of sums over every replica: loss_sum (float32), correct and
+      count (int64), and per operation of problems.OPERATORS, in that order,
+      op_loss_sum, op_correct and op_count ([operators]). A row whose op part
+      has no operator counts in the totals only.
+    """
+    num_ops = len(problems.OPERATORS)
+    sums = {"loss_sum": tf.constant(0.0),
+            "correct": tf.constant(0, tf.int64),
+            "count": tf.constant(0, tf.int64),
+            "op_loss_sum": tf.zeros([num_ops]),
+            "op_correct": tf.zeros([num_ops], tf.int64),
+            "op_count": tf.zeros([num_ops], tf.int64)}
     for x, y in dataset:
-      replica_loss, replica_correct, replica_count = self.strategy.run(
-          self._replica_eval_step, args=(x, y))
-      loss_sum += self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_loss, axis=None)
-      correct += tf.cast(self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_correct, axis=None), tf.int64)
-      count += tf.cast(self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_count, axis=None), tf.int64)
-    return loss_sum, correct, count
+      replica_sums = self.strategy.run(self._replica_eval_step, args=(x, y))
+      sums = {name: total + tf.cast(self.strategy.reduce(
+                  tf.distribute.ReduceOp.SUM, replica_sums[name], axis=None),
+                                    total.dtype)
+              for name, total in sums.items()}
+    return sums
 
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""

@@ -1,0 +1,25 @@
+"""Checks of the per-operation eval metrics, shared by the smoke tests."""
+
+import pytest
+
+OPERATION_NAMES = ("add", "sub", "mul")
+
+
+def eval_line(step):
+  """A regex of the whole eval line at `step`: the totals, then the accuracy
+  per operation."""
+  return (rf"^eval at step {step}: loss \d+\.\d{{4}}, accuracy \d\.\d{{4}} "
+          r"over [\d,]+ examples; \+ \d\.\d{4}, - \d\.\d{4}, \* \d\.\d{4}$")
+
+
+def assert_by_op_adds_up(eval_metrics):
+  """The per-operation examples, loss and correct counts sum to the totals."""
+  by_op = eval_metrics["by_op"]
+  assert sorted(by_op) == sorted(OPERATION_NAMES)
+  assert sum(m["examples"] for m in by_op.values()) == eval_metrics["examples"]
+  assert all(m["examples"] > 0 for m in by_op.values()), by_op
+  total = eval_metrics["examples"]
+  assert sum(m["loss"] * m["examples"] for m in by_op.values()) == (
+      pytest.approx(eval_metrics["loss"] * total, rel=1e-5))
+  assert sum(round(m["accuracy"] * m["examples"]) for m in by_op.values()) == (
+      round(eval_metrics["accuracy"] * total))
