@@ -87,7 +87,11 @@ def test_the_fused_xla_step_trains_as_apply_gradients(smoke_data, policy):
     config = smoke.get_config()
     config.train.xla_update = xla_update
     config.train.mixed_precision = policy
-    trainer = run_steps(config, smoke_data, tf.distribute.get_strategy(), 40)
+    try:
+      trainer = run_steps(config, smoke_data, tf.distribute.get_strategy(),
+                          40)
+    finally:  # the Trainer sets Keras's global policy: leave it as found
+      keras.mixed_precision.set_global_policy("float32")
     assert (trainer.fused_step is not None) == xla_update
     results[xla_update] = [np.asarray(v.value) for v in
                             [*trainer.model.weights,
@@ -122,3 +126,14 @@ def test_the_mirrored_xla_update_trains_as_apply_gradients(
   for name, plain in values[False].items():
     np.testing.assert_allclose(values[True][name], plain, rtol=2e-4,
                                atol=2e-5, err_msg=name)
+
+
+def test_one_replica_mirrored_variables_are_not_fused(smoke_data):
+  """MirroredStrategy on one device still mirrors its variables: they are
+  assigned through the strategy, outside the XLA functions (a fused step
+  would call merge_call inside a nested tf.function and fail)."""
+  config = smoke.get_config()
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  trainer = run_steps(config, smoke_data, strategy, 10)
+  assert trainer.fused_step is None and trainer.update is not None
+  assert int(trainer.optimizer.iterations.numpy()) == 10

@@ -123,14 +123,13 @@ class TensorAdam:
 
 
 def assign_variables(variables, values) -> None:
-  """Assigns each variable its value, in a replica context: directly on one
-  replica (also inside an XLA function), else each replica its own value
-  (through the strategy's update, as Keras's optimizers do)."""
+  """Assigns each variable its value, in a replica context: directly for
+  plain variables (also inside an XLA function), else each replica its own
+  value (through the strategy's update, as Keras's optimizers do)."""
   variables, values = list(variables), list(values)
   if not variables:
     return
-  if not tf.distribute.has_strategy() or (
-      tf.distribute.get_strategy().num_replicas_in_sync == 1):
+  if not is_distributed(variables[0]):
     for variable, value in zip(variables, values):
       variable.assign(value)
     return
@@ -156,6 +155,11 @@ def _map_values(fn, gradient):
     return tf.IndexedSlices(fn(gradient.values), gradient.indices,
                             gradient.dense_shape)
   return fn(gradient)
+
+
+def is_distributed(variable) -> bool:
+  """True for a variable a strategy mirrors (assigned through it)."""
+  return isinstance(_tf_variable(variable), tf.distribute.DistributedValues)
 
 
 def _tf_variable(variable):

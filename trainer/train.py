@@ -122,7 +122,10 @@ class Trainer:
     if self.use_xla and train.xla_update:
       self.update = optimizer_lib.TensorAdam(self.optimizer,
                                              self.model.trainable_variables)
-      if self.num_replicas == 1:
+      # Mirrored variables (MirroredStrategy or MultiWorkerMirrored, even of
+      # one replica) are assigned through the strategy, which may not run
+      # inside a nested XLA function: fused only for plain variables.
+      if not optimizer_lib.is_distributed(self.model.trainable_variables[0]):
         self.fused_step = tf.function(self._fused_step, jit_compile=True)
       else:
         self.apply_update = tf.function(self.update.apply, jit_compile=True)
