@@ -200,3 +200,15 @@ def test_grown_layer_configs_round_trip():
                 model_lib.Block(3, 24, 0.1, keep_mask=False, name="b")):
     clone = type(layer).from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+def test_scaled_config_validates_and_builds():
+  from configs import scaled  # pylint: disable=g-import-not-at-top
+  from trainer import config_checks  # pylint: disable=g-import-not-at-top
+  config = scaled.get_config()
+  config_checks.validate_config(config, num_replicas=1)
+  model = model_lib.build_model(config.model)
+  assert model.count_params() == 393_876
+  assert [l.name for l in model.layers if l.name.startswith("block")] == [
+      "block_0", "block_1"]
+  assert model.get_layer("positions") is not None
