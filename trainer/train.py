@@ -4,14 +4,17 @@ Keras 3 `fit` cannot be the loop under tf.distribute with XLA (it fails
 under MirroredStrategy with jit_compile and under multi-worker; see the
 README's "What a run does"), so the steps are written here:
 
-  * on one replica, the whole step -- forward, backward and Adam's update
-    (trainer/optimizer.py) -- is one XLA-compiled function
-    (`jit_compile=True`) that reads and assigns the variables itself;
-  * on several replicas, each replica's forward and backward pass is one XLA
-    function that takes the weights as tensors (`model.stateless_call`),
-    the gradients are summed across replicas, and the update is a second
-    XLA function on tensors whose results each replica assigns (a compiled
-    function may not capture another replica's variables);
+  * with plain variables (default and one_device strategies), the whole
+    step -- forward, backward and Adam's update (trainer/optimizer.py) -- is
+    one XLA-compiled function (`jit_compile=True`) that reads and assigns
+    the variables itself;
+  * with mirrored variables (mirrored, multi_worker_mirrored), each
+    replica's forward and backward pass is one XLA function that takes the
+    weights as tensors (`model.stateless_call`), the gradients are summed
+    across replicas, and the update is a second XLA function on tensors
+    whose results each replica assigns through the strategy (a compiled
+    function may not capture another replica's variables, nor assign a
+    mirrored one);
   * on TPU, TPUStrategy compiles the whole step itself (Keras's
     apply_gradients inside it);
   * `strategy.run` of the replica step runs `num_steps` times inside one
