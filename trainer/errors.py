@@ -39,13 +39,23 @@ def missing_bucket(bucket: str, detail: str = "") -> str:
           "or fix the path")
 
 
+# What TensorFlow adds to an op's message to say where in the graph, not
+# what: {{function_node ...}}, [[{{node ...}}]], and [Op:...] with the rest
+# of its line.
+_GRAPH_DECORATIONS = re.compile(
+    r"\{\{function_node [^}]*\}\}\s*|\s*\[\[[^\]]*\]\]|\s*\[Op:[^\]\n]*\][^\n]*")
+
+
+def strip_graph_decorations(message: str) -> str:
+  """TensorFlow's error message without its graph decorations."""
+  return _GRAPH_DECORATIONS.sub("", message)
+
+
 def describe_io_error(error: BaseException) -> str:
   """One line for a file system error (local or gs://), with a remedy for
   the GCS ones: permission denied, missing credentials."""
-  message = getattr(error, "message", None) or str(error)
-  # TensorFlow's graph decorations say where in the graph, not what.
-  message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "",
-                   message)
+  message = strip_graph_decorations(
+      getattr(error, "message", None) or str(error))
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
   # TF's gs:// errors end with "when <doing> gs://bucket/object".
   where = next((l for l in reversed(lines) if "gs://" in l), "")

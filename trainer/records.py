@@ -172,8 +172,7 @@ def _tf_cause(error: tf.errors.OpError) -> str:
       continue
     line = re.sub(r"^Error in user-defined function passed to .*? "
                   r"transformation with iterator: \S+: ", "", line)
-    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
-    line = re.sub(r"\s*\[\[[^\]]*\]\]|\s*\[Op:[^\]]*\].*", "", line)
+    line = errors.strip_graph_decorations(line)
     if line:
       candidates.append(line)
   cause = next((line for line in candidates if any(
