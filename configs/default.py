@@ -59,9 +59,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"
-  # A collective op that waits longer than this (a worker died) fails the
-  # run instead of hanging; 0 = wait forever.
-  config.train.collective_timeout_s = 300
   # "START,COUNT": trace the COUNT steps after step START with tf.profiler,
   # into the TensorBoard logs (plugins/profile/); "" = off.
   config.train.profile_steps = ""

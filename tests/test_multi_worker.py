@@ -4,9 +4,12 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from eval_checks import assert_by_op_adds_up
 from workers import Workers, fingerprint
@@ -76,32 +79,77 @@ def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
   assert list(workers.tmp_dir.iterdir()) == []
 
 
-def test_killed_worker_fails_in_bounded_time_and_rerun_resumes(
-    smoke_data, tmp_path):
+def checkpoint_saved(model_dir, step):
+  """True once the `checkpoint` state file names ckpt-<step> (it is written
+  after the checkpoint's own files)."""
+  state = model_dir / "checkpoints" / "checkpoint"
+  try:
+    return f'"ckpt-{step}"' in state.read_text()
+  except FileNotFoundError:
+    return False
+
+
+# TensorFlow's coordination service reports a task silent for 10 s (its
+# default heartbeat timeout); measured here 6-26 s from the kill or stop to
+# the other worker's exit. The README promises "within a minute".
+LOST_CONTACT_BOUND_S = 60
+
+
+@pytest.mark.parametrize("victim, signum", [
+    (1, signal.SIGKILL), (1, signal.SIGSTOP), (0, signal.SIGKILL),
+    (0, signal.SIGSTOP)], ids=["kill-worker", "freeze-worker", "kill-chief",
+                               "freeze-chief"])
+def test_a_dead_or_frozen_worker_ends_the_other_in_bounded_time(
+    smoke_data, tmp_path, victim, signum):
+  # No collective op has a timeout (each would hold a thread for its whole
+  # length): the coordination service's heartbeats must catch both a dead
+  # process and a frozen one, the service's leader (worker 0) included.
   model_dir = tmp_path / "run"
   flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
-           "--config.train.num_steps=1000", "--config.train.steps_per_loop=20",
+           "--config.train.num_steps=100000",
+           "--config.train.steps_per_loop=20",
            "--config.train.checkpoint_every_steps=100",
-           "--config.train.eval_every_steps=0",
-           "--config.train.collective_timeout_s=10"]
+           "--config.train.eval_every_steps=0"]
+  workers = Workers(2, flags, tmp_path)
+  survivor = 1 - victim
+  try:
+    workers.wait_until(lambda: checkpoint_saved(model_dir, 100))
+    os.kill(workers.processes[victim].pid, signum)
+    stopped_at = time.monotonic()
+    code = workers.processes[survivor].wait(timeout=120)
+    waited = time.monotonic() - stopped_at
+  finally:
+    workers.kill()
+  log = workers.log(survivor)
+  assert code == 1, log[-3000:]
+  errors = [l for l in log.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, log[-3000:]
+  assert errors[0].startswith("error: lost contact with another worker (")
+  assert ("start every worker again with the same command to resume from "
+          f"{model_dir}/checkpoints/ckpt-") in errors[0]
+  if victim == 1:  # the leader names the silent worker
+    assert "(worker 1; " in errors[0]
+  assert "Traceback" not in log
+  assert waited < LOST_CONTACT_BOUND_S, waited
+  print(f"{'killed' if signum == signal.SIGKILL else 'froze'} worker "
+        f"{victim}: worker {survivor} ended {waited:.1f} s later")
+
+
+def test_after_a_lost_worker_the_same_commands_resume(smoke_data, tmp_path):
+  model_dir = tmp_path / "run"
+  flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
+           "--config.train.num_steps=400", "--config.train.steps_per_loop=20",
+           "--config.train.checkpoint_every_steps=100",
+           "--config.train.eval_every_steps=0"]
   first = tmp_path / "first"
   first.mkdir()
   workers = Workers(2, flags, first)
   try:
-    index = model_dir / "checkpoints" / "ckpt-100.index"
-    workers.wait_until(index.exists)
+    workers.wait_until(lambda: checkpoint_saved(model_dir, 100))
     workers.processes[1].kill()
-    killed_at = time.monotonic()
-    code = workers.processes[0].wait(timeout=120)
-    waited = time.monotonic() - killed_at
+    assert workers.processes[0].wait(timeout=120) == 1
   finally:
     workers.kill()
-  assert code == 1, workers.log(0)[-3000:]
-  errors = [l for l in workers.log(0).splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "lost contact with another worker" in errors[0]
-  assert "start every worker again with the same command to resume" in (
-      errors[0])
-  assert waited < 60
 
   second = tmp_path / "second"
   second.mkdir()
@@ -113,7 +161,7 @@ def test_killed_worker_fails_in_bounded_time_and_rerun_resumes(
   for i in range(2):
     assert re.search(r"resuming from .*ckpt-\d+", workers.log(i))
   assert fingerprint(workers.log(0)) == fingerprint(workers.log(1))
-  assert json.loads((model_dir / "metrics.json").read_text())["step"] == 1000
+  assert json.loads((model_dir / "metrics.json").read_text())["step"] == 400
 
 
 def test_a_worker_without_files_is_a_clear_error(smoke_data, tmp_path):

@@ -15,24 +15,32 @@ SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
 
 
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
+def reserve_ports(count):
+  """`count` localhost ports, each held by a bound socket until closed.
+
+  SO_REUSEPORT: a worker started with TF_GRPC_REUSE_PORT=1 (its gRPC server
+  then binds with SO_REUSEPORT too) can listen on a held port while any
+  other process, a parallel test's connections included, gets "address in
+  use" for it: no window between finding a port and the worker binding it.
+  The sockets never listen, so every connection goes to the worker.
+  """
+  sockets = []
+  for _ in range(count):
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    sockets.append(held)
+  return sockets
 
 
 class Workers:
   """N trainer processes with TF_CONFIG; logs under log_dir."""
 
-  def __init__(self, count, flags, log_dir, ports=None, with_chief=False,
-               env=None):
+  def __init__(self, count, flags, log_dir, with_chief=False, env=None):
     """with_chief: the first process is a `chief` task and the others
     `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers."""
-    self.ports = ports or free_ports(count)
+    self.held_ports = reserve_ports(count)  # until kill(), or a new Workers
+    self.ports = [s.getsockname()[1] for s in self.held_ports]
     addresses = [f"127.0.0.1:{p}" for p in self.ports]
     tasks = [("worker", i) for i in range(count)]
     cluster = {"worker": addresses}
@@ -44,15 +52,16 @@ class Workers:
     self.tmp_dir.mkdir(parents=True, exist_ok=True)
     self.processes = []
     for index, (task_type, task_index) in enumerate(tasks):
-      env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
-             "TMPDIR": str(self.tmp_dir),
-             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
-                 "type": task_type, "index": task_index}})}
+      worker_env = {
+          **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
+          "TMPDIR": str(self.tmp_dir), "TF_GRPC_REUSE_PORT": "1",
+          "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+              "type": task_type, "index": task_index}})}
       log = open(log_dir / f"worker-{index}.log", "w")
       self.processes.append(subprocess.Popen(
           [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
            "--strategy=multi_worker_mirrored", *flags],
-          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+          cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
 
   def wait(self, timeout):
     deadline = time.monotonic() + timeout
@@ -76,10 +85,13 @@ class Workers:
       time.sleep(0.2)
 
   def kill(self):
+    """Ends every worker still running (a stopped one too), frees the ports."""
     for process in self.processes:
       if process.poll() is None:
         process.kill()
         process.wait()
+    for held in self.held_ports:
+      held.close()
 
   def log(self, index):
     return (self.log_dir / f"worker-{index}.log").read_text()

@@ -50,7 +50,7 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
     raise errors.UserError(
         f"config.model.dropout={model.dropout} must be in [0, 1)")
   for name in ("eval_every_steps", "eval_steps", "checkpoint_every_steps",
-               "warmup_steps", "collective_timeout_s"):
+               "warmup_steps"):
     if train[name] < 0:
       raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
   if train.learning_rate <= 0:

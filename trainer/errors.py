@@ -51,6 +51,14 @@ def strip_graph_decorations(message: str) -> str:
   return _GRAPH_DECORATIONS.sub("", message)
 
 
+def first_line(error: BaseException) -> str:
+  """The first non-empty line of an error's message, without TensorFlow's
+  graph decorations."""
+  message = strip_graph_decorations(
+      getattr(error, "message", None) or str(error))
+  return next((l.strip() for l in message.splitlines() if l.strip()), "")
+
+
 def describe_io_error(error: BaseException) -> str:
   """One line for a file system error (local or gs://), with a remedy for
   the GCS ones: permission denied, missing credentials."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import posixpath
+import re
 import shutil
 import tempfile
 import time
@@ -105,14 +106,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       raise
     latest = tf.train.latest_checkpoint(dirs.checkpoints)
     raise errors.UserError(
-        f"lost contact with another worker ({type(e).__name__}; a worker "
-        "died or a collective op waited longer than "
-        f"config.train.collective_timeout_s={config.train.collective_timeout_s}"
-        "): start every worker again with the same command to resume from "
-        f"{latest or 'the start (no checkpoint yet)'}", exit_status=1) from e
+        f"lost contact with another worker ({_lost_peer(e)}{type(e).__name__}"
+        ": it died, or sent no heartbeat to TensorFlow's coordination service "
+        "for 10 s): start every worker again with the same command to resume "
+        f"from {latest or 'the start (no checkpoint yet)'}",
+        exit_status=1) from e
   finally:
     if temp_dir:
       shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _lost_peer(error: tf.errors.OpError) -> str:
+  """"worker 1; " when the coordination service named the silent task (a
+  leader that went silent itself is named by no one), else ""."""
+  found = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", error.message)
+  return f"{found.group(1)} {found.group(2)}; " if found else ""
 
 
 def list_data_files(config: ml_collections.ConfigDict,

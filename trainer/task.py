@@ -87,7 +87,6 @@ def _main():
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,
-        collective_timeout_s=config.train.collective_timeout_s,
         num_cpu_devices=_NUM_CPU_DEVICES.value)
     data_dir = _DATA_DIR.value or datasets.ensure_dataset(
         datasets.default_data_dir(config.data, config.seed), config.data,
