@@ -9,7 +9,8 @@ def eval_line(step):
   """A regex of the whole eval line at `step`: the totals, then the accuracy
   per operation."""
   return (rf"^eval at step {step}: loss \d+\.\d{{4}}, accuracy \d\.\d{{4}} "
-          r"over [\d,]+ examples; \+ \d\.\d{4}, - \d\.\d{4}, \* \d\.\d{4}$")
+          r"over [\d,]+ (?:of [\d,]+ )?examples(?: \([\d,]+ left out: "
+          r"[^)]*\))?; \+ \d\.\d{4}, - \d\.\d{4}, \* \d\.\d{4}$")
 
 
 def assert_by_op_adds_up(eval_metrics):

@@ -40,6 +40,7 @@ from trainer import config_checks
 from trainer import errors
 from trainer import export
 from trainer import input_pipeline
+from trainer import manifest
 from trainer import problems
 from trainer import progress
 from trainer import records
@@ -266,6 +267,9 @@ class _Run:
     self.step = start_step
     self.files = files
     self.started = started  # when _run began (without the CLI's import)
+    # What a full eval pass (eval_steps=0) should count, from the manifests.
+    self.eval_split_examples = None if config.train.eval_steps else (
+        manifest.count_examples(files["evaluation"]))
     self.any_worker = _any_worker(strategy)
     self.manager = tf.train.CheckpointManager(
         trainer.checkpoint, out.checkpoints,
@@ -404,9 +408,17 @@ class _Run:
         for operator, op_metrics in zip(problems.OPERATORS,
                                         metrics["by_op"].values()))
     say(f"eval at step {self.step}: loss {metrics['loss']:.4f}, accuracy "
-        f"{metrics['accuracy']:.4f} over {metrics['examples']:,} examples; "
-        f"{by_op}")
+        f"{metrics['accuracy']:.4f} over {self._eval_count(count)}; {by_op}")
     return metrics
+
+  def _eval_count(self, count: int) -> str:
+    """"296 of 300 examples (4 left out: ...)" for a full pass of a split
+    with manifests, else "N examples"."""
+    total = self.eval_split_examples
+    if total is None or total == count:
+      return f"{count:,} examples"
+    return (f"{count:,} of {total:,} examples ({total - count:,} left out: "
+            "static shapes drop each input pipeline's last partial batch)")
 
   def _data_error(self, error: tf.errors.OpError,
                   split: str) -> errors.UserError:

@@ -220,6 +220,24 @@ def check_files(files: Sequence[str], len_max_input: int,
         _check_split_present(directory, names, listed)
 
 
+def count_examples(files: Sequence[str]) -> int | None:
+  """Examples in `files` as their manifests record them; None when a file
+  has no manifest entry (the seed's files, a foreign copy)."""
+  by_dir = collections.defaultdict(list)
+  for path in files:
+    by_dir[os.path.dirname(path)].append(os.path.basename(path))
+  total = 0
+  for directory, names in by_dir.items():
+    manifest = read(directory)
+    listed = {} if manifest is None else {
+        shard.file: shard.num_examples
+        for entry in manifest.splits.values() for shard in entry.shards}
+    if not set(names) <= set(listed):
+      return None
+    total += sum(listed[name] for name in names)
+  return total
+
+
 def _check_split_present(directory: str, names: set[str],
                          listed: Mapping[str, ShardEntry]) -> None:
   """Every shard in `listed` exists with its recorded size."""
