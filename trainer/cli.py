@@ -84,6 +84,16 @@ def log_plainly() -> None:
   std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
 
+def exit_now(status: int) -> None:
+  """Flushes the logs and the console, then ends the process with `status`
+  without Python's teardown (no destructors, no atexit handlers)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
 def fail(message: str, status: int = 2) -> int:
   """Prints `error: message` on stderr; returns the exit status to use."""
   print(f"error: {message}", file=sys.stderr)

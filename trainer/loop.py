@@ -184,6 +184,7 @@ def _run(config, strategy, files: dict[str, list[str]],
         stopped)
     say(f"{by}: saved a checkpoint at step {run.step} in "
         f"{paths.read.checkpoints}; run the same command{every} to resume")
+    run.any_worker(False)  # a barrier: none ends while another still works
     return {"step": run.step, "stopped": stopped, "train": train_metrics}
 
   eval_metrics = run.evaluate(feeds.eval_dataset)
@@ -198,6 +199,7 @@ def _run(config, strategy, files: dict[str, list[str]],
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
+  run.any_worker(False)  # a barrier: none ends while another still writes
   return results
 
 
