@@ -365,8 +365,11 @@ def test_sighup_stays_ignored_under_nohup(smoke_data, tmp_path):
   assert "SIGTERM: saved a checkpoint at step" in stderr
 
 
-def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(
-    smoke_data, tmp_path):
+@pytest.mark.parametrize("signum, status", [
+    (signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 0)])
+def test_a_stop_signal_to_one_of_two_workers_stops_both_at_the_same_step(
+    smoke_data, tmp_path, signum, status):
+  name = signal.Signals(signum).name
   model_dir = tmp_path / "run"
   flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
            "--config.train.num_steps=1000", "--config.train.steps_per_loop=20",
@@ -377,19 +380,25 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_the_same_step(
   workers = Workers(2, flags, first)
   try:
     workers.wait_until(lambda: "steps/s" in workers.log(1))  # training
-    workers.processes[1].send_signal(signal.SIGTERM)
-    assert workers.wait(timeout=120) == [0, 0], workers.logs_tail()
+    workers.processes[1].send_signal(signum)
+    # The signalled worker exits as for that signal alone; the other one
+    # ends cleanly.
+    assert workers.wait(timeout=120) == [0, status], workers.logs_tail()
   finally:
     workers.kill()
   steps = []
-  for index, name in ((0, "stopped by another worker"), (1, "SIGTERM")):
-    saved = [l for l in workers.log(index).splitlines()
-             if l.startswith(f"{name}: saved a checkpoint at step ")]
+  for index, says in ((0, "stopped by another worker"), (1, name)):
+    log = workers.log(index)
+    saved = [l for l in log.splitlines()
+             if l.startswith(f"{says}: saved a checkpoint at step ")]
     assert len(saved) == 1, workers.logs_tail()
     assert "run the same command on every worker to resume" in saved[0]
+    assert "Traceback" not in log and not error_lines(log)
     steps.append(int(saved[0].split(" at step ")[1].split()[0]))
   assert steps[0] == steps[1] < 1000
   assert restored_step(model_dir) == steps[0]
+  if signum != signal.SIGTERM:
+    return  # resuming is the same for every signal: once is enough
 
   second = tmp_path / "second"
   second.mkdir()
