@@ -103,6 +103,7 @@ on_exit() {
   fi
   kill -TERM "$holder_pid" ${deadline_pid:+"$deadline_pid"} 2>/dev/null ||
     true
+  wait "$holder_pid" 2>/dev/null || true  # no zombie left to init
 }
 trap on_exit EXIT
 
