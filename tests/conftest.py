@@ -35,7 +35,8 @@ def run():
 # unit tests only, under a minute); the full suite runs them all.
 SLOW_FILES = frozenset({
     "test_task.py", "test_multi_worker.py", "test_tpu_vm.py", "test_vertex_ai.py",
-    "test_launch.py", "test_gcs.py", "test_gcs_emulator.py",
+    "test_launch.py", "test_local_launcher.py", "test_gcs.py",
+    "test_gcs_emulator.py",
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
     "test_soak.py", "test_eval_pass.py"})

@@ -3,10 +3,7 @@
 import json
 import os
 import re
-import shlex
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +14,6 @@ from workers import Workers, fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
 
 
 def files_read(log, split):
@@ -179,39 +175,3 @@ def test_a_worker_without_files_is_a_clear_error(smoke_data, tmp_path):
     assert errors == ["error: evaluation data: 1 file(s) for 2 input "
                       "pipelines (one per worker or host): each needs at "
                       "least one file; generate at least 2 shards"]
-
-
-def test_launch_script_runs_n_workers(smoke_data, tmp_path):
-  log_dir = tmp_path / "logs"
-  result = subprocess.run(
-      ["bash", LAUNCH, "2", f"--config={SMOKE}", f"--data_dir={smoke_data}",
-       f"--model_dir={tmp_path}/run"], cwd=ROOT, capture_output=True,
-      text=True, timeout=300,
-      env={**os.environ, "PYTHON": sys.executable, "LOG_DIR": str(log_dir),
-           "TF_CPP_MIN_LOG_LEVEL": "2"})
-  assert result.returncode == 0, result.stderr[-3000:]
-  logs = [(log_dir / f"worker-{i}.log").read_text() for i in range(2)]
-  assert fingerprint(logs[0]) == fingerprint(logs[1])
-  assert fingerprint(result.stdout) == fingerprint(logs[0])  # chief on console
-  assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
-
-
-def test_launch_script_dry_run_and_bad_arguments(tmp_path):
-  env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1"}
-  result = subprocess.run(
-      ["bash", LAUNCH, "3", "--model_dir=/tmp/a b; rm -rf ~"], cwd=ROOT,
-      capture_output=True, text=True, env=env, timeout=60)
-  assert result.returncode == 0, result.stderr
-  lines = result.stdout.splitlines()
-  assert len(lines) == 3
-  configs = [json.loads(re.match(r"TF_CONFIG='(.*?)' ", l).group(1))
-             for l in lines]
-  assert [c["task"]["index"] for c in configs] == [0, 1, 2]
-  assert len({tuple(c["cluster"]["worker"]) for c in configs}) == 1
-  assert len(set(configs[0]["cluster"]["worker"])) == 3
-  for line in lines:  # quoted so that a shell reads back the same argument
-    assert shlex.split(line)[-1] == "--model_dir=/tmp/a b; rm -rf ~"
-  for args, status in (([], 2), (["0"], 2), (["two"], 2), (["--help"], 0)):
-    result = subprocess.run(["bash", LAUNCH, *args], capture_output=True,
-                            text=True, env=env, timeout=60)
-    assert result.returncode == status, (args, result.stderr)
