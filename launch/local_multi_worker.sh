@@ -186,8 +186,8 @@ done
 [[ "$dry_run" == "1" ]] && exit 0
 
 # Wait for every worker. The first failure stops the others (they would
-# otherwise wait for it until their collective timeout); it is the one
-# reported, not the failures it causes.
+# otherwise notice it themselves 10-30 s later, through TensorFlow's
+# coordination service); it is the one reported, not the failures it causes.
 failed_index=""
 failed_status=0
 statuses=()  # exit status of worker i
