@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -175,3 +176,24 @@ def test_a_worker_without_files_is_a_clear_error(smoke_data, tmp_path):
     assert errors == ["error: evaluation data: 1 file(s) for 2 input "
                       "pipelines (one per worker or host): each needs at "
                       "least one file; generate at least 2 shards"]
+
+
+def test_a_taken_port_is_one_line_naming_the_address(run, smoke_data,
+                                                      tmp_path):
+  with socket.socket() as taken:  # a plain listener: no SO_REUSEPORT
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    result = run("trainer.task", f"--config={SMOKE}",
+                 "--strategy=multi_worker_mirrored",
+                 f"--data_dir={smoke_data}", f"--model_dir={tmp_path}/run",
+                 env={"TF_GRPC_REUSE_PORT": None, "TF_CONFIG": json.dumps(
+                     {"cluster": {"worker": [address]},
+                      "task": {"type": "worker", "index": 0}})},
+                 timeout=120)
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [
+      f"error: cannot start this worker's server (worker 0 of TF_CONFIG, at "
+      f"{address}): UnknownError: Could not start gRPC server; is the port "
+      "in use?"], result.stderr[-3000:]
