@@ -37,7 +37,8 @@ SLOW_FILES = frozenset({
     "test_task.py", "test_multi_worker.py", "test_tpu_vm.py", "test_vertex_ai.py",
     "test_launch.py", "test_gcs.py", "test_gcs_emulator.py",
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",
-    "test_profile.py", "test_data_benchmark.py", "test_predict.py"})
+    "test_profile.py", "test_data_benchmark.py", "test_predict.py",
+    "test_equivalence.py"})
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
 
 
