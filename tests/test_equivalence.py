@@ -199,9 +199,12 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
         running[spec.name] = (spec, started, time.monotonic(), log_dir)
       for name, (spec, started, start, log_dir) in list(running.items()):
         codes = _codes(started)
-        if any(code is None for code in codes):
+        failed = any(code not in (None, 0) for code in codes)
+        if any(code is None for code in codes) and not failed:
           continue
         del running[name]
+        _kill(started)  # a worker whose peer failed would wait for it
+        codes = _codes(started)
         logs = "\n".join(p.read_text()[-3000:]
                          for p in sorted(log_dir.glob("worker-*.log")))
         assert codes == [0] * len(codes), f"{name} exited {codes}:\n{logs}"
