@@ -132,3 +132,15 @@ def test_verify_without_a_manifest(tmp_path):
       f"{tmp_path} has no manifest.json: nothing to verify against (generate "
       "the data with python -m trainer.data generate)")
   assert error.value.exit_status == 1
+
+
+def test_count_examples_from_the_manifest(copy):
+  train, evaluation = shard_paths(copy, "train"), shard_paths(copy, "eval")
+  assert manifest.count_examples(train) == 3 * 40
+  assert manifest.count_examples(train[:1] + evaluation) == 40 + 2 * 40
+  # A file the manifest does not list: the count is unknown.
+  foreign = copy / "other.tfrecord"
+  shutil.copy(train[0], foreign)
+  assert manifest.count_examples([*train, str(foreign)]) is None
+  os.remove(copy / manifest.MANIFEST_NAME)
+  assert manifest.count_examples(train) is None

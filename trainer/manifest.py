@@ -196,10 +196,7 @@ def check_files(files: Sequence[str], len_max_input: int,
       manifest with another vocabulary, or (whole_split) a listed shard that
       is missing or of another size; naming the object and what to do.
   """
-  by_dir = collections.defaultdict(set)
-  for path in files:
-    by_dir[os.path.dirname(path)].add(os.path.basename(path))
-  for directory, names in sorted(by_dir.items()):
+  for directory, names in sorted(_by_directory(files).items()):
     manifest = read(directory)
     if manifest is None:
       continue  # e.g. the seed's files: the in-graph guard checks them
@@ -223,19 +220,24 @@ def check_files(files: Sequence[str], len_max_input: int,
 def count_examples(files: Sequence[str]) -> int | None:
   """Examples in `files` as their manifests record them; None when a file
   has no manifest entry (the seed's files, a foreign copy)."""
-  by_dir = collections.defaultdict(list)
-  for path in files:
-    by_dir[os.path.dirname(path)].append(os.path.basename(path))
   total = 0
-  for directory, names in by_dir.items():
+  for directory, names in _by_directory(files).items():
     manifest = read(directory)
     listed = {} if manifest is None else {
         shard.file: shard.num_examples
         for entry in manifest.splits.values() for shard in entry.shards}
-    if not set(names) <= set(listed):
+    if not names <= set(listed):
       return None
     total += sum(listed[name] for name in names)
   return total
+
+
+def _by_directory(files: Sequence[str]) -> dict[str, set[str]]:
+  """{directory: base names} of `files`."""
+  by_dir = collections.defaultdict(set)
+  for path in files:
+    by_dir[os.path.dirname(path)].add(os.path.basename(path))
+  return by_dir
 
 
 def _check_split_present(directory: str, names: set[str],

@@ -154,7 +154,8 @@ def split_cpu(num_devices: int) -> None:
 
 
 def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
-                  collective: str = "AUTO", num_cpu_devices: int = 0) -> tf.distribute.Strategy:
+                  collective: str = "AUTO",
+                  num_cpu_devices: int = 0) -> tf.distribute.Strategy:
   """Returns the strategy `name` (one of STRATEGIES).
 
   Args:
