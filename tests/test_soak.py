@@ -8,12 +8,10 @@ steps never sees that; this one fits a slope over ~2,500 steps.
 
 import os
 import statistics
-import sys
+
+import bench_soak  # benchmarks/, on sys.path from conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import bench_soak  # noqa: E402  pylint: disable=g-import-not-at-top
 
 STEPS = 3000
 # Per 1,000 steps, fitted after the first 20 % of the steps. Measured on 2

@@ -3,34 +3,17 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from bench_soak import reserve_ports  # benchmarks/: see conftest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
-
-
-def reserve_ports(count):
-  """`count` localhost ports, each held by a bound socket until closed.
-
-  SO_REUSEPORT: a worker started with TF_GRPC_REUSE_PORT=1 (its gRPC server
-  then binds with SO_REUSEPORT too) can listen on a held port while any
-  other process, a parallel test's connections included, gets "address in
-  use" for it: no window between finding a port and the worker binding it.
-  The sockets never listen, so every connection goes to the worker.
-  """
-  sockets = []
-  for _ in range(count):
-    held = socket.socket()
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    held.bind(("127.0.0.1", 0))
-    sockets.append(held)
-  return sockets
 
 
 class Workers:
@@ -39,7 +22,8 @@ class Workers:
   def __init__(self, count, flags, log_dir, with_chief=False, env=None):
     """with_chief: the first process is a `chief` task and the others
     `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers."""
-    self.held_ports = reserve_ports(count)  # until kill(), or a new Workers
+    # Held until kill() (see reserve_ports): no race for them.
+    self.held_ports = reserve_ports(count)
     self.ports = [s.getsockname()[1] for s in self.held_ports]
     addresses = [f"127.0.0.1:{p}" for p in self.ports]
     tasks = [("worker", i) for i in range(count)]
