@@ -6,6 +6,7 @@ exit status (2 for bad flags or arguments), never a traceback.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
@@ -85,10 +86,10 @@ def log_plainly() -> None:
 
 
 def exit_now(status: int) -> None:
-  """Flushes the logs and the console, then ends the process with `status`
-  without Python's teardown (no destructors, no atexit handlers)."""
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.flush()
+  """Runs the atexit handlers (autograph deletes its generated files in
+  TMPDIR there), flushes the console, then ends the process with `status`
+  without the rest of Python's teardown (no destructors)."""
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(status)  # pylint: disable=protected-access
