@@ -98,6 +98,7 @@ LOST_CONTACT_BOUND_S = 60
                                "freeze-chief"])
 def test_a_dead_or_frozen_worker_ends_the_other_in_bounded_time(
     smoke_data, tmp_path, victim, signum):
+  # Then, once (a killed worker), the same commands resume.
   # No collective op has a timeout (each would hold a thread for its whole
   # length): the coordination service's heartbeats must catch both a dead
   # process and a frozen one, the service's leader (worker 0) included.
@@ -130,27 +131,13 @@ def test_a_dead_or_frozen_worker_ends_the_other_in_bounded_time(
   assert waited < LOST_CONTACT_BOUND_S, waited
   print(f"{'killed' if signum == signal.SIGKILL else 'froze'} worker "
         f"{victim}: worker {survivor} ended {waited:.1f} s later")
+  if (victim, signum) != (1, signal.SIGKILL):
+    return  # resuming is the same after any loss: once is enough
 
-
-def test_after_a_lost_worker_the_same_commands_resume(smoke_data, tmp_path):
-  model_dir = tmp_path / "run"
-  flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
-           "--config.train.num_steps=400", "--config.train.steps_per_loop=20",
-           "--config.train.checkpoint_every_steps=100",
-           "--config.train.eval_every_steps=0"]
-  first = tmp_path / "first"
-  first.mkdir()
-  workers = Workers(2, flags, first)
-  try:
-    workers.wait_until(lambda: checkpoint_saved(model_dir, 100))
-    workers.processes[1].kill()
-    assert workers.processes[0].wait(timeout=120) == 1
-  finally:
-    workers.kill()
-
-  second = tmp_path / "second"
-  second.mkdir()
-  workers = Workers(2, flags, second)
+  # The same commands (here to a nearer end) resume from the checkpoint.
+  again = tmp_path / "again"
+  again.mkdir()
+  workers = Workers(2, [*flags, "--config.train.num_steps=200"], again)
   try:
     assert workers.wait(timeout=300) == [0, 0], workers.logs_tail()
   finally:
@@ -158,7 +145,7 @@ def test_after_a_lost_worker_the_same_commands_resume(smoke_data, tmp_path):
   for i in range(2):
     assert re.search(r"resuming from .*ckpt-\d+", workers.log(i))
   assert fingerprint(workers.log(0)) == fingerprint(workers.log(1))
-  assert json.loads((model_dir / "metrics.json").read_text())["step"] == 400
+  assert json.loads((model_dir / "metrics.json").read_text())["step"] == 200
 
 
 def test_a_worker_without_files_is_a_clear_error(smoke_data, tmp_path):
