@@ -38,16 +38,16 @@ much as bfloat16 training differs from float32 (see BFLOAT16 and
 test_bfloat16_rounds_each_replica_s_partial_gradient).
 
 Every configuration runs once (a module fixture, two trainer processes at a
-time; the file's tests form one xdist group, so under pytest.ini's `-n 2
---dist loadgroup` one test process runs them all and the runs happen once);
-`pytest -s` prints each run's wall time and the measured differences of
-every pair.
+time); `pytest -s` prints each run's wall time and the measured differences
+of every pair.
 """
 
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -60,13 +60,12 @@ from conftest import run_module
 from workers import SMOKE, Workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One xdist process runs every test of this file (they share the runs).
-pytestmark = pytest.mark.xdist_group("equivalence")
 
 NUM_STEPS = 30
 STEPS_PER_LOOP = 10
 HOST_LOOP_ENDS = [10, 20, 30]
 EXAMPLES = 64  # in each split: 2 shards of 32
+_DONE = "DONE"  # in a directory once_per_session filled
 
 # Every run's config: full-batch steps (see the module docstring), three
 # host loops, no mid-run evaluation or checkpoint, one full eval pass.
@@ -218,6 +217,38 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
   return runs
 
 
+def once_per_session(tmp_path_factory, name, produce):
+  """A directory that `produce(path)` fills once per pytest session.
+
+  Under pytest-xdist every worker process runs a module fixture itself, and
+  pytest.ini's `-n 2 --dist load` spreads this file's tests over both: the
+  first worker fills the directory, in the session's shared temporary
+  directory and under a lock, and the other waits for it and reads it (the
+  pattern of pytest-xdist's docs, with fcntl for filelock). A failure is
+  kept, and raised again in the other worker without a second attempt.
+  """
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    path = tmp_path_factory.mktemp(name)
+    produce(path)
+    return path
+  path = tmp_path_factory.getbasetemp().parent / name
+  failed = path.with_name(f"{name}.failed")
+  with open(path.with_name(f"{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if failed.exists():
+      pytest.fail(f"(in another worker) {failed.read_text()}")
+    if not (path / _DONE).exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      try:
+        produce(path)
+      except BaseException as e:
+        failed.write_text(str(e))
+        raise
+      (path / _DONE).touch()
+  return path
+
+
 def _generate_data(out_dir):
   for split in ("train", "eval"):
     result = run_module(
@@ -229,21 +260,29 @@ def _generate_data(out_dir):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   """2 training and 2 eval shards of 32 examples each."""
-  path = tmp_path_factory.mktemp("equivalence_data")
-  _generate_data(path)
-  return path
+  return once_per_session(tmp_path_factory, "equivalence_data",
+                          _generate_data)
 
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
   """Every Spec run once, shared by the tests; prints each one's wall time."""
-  started = time.monotonic()
-  finished = run_all(SPECS, data_dir, tmp_path_factory.mktemp("equivalence"))
-  print(f"\nequivalence runs ({time.monotonic() - started:.1f} s in all, "
-        "2 processes at a time):")
-  for run in finished.values():
-    print(f"  {run.name}: {run.seconds:.1f} s")
-  return finished
+
+  def run_every_spec(root):
+    started = time.monotonic()
+    finished = run_all(SPECS, data_dir, root)
+    print(f"\nequivalence runs ({time.monotonic() - started:.1f} s in all, "
+          "2 processes at a time):")
+    for run in finished.values():
+      print(f"  {run.name}: {run.seconds:.1f} s")
+    (root / "seconds.json").write_text(json.dumps(
+        {run.name: run.seconds for run in finished.values()}))
+
+  root = once_per_session(tmp_path_factory, "equivalence_runs",
+                          run_every_spec)
+  seconds = json.loads((root / "seconds.json").read_text())
+  return {spec.name: Run(spec.name, root / spec.name, root / "logs" / spec.name,
+                         seconds[spec.name]) for spec in SPECS}
 
 
 def _smoke_config():
