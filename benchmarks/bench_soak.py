@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,17 +89,13 @@ def last_step(log_path: str) -> int:
 
 
 def slope_per_1000_steps(samples: list[Sample], figure: str) -> float:
-  """Least-squares slope of `figure` against the step, per 1,000 steps."""
+  """Least-squares slope of `figure` against the step, per 1,000 steps (0
+  when every sample is at one step)."""
   steps = [s.step for s in samples]
-  values = [getattr(s, figure) for s in samples]
-  mean_step = sum(steps) / len(steps)
-  mean_value = sum(values) / len(values)
-  spread = sum((x - mean_step) ** 2 for x in steps)
-  if not spread:
+  if len(set(steps)) < 2:
     return 0.0
-  covariance = sum((x - mean_step) * (y - mean_value)
-                   for x, y in zip(steps, values))
-  return covariance / spread * 1000
+  return statistics.linear_regression(
+      steps, [getattr(s, figure) for s in samples]).slope * 1000
 
 
 @dataclasses.dataclass
