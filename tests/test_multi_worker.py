@@ -98,10 +98,10 @@ LOST_CONTACT_BOUND_S = 60
                                "freeze-chief"])
 def test_a_dead_or_frozen_worker_ends_the_other_in_bounded_time(
     smoke_data, tmp_path, victim, signum):
-  # Then, once (a killed worker), the same commands resume.
   # No collective op has a timeout (each would hold a thread for its whole
   # length): the coordination service's heartbeats must catch both a dead
   # process and a frozen one, the service's leader (worker 0) included.
+  # Then, once (a killed worker), the same commands resume.
   model_dir = tmp_path / "run"
   flags = [f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
            "--config.train.num_steps=100000",

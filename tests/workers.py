@@ -13,7 +13,6 @@ from bench_soak import reserve_ports  # benchmarks/: see conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
 
 
 class Workers:
