@@ -32,7 +32,7 @@ def examples_per_second(trainer, iterator, steps, steps_per_loop):
   trainer.train_loop(iterator, num_steps)  # warm-up: trace, compile, fill
   start = time.perf_counter()
   for _ in range(steps // steps_per_loop):
-    loss, _ = trainer.train_loop(iterator, num_steps)
+    loss, *_ = trainer.train_loop(iterator, num_steps)
   float(loss)  # wait for the last loop
   seconds = time.perf_counter() - start
   return steps // steps_per_loop * steps_per_loop * trainer.global_batch_size / seconds

@@ -129,7 +129,8 @@ def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   caplog.set_level("INFO", logger="absl")  # the run's lines: absl INFO
   again = run(config, smoke_data, tmp_path)
   assert again == {"step": 40, "stopped": None}
-  assert "already at step 40 of 40: nothing to train" in caplog.text
+  assert "already at step 40 of 40, and the export and metrics.json" in (
+      caplog.text)
 
 
 def test_longer_run_resumes_and_continues_the_step_count(smoke_data, tmp_path,

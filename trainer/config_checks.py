@@ -6,6 +6,7 @@ Also where the config's data lives: its shard patterns resolved against
 
 from __future__ import annotations
 
+import math
 import posixpath
 
 import ml_collections
@@ -53,9 +54,14 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
                "warmup_steps"):
     if train[name] < 0:
       raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
-  if train.learning_rate <= 0:
+  if not (math.isfinite(train.learning_rate) and train.learning_rate > 0):
     raise errors.UserError(
-        f"config.train.learning_rate={train.learning_rate} must be positive")
+        f"config.train.learning_rate={train.learning_rate} must be a finite "
+        "number above 0")
+  if not 0 <= train.min_learning_rate_ratio <= 1:  # False for nan too
+    raise errors.UserError(
+        "config.train.min_learning_rate_ratio="
+        f"{train.min_learning_rate_ratio} must be in [0, 1]")
   if train.mixed_precision not in POLICIES:
     raise errors.UserError(
         f"config.train.mixed_precision={train.mixed_precision!r} is not one "

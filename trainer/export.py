@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import keras
 import tensorflow as tf
 
+from trainer import storage
 from trainer import vocab
 
 
@@ -75,11 +79,38 @@ class _Exported(tf.Module):
 
 
 def export_saved_model(model: keras.Model, export_dir: str,
-                       len_max_input: int) -> str:
-  """Writes the SavedModel (local or gs://); returns `export_dir`."""
+                       len_max_input: int, replace_whole: bool = True) -> str:
+  """Writes the SavedModel (local or gs://); returns `export_dir`.
+
+  A local `export_dir` of its own (`replace_whole`) is written under a
+  temporary name and renamed into place, so it is always one whole
+  SavedModel; on gs:// (no directory rename) or in a directory shared with
+  other files (Vertex AI's AIP_MODEL_DIR) it is written in place, and the
+  run's metrics.json, written after it, is what says it is whole.
+  """
   module = _Exported(model, len_max_input)
+  swap = replace_whole and "://" not in export_dir
+  if swap:  # a killed export's leftovers first
+    for leftover in tf.io.gfile.glob(f"{export_dir}.tmp-*"):
+      shutil.rmtree(leftover, ignore_errors=True)
+  target = storage.temp_name(export_dir) if swap else export_dir
   tf.saved_model.save(
-      module, export_dir,
+      module, target,
       signatures={"serving_default": module.serve_tokens,
                   "predict_text": module.serve_text})
+  if swap:
+    old = None
+    if os.path.exists(export_dir):
+      old = storage.temp_name(export_dir)
+      os.rename(export_dir, old)
+    os.rename(target, export_dir)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
   return export_dir
+
+
+def is_saved_model(export_dir: str) -> bool:
+  """Whether `export_dir` holds a SavedModel (its graph and variables)."""
+  return tf.io.gfile.exists(storage.join(export_dir, "saved_model.pb")) and (
+      tf.io.gfile.exists(storage.join(export_dir, "variables",
+                                      "variables.index")))

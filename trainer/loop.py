@@ -35,6 +35,7 @@ import ml_collections
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from trainer import checkpoints
 from trainer import cli
 from trainer import config_checks
 from trainer import errors
@@ -66,8 +67,15 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        strategy: tf.distribute.Strategy,
                        data_dir: str | None,
-                       dirs: run_dir.RunDirs) -> dict[str, Any]:
+                       dirs: run_dir.RunDirs,
+                       start_over: bool = False) -> dict[str, Any]:
   """Trains (or resumes) to config.train.num_steps, evaluates and exports.
+
+  Resumes from the newest checkpoint that restores (trainer/checkpoints.py:
+  damaged ones are set aside); a directory holding checkpoint files none of
+  which restores is an error, unless `start_over`: then the run starts at
+  step 0 and the chief first moves every earlier checkpoint into
+  checkpoints/replaced-<time>/.
 
   Returns:
     The final metrics (also written to metrics.json in dirs.files), with
@@ -78,7 +86,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     UserError: a bad config, missing or inconsistent data, a model_dir
       holding another model shape (before any graph is built); a bad record
       met in training (exit status 2); a lost peer in a multi-worker run
-      (exit status 1).
+      (exit status 1); training that diverged (a non-finite loss or
+      gradient norm: exit status 1, nothing saved after the last good
+      checkpoint).
   """
   on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   config_checks.validate_config(config, strategy.num_replicas_in_sync,
@@ -90,7 +100,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_chief = strategy_lib.is_chief(strategy)
   if is_chief:  # the only one that writes there
     run_dir.check_writable(dirs)
-  run_dir.check_compatible(dirs, config)
+  if start_over:
+    moved = checkpoints.move_aside(dirs.checkpoints) if is_chief else None
+    if moved:
+      say(f"--start_over: the earlier checkpoints are moved to {moved}")
+  else:
+    run_dir.check_compatible(dirs, config)
   files = list_data_files(config, data_dir)
   patterns = config_checks.data_patterns(config, data_dir)
 
@@ -101,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # host loop (a second Ctrl-C: at once, naming this one).
     with stop_lib.StopSignals(
         lambda: tf.train.latest_checkpoint(dirs.checkpoints)) as signals:
-      return _run(config, strategy, files, patterns, paths, signals)
+      return _run(config, strategy, files, patterns, paths, signals,
+                  start_over)
   except _PEER_ERRORS as e:
     if not strategy_lib.is_multi_worker(strategy):
       raise
@@ -145,19 +161,19 @@ def list_data_files(config: ml_collections.ConfigDict,
 
 def _run(config, strategy, files: dict[str, list[str]],
          patterns: dict[str, str], paths: run_dir.Paths,
-         signals: stop_lib.StopSignals) -> dict[str, Any]:
+         signals: stop_lib.StopSignals, start_over: bool) -> dict[str, Any]:
   """Restores, trains to num_steps (or a stop), then evaluates and exports."""
   started = time.perf_counter()
   trainer = train_lib.Trainer(config, strategy)
-  latest = tf.train.latest_checkpoint(paths.read.checkpoints)
-  if latest:
-    trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+  restored = None if start_over else _restore(trainer, paths.read.checkpoints,
+                                              paths.is_chief)
+  latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
   finished = start_step >= config.train.num_steps
-  if finished and storage.exists(
-      posixpath.join(paths.read.files, run_dir.METRICS_FILE)):
+  if finished and _complete(paths.read, trainer, start_step):
     say(f"{paths.read.checkpoints} is already at step {start_step} of "
-        f"{config.train.num_steps}: nothing to train")
+        f"{config.train.num_steps}, and the export and metrics.json in "
+        f"{paths.read.files} are of that checkpoint: nothing to do")
     return {"step": start_step, "stopped": None}
 
   out = paths.write
@@ -170,8 +186,9 @@ def _run(config, strategy, files: dict[str, list[str]],
   say(f"data: train {patterns['training']}, eval {patterns['evaluation']}")
   say(f"{'resuming from ' + latest if latest else 'starting at step 0'}; "
       f"checkpoints in {paths.read.checkpoints}" + (
-          "; trained already: evaluating and exporting (the last run ended "
-          "before)" if finished else ""))
+          "; trained already: evaluating and exporting (the export or "
+          "metrics.json of this checkpoint is missing or older: the last run "
+          "ended before writing them)" if finished else ""))
 
   feeds = Feeds(config, strategy, files, start_step)
   run = _Run(config, trainer, out, start_step, files, strategy, started)
@@ -188,11 +205,15 @@ def _run(config, strategy, files: dict[str, list[str]],
     return {"step": run.step, "stopped": stopped, "train": train_metrics}
 
   eval_metrics = run.evaluate(feeds.eval_dataset)
+  # The SavedModel first, metrics.json last: a run is finished when both are
+  # there and metrics.json names this checkpoint's weights (_complete).
   export.export_saved_model(trainer.model, out.export,
-                            config.model.len_max_input)
+                            config.model.len_max_input,
+                            replace_whole=out.export != out.files)
   results = {"step": run.step, "stopped": None, "train": train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
+             "checkpoint": run.manager.latest_checkpoint,
              "weights_sha256": trainer.weights_sha256()}
   # Every worker prints it: workers of one run must agree.
   say(f"final weights sha256: {results['weights_sha256']}")
@@ -201,6 +222,40 @@ def _run(config, strategy, files: dict[str, list[str]],
     say(f"outputs: {out.describe()}")
   run.any_worker(False)  # a barrier: none ends while another still writes
   return results
+
+
+def _restore(trainer: train_lib.Trainer, directory: str,
+             is_chief: bool) -> checkpoints.Found | None:
+  """The newest checkpoint of `directory` that restores, restored (the
+  chief sets damaged ones aside); None in a directory without checkpoints.
+
+  Raises:
+    UserError: checkpoint files of which none restores: the run would
+      start at step 0 and overwrite them.
+  """
+  restored = checkpoints.restore_newest(trainer.checkpoint, directory,
+                                        repair=is_chief)
+  if restored.found is None and restored.leftovers:
+    why = "; ".join(f"{name}: {reason}" for name, reason in restored.damaged
+                    ) or "holding only " + ", ".join(
+                        posixpath.basename(p) for p in restored.leftovers[:4]
+                    ) + (", ..." if len(restored.leftovers) > 4 else "")
+    raise errors.UserError(
+        f"{directory} holds checkpoint files but no checkpoint that restores "
+        f"({why}): nothing was trained or overwritten; to train from step 0 "
+        "anyway, add --start_over (they are moved to a replaced-<time>/ "
+        "directory beside them, not deleted)")
+  return restored.found
+
+
+def _complete(dirs: run_dir.RunDirs, trainer: train_lib.Trainer,
+              step: int) -> bool:
+  """Whether the run in `dirs` is finished at `step`: its SavedModel is
+  there and metrics.json is of this step and of these very weights."""
+  metrics = run_dir.read_metrics(dirs)
+  return bool(metrics and metrics.get("step") == step and
+              metrics.get("weights_sha256") == trainer.weights_sha256() and
+              export.is_saved_model(dirs.export))
 
 
 @dataclasses.dataclass
@@ -321,10 +376,14 @@ class _Run:
       start = time.perf_counter()
       try:
         with self.profile.host_loop(self.step, num_steps):
-          loss, accuracy = (float(t) for t in self.trainer.train_loop(
-              feeds.train_iterator, tf.constant(num_steps)))
+          loss, accuracy, diverged = (
+              t.numpy() for t in self.trainer.train_loop(
+                  feeds.train_iterator, tf.constant(num_steps)))
       except _DATA_ERRORS as e:
         raise self._data_error(e, "training") from e
+      if diverged >= 0:  # before anything of this host loop is kept
+        raise self._diverged(int(diverged), num_steps, float(loss))
+      loss, accuracy = float(loss), float(accuracy)
       seconds = time.perf_counter() - start
       if not metrics:  # the first host loop
         self._say_start_up(start, seconds, num_steps)
@@ -361,6 +420,25 @@ class _Run:
     latest = self.manager.latest_checkpoint
     if not (latest and latest.endswith(f"-{self.step}")):
       self.manager.save(checkpoint_number=self.step)
+
+  def _diverged(self, step: int, num_steps: int,
+                loss: float) -> errors.UserError:
+    """The one line for a host loop in which training diverged."""
+    train = self.config.train
+    latest = self.manager.latest_checkpoint
+    precision = (f", or train in float32 (now mixed_precision="
+                 f"{train.mixed_precision})"
+                 if train.mixed_precision != "float32" else "")
+    return errors.UserError(
+        f"training diverged: the loss or its gradient was not finite at step "
+        f"{step} (mean loss of steps {self.step + 1}-{self.step + num_steps}: "
+        f"{loss}); nothing of it was saved or exported, "
+        + (f"the last good checkpoint is {latest}" if latest else
+           "no checkpoint was saved yet")
+        + f": lower --config.train.learning_rate (now {train.learning_rate:g})"
+        f" or raise --config.train.warmup_steps (now {train.warmup_steps})"
+        f"{precision}, then run again" + (" to resume from it" if latest
+                                          else ""), exit_status=1)
 
   def _say_start_up(self, first_step: float, seconds: float,
                     num_steps: int) -> None:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import math
 import os
 import posixpath
 from typing import Mapping
+
+from absl import logging
 
 from trainer import errors
 from trainer import storage  # imports TensorFlow on first file access
@@ -124,34 +127,79 @@ def _user() -> str:
 def check_compatible(dirs: RunDirs, config) -> None:
   """A run directory holding a checkpoint of another model shape is an
   error naming the fields that differ, not a crash at restore."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
   path = posixpath.join(dirs.files, CONFIG_FILE)
   if not storage.exists(path):
     return
-  saved = storage.read_json(path).get("model", {})
+  try:
+    saved = storage.read_json(path)["model"]
+  except (ValueError, KeyError, TypeError) as e:  # damaged: restore checks
+    logging.warning("%s is not a config this trainer wrote (%s): the "
+                    "checkpoint's model shape is checked at restore instead; "
+                    "the file is rewritten", path, errors.first_line(e))
+    return
   current = config.model.to_dict()
   differing = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))
-  if differing and tf.train.latest_checkpoint(dirs.checkpoints):
+  if differing and checkpoints.any_in(dirs.checkpoints):
     details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config "
                         f"{current.get(k)!r}" for k in differing)
     raise errors.UserError(
         f"the checkpoint in {dirs.checkpoints} is of another model shape "
-        f"({details}): use another --model_dir or the checkpoint's config")
+        f"({details}): use another --model_dir or the checkpoint's config, "
+        "or --start_over (the old checkpoints are moved aside)")
 
 
 def write_config(dirs: RunDirs, config) -> None:
   """The resolved config, as JSON, in dirs.files (config.json)."""
   storage.makedirs(dirs.files)  # the others are made by what writes there
-  storage.write_atomic(posixpath.join(dirs.files, CONFIG_FILE),
-                       config.to_json_best_effort(indent=2, sort_keys=True)
-                       + "\n")
+  storage.write_atomic(posixpath.join(dirs.files, CONFIG_FILE), strict_json(
+      json.loads(config.to_json_best_effort()), sort_keys=True))
 
 
 def write_metrics(dirs: RunDirs, metrics: dict) -> None:
   """The final metrics, as JSON, in dirs.files (metrics.json)."""
   storage.write_atomic(posixpath.join(dirs.files, METRICS_FILE),
-                       json.dumps(metrics, indent=2) + "\n")
+                       strict_json(metrics))
+
+
+def read_metrics(dirs: RunDirs) -> dict | None:
+  """metrics.json of dirs.files, or None when it is missing or is not a
+  JSON object (an interrupted or foreign write: the run is not finished)."""
+  path = posixpath.join(dirs.files, METRICS_FILE)
+  if not storage.exists(path):
+    return None
+  try:
+    metrics = storage.read_json(path)
+  except ValueError:
+    return None
+  return metrics if isinstance(metrics, dict) else None
+
+
+def strict_json(value, sort_keys: bool = False) -> str:
+  """`value` as strict JSON (RFC 8259: no NaN or Infinity), indented.
+
+  A non-finite float becomes null, and a top-level "non_finite" object
+  says which, by dotted path: {"eval.loss": "nan"}.
+  """
+  non_finite = {}
+
+  def clean(item, path):
+    if isinstance(item, float) and not math.isfinite(item):
+      non_finite[path] = str(item)
+      return None
+    if isinstance(item, dict):
+      return {k: clean(v, f"{path}.{k}" if path else str(k))
+              for k, v in item.items()}
+    if isinstance(item, (list, tuple)):
+      return [clean(v, f"{path}[{i}]") for i, v in enumerate(item)]
+    return item
+
+  cleaned = clean(value, "")
+  if non_finite and isinstance(cleaned, dict):
+    cleaned["non_finite"] = non_finite
+  return json.dumps(cleaned, indent=2, sort_keys=sort_keys,
+                    allow_nan=False) + "\n"
 
 
 @dataclasses.dataclass(frozen=True)

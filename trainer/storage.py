@@ -103,6 +103,17 @@ def size(path: str) -> int:
   return _gfile().stat(path).length
 
 
+def mtime(path: str) -> float:
+  """When `path` was last written, in seconds since the epoch."""
+  return _gfile().stat(path).mtime_nsec / 1e9
+
+
+def rename(source: str, target: str) -> None:
+  """Renames a file (on GCS: a copy, then a delete); an existing `target`
+  is an error."""
+  _gfile().rename(source, target, overwrite=False)
+
+
 def read_bytes(path: str) -> bytes:
   with _gfile().GFile(path, "rb") as f:
     return f.read()

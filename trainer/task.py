@@ -49,6 +49,12 @@ _MODEL_DIR = flags.DEFINE_string(
     "(local or gs://); default: Vertex AI's AIP_* directories when set, else "
     "a new directory in the user's cache.")
 
+_START_OVER = flags.DEFINE_boolean(
+    "start_over", False, "Train from step 0 although --model_dir holds "
+    "checkpoints (damaged ones, or of another model): they are moved to "
+    "checkpoints/replaced-<time>/ first, not deleted. Without it such a "
+    "directory is refused.")
+
 
 def run_dirs(model_dir: str | None, cache_dir: str) -> run_dir.RunDirs:
   """--model_dir, else Vertex AI's AIP_* directories, else a new cache dir."""
@@ -101,7 +107,8 @@ def _main():
         config.seed)
     dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
-    results = loop.train_and_evaluate(config, distribution, data_dir, dirs)
+    results = loop.train_and_evaluate(config, distribution, data_dir, dirs,
+                                      start_over=_START_OVER.value)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:

@@ -183,6 +183,21 @@ class Trainer:
     gradients = tape.gradient(scaled_loss, trainable)
     return loss, correct, gradients, non_trainable
 
+  def _step_results(self, loss, correct, gradients):
+    """What one replica's step reports, as one vector (one all-reduce):
+    [loss, correct count, 1 when the step diverged else 0].
+
+    Diverged: the loss is not finite, or the gradient norm is not (except
+    under float16 loss scaling, whose optimizer skips such steps itself and
+    lowers the scale).
+    """
+    diverged = tf.logical_not(tf.math.is_finite(loss))
+    if self.config.train.mixed_precision != "float16":
+      diverged |= tf.logical_not(
+          tf.math.is_finite(tf.linalg.global_norm(gradients)))
+    return tf.stack([loss, tf.cast(correct, tf.float32),
+                     tf.cast(diverged, tf.float32)])
+
   def _fused_step(self, x, y):
     """One replica's whole step, compiled as one XLA function."""
     trainable, non_trainable = self._weights()
@@ -192,7 +207,7 @@ class Trainer:
                                           gradients))
     optimizer_lib.assign_variables(self.model.non_trainable_variables,
                                    non_trainable)
-    return loss, correct
+    return self._step_results(loss, correct, gradients)
 
   def _replica_train_step(self, x, y):
     if self.fused_step is not None:
@@ -206,12 +221,13 @@ class Trainer:
       # Keras's apply_gradients chosen (jit_compile or xla_update False).
       self.optimizer.apply_gradients(
           zip(gradients, self.model.trainable_variables))
-      return loss, correct
+      return self._step_results(loss, correct, gradients)
+    results = self._step_results(loss, correct, gradients)
     gradients = tf.distribute.get_replica_context().all_reduce(
         tf.distribute.ReduceOp.SUM, gradients)
     self.update.assign(*self.apply_update(self.update.values(), trainable,
                                           gradients))
-    return loss, correct
+    return results
 
   def _forward(self, trainable, non_trainable, x, y):
     """One replica's eval sums: totals, and per operation ([operators])."""
@@ -234,21 +250,33 @@ class Trainer:
   # --- host loops ---------------------------------------------------------
 
   def _train_loop(self, iterator, num_steps):
-    """Runs num_steps steps; returns the mean loss and accuracy."""
+    """Runs num_steps steps.
+
+    Returns:
+      The mean loss and accuracy, and the step counter's value after the
+      first step that diverged (a non-finite loss or gradient norm on any
+      replica), or -1: one flag per host loop, read by the host once.
+    """
     loss_sum = tf.constant(0.0)
     correct = tf.constant(0, tf.int64)
-    for _ in tf.range(num_steps):
+    first_diverged = tf.constant(-1, tf.int64)
+    for i in tf.range(num_steps):
       x, y = next(iterator)
-      replica_loss, replica_correct = self.strategy.run(
-          self._replica_train_step, args=(x, y))
-      loss_sum += self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_loss, axis=None)
-      correct += tf.cast(self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_correct, axis=None), tf.int64)
+      replica_results = self.strategy.run(self._replica_train_step,
+                                          args=(x, y))
+      # [loss, correct, diverged] summed over replicas: one all-reduce.
+      loss, step_correct, diverged = tf.unstack(self.strategy.reduce(
+          tf.distribute.ReduceOp.SUM, replica_results, axis=None))
+      loss_sum += loss
+      correct += tf.cast(step_correct, tf.int64)
+      first_diverged = tf.where(
+          (first_diverged < 0) & (diverged > 0),
+          self.step + tf.cast(i, tf.int64) + 1, first_diverged)
     self.step.assign_add(tf.cast(num_steps, tf.int64))
     steps = tf.cast(num_steps, tf.float32)
     return (loss_sum / steps,
-            tf.cast(correct, tf.float32) / (steps * self.global_batch_size))
+            tf.cast(correct, tf.float32) / (steps * self.global_batch_size),
+            first_diverged)
 
   def _eval_loop(self, dataset):
     """One pass over the distributed eval dataset.
