@@ -45,6 +45,7 @@ from trainer import problems
 from trainer import progress
 from trainer import records
 from trainer import run_dir
+from trainer import run_lock
 from trainer import stop as stop_lib
 from trainer import storage
 from trainer import strategy as strategy_lib
@@ -76,7 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     signal stopped), else None.
   Raises:
     UserError: a bad config, missing or inconsistent data, a model_dir
-      holding another model shape (before any graph is built); a bad record
+      holding another model shape (before any graph is built), a run
+      directory another run holds (its run.lock); a bad record
       met in training (exit status 2); a lost peer in a multi-worker run
       (exit status 1).
   """
@@ -90,6 +92,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_chief = strategy_lib.is_chief(strategy)
   if is_chief:  # the only one that writes there
     run_dir.check_writable(dirs)
+  # One run per run directory at a time: the chief holds its run.lock until
+  # the end (trainer/run_lock.py); a second run stops here.
+  with (run_lock.hold(dirs.checkpoints) if is_chief
+        else contextlib.nullcontext()):
+    return _train_and_evaluate(config, strategy, data_dir, dirs, is_chief)
+
+
+def _train_and_evaluate(config, strategy, data_dir: str | None,
+                        dirs: run_dir.RunDirs, is_chief: bool
+                        ) -> dict[str, Any]:
+  """train_and_evaluate from the checkpoint's compatibility on, holding the
+  run lock (the chief)."""
   run_dir.check_compatible(dirs, config)
   files = list_data_files(config, data_dir)
   patterns = config_checks.data_patterns(config, data_dir)

@@ -232,18 +232,31 @@ def hold(checkpoints_dir: str, heartbeat_seconds: float | None = None,
   """
   path = posixpath.join(checkpoints_dir, LOCK_NAME)
   stale = _stale_seconds(stale_seconds)
+  made = []  # the local directories made here, deepest first
   if storage.bucket_of(path) is None:
+    missing = os.path.abspath(checkpoints_dir)
+    while not os.path.exists(missing):
+      made.append(missing)
+      missing = os.path.dirname(missing)
     os.makedirs(checkpoints_dir, exist_ok=True)  # no TensorFlow needed here
     lock = _LocalLock(path)
   else:
     lock = _GcsLock(path)
-  lock.acquire(stale)
-  beats = _Heartbeat(lock, _heartbeat_seconds(heartbeat_seconds))
   try:
-    yield path
+    lock.acquire(stale)
+    beats = _Heartbeat(lock, _heartbeat_seconds(heartbeat_seconds))
+    try:
+      yield path
+    finally:
+      beats.stop()
+      lock.release()
   finally:
-    beats.stop()
-    lock.release()
+    # A run that failed before writing anything leaves no empty directory.
+    for directory in made:
+      try:
+        os.rmdir(directory)
+      except OSError:
+        break  # not empty: the run wrote there
 
 
 class _Heartbeat:
