@@ -55,7 +55,8 @@ def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
   """Maps a google.api_core error to a UserError naming bucket and remedy."""
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
-  message = getattr(error, "message", None) or str(error)
+  # One line: the client's message quotes the response body, newlines and all.
+  message = " ".join((getattr(error, "message", None) or str(error)).split())
   if isinstance(error, exceptions.NotFound):
     return _failure(errors.missing_bucket(bucket, detail=message))
   if isinstance(error, exceptions.Forbidden):
