@@ -42,7 +42,8 @@ SLOW_FILES = frozenset({
     "test_gcs_emulator.py",
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
-    "test_soak.py", "test_eval_pass.py", "test_equivalence.py"})
+    "test_soak.py", "test_eval_pass.py", "test_equivalence.py",
+    "test_run_lock.py"})
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
 
 

@@ -224,6 +224,9 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
     if denied:
       status, headers, body = 403, [("Content-Type", "application/json; charset=UTF-8")], (
           _forbidden(denied[0]))
+    elif self._delete_precondition_fails():
+      status, headers, body = 412, [("Content-Type", "application/json; charset=UTF-8")], (
+          json.dumps({"error": {"code": 412, "message": "Precondition failed"}}).encode())
     else:
       status, headers, body = self._forward(host, body)
     self.send_response_only(status)
@@ -241,6 +244,19 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
       self._cut(body[:after_bytes])
 
   do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+  def _delete_precondition_fails(self) -> bool:
+    """A DELETE whose ifGenerationMatch names another generation than the
+    object's. fake-gcs-server (1.54) honours ifGenerationMatch on uploads
+    but deletes whatever the DELETE names; this checks it here first (not
+    atomically with the delete: enough for tests that delete a lock
+    another writer replaced earlier)."""
+    url = urllib.parse.urlsplit(self.path)
+    wanted = urllib.parse.parse_qs(url.query).get("ifGenerationMatch")
+    if self.command != "DELETE" or not wanted:
+      return False
+    status, answer = _emulator_request(self.server.emulator_port, "GET", url.path)
+    return status == 200 and str(json.loads(answer).get("generation")) != wanted[0]
 
   def _cut(self, head: bytes) -> None:
     """Sends only ``head`` of the body (the headers, already written, still

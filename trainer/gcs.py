@@ -34,12 +34,16 @@ def _failure(message: str) -> errors.UserError:
   return errors.UserError(message, exit_status=1)
 
 
-def make_client():
-  """A storage client; STORAGE_EMULATOR_HOST selects an emulator."""
+def make_client(need_project: bool = True):
+  """A storage client; STORAGE_EMULATOR_HOST selects an emulator.
+
+  need_project=False: for reading and writing objects alone, which need no
+  project (a TPU VM's or a user's credentials may name none).
+  """
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
   from google.cloud import storage  # pylint: disable=g-import-not-at-top
   try:
-    return storage.Client()
+    return storage.Client() if need_project else storage.Client(project=None)
   except google.auth.exceptions.DefaultCredentialsError as e:
     raise _failure(NO_CREDENTIALS) from e
   except OSError as e:  # credentials without a project
@@ -51,7 +55,8 @@ def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
   """Maps a google.api_core error to a UserError naming bucket and remedy."""
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
-  message = getattr(error, "message", None) or str(error)
+  # One line: the client's message quotes the response body, newlines and all.
+  message = " ".join((getattr(error, "message", None) or str(error)).split())
   if isinstance(error, exceptions.NotFound):
     return _failure(errors.missing_bucket(bucket, detail=message))
   if isinstance(error, exceptions.Forbidden):
@@ -62,7 +67,8 @@ def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
   return _failure(f"{what}: {type(error).__name__}: {message}")
 
 
-def _api_errors() -> tuple[type[Exception], ...]:
+def api_errors() -> tuple[type[Exception], ...]:
+  """What google-cloud-storage raises for a failed request (to `describe`)."""
   from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
   import google.auth.exceptions  # pylint: disable=g-import-not-at-top
   return (exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError)
@@ -112,7 +118,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
   try:
     if not bucket.exists():
       raise _failure(f"--dst={dst}: " + errors.missing_bucket(bucket_name))
-  except _api_errors() as e:
+  except api_errors() as e:
     raise describe(e, bucket_name, dst) from e
 
   def object_name(name: str) -> str:
@@ -148,7 +154,7 @@ def upload(src: str, dst: str, num_threads: int = 8,
         record(outcome)
     for name in last:
       record(upload_one(name))
-  except _api_errors() as e:
+  except api_errors() as e:
     raise describe(e, bucket_name, dst) from e
   finally:
     if bar:
@@ -171,13 +177,13 @@ def _list_gcs(
       name = blob.name[len(start):]
       if "/" not in name:  # this directory only
         objects[name] = manifest.FileInfo(blob.size, blob.crc32c)
-  except _api_errors() as e:
+  except api_errors() as e:
     raise describe(e, bucket_name, data_dir) from e
 
   def read(name: str) -> bytes:
     try:
       return bucket.blob(start + name).download_as_bytes()
-    except _api_errors() as e:
+    except api_errors() as e:
       raise describe(e, bucket_name, f"{data_dir}/{name}") from e
 
   return objects, read

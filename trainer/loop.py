@@ -46,6 +46,7 @@ from trainer import problems
 from trainer import progress
 from trainer import records
 from trainer import run_dir
+from trainer import run_lock
 from trainer import stop as stop_lib
 from trainer import storage
 from trainer import strategy as strategy_lib
@@ -84,7 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     signal stopped), else None.
   Raises:
     UserError: a bad config, missing or inconsistent data, a model_dir
-      holding another model shape (before any graph is built); a bad record
+      holding another model shape (before any graph is built), a run
+      directory another run holds (its run.lock); a bad record
       met in training (exit status 2); a lost peer in a multi-worker run
       (exit status 1); training that diverged (a non-finite loss or
       gradient norm: exit status 1, nothing saved after the last good
@@ -100,6 +102,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_chief = strategy_lib.is_chief(strategy)
   if is_chief:  # the only one that writes there
     run_dir.check_writable(dirs)
+  # One run per run directory at a time: the chief holds its run.lock until
+  # the end (trainer/run_lock.py); a second run stops here.
+  with (run_lock.hold(dirs.checkpoints) if is_chief
+        else contextlib.nullcontext()):
+    return _train_and_evaluate(config, strategy, data_dir, dirs, is_chief,
+                               start_over)
+
+
+def _train_and_evaluate(config, strategy, data_dir: str | None,
+                        dirs: run_dir.RunDirs, is_chief: bool,
+                        start_over: bool) -> dict[str, Any]:
+  """train_and_evaluate from the checkpoints' compatibility on, holding the
+  run lock (the chief)."""
   if start_over:
     moved = checkpoints.move_aside(dirs.checkpoints) if is_chief else None
     if moved:
