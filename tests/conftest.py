@@ -43,6 +43,7 @@ SLOW_FILES = frozenset({
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
     "test_soak.py", "test_eval_pass.py", "test_equivalence.py",
+    "test_fault_run_dir.py",
     "test_run_lock.py"})
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
 
