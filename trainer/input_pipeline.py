@@ -84,7 +84,7 @@ def _check_local_entries(files: Sequence[str], split: str) -> None:
   Raises:
     UserError: naming the odd entries, how many, and what to do.
   """
-  odd = {"directories": [], "not regular files": [], "empty (0 bytes)": []}
+  odd = []  # "path (what)"
   for path in files:
     if storage.bucket_of(path) is not None:
       continue
@@ -93,20 +93,19 @@ def _check_local_entries(files: Sequence[str], split: str) -> None:
     except OSError:
       continue  # gone meanwhile: the reader says so
     if stat.S_ISDIR(mode.st_mode):
-      odd["directories"].append(path)
+      odd.append(f"{path} (a directory)")
     elif not stat.S_ISREG(mode.st_mode):
-      odd["not regular files"].append(path)
+      odd.append(f"{path} (not a regular file)")
     elif mode.st_size == 0:
-      odd["empty (0 bytes)"].append(path)
-  for what, paths in odd.items():
-    if paths:
-      shown = ", ".join(paths[:3]) + (
-          f" (+{len(paths) - 3} more)" if len(paths) > 3 else "")
-      raise errors.UserError(
-          f"{len(paths)} of the {len(files)} {split} files are {what}, not "
-          f"TFRecord shards: {shown}; remove them (a failed write or copy) "
-          "or narrow --data_dir / config.data, and regenerate the data if "
-          "need be (python -m trainer.data generate)")
+      odd.append(f"{path} (0 bytes)")
+  if odd:
+    shown = ", ".join(odd[:3]) + (
+        f" (+{len(odd) - 3} more)" if len(odd) > 3 else "")
+    raise errors.UserError(
+        f"{len(odd)} of the {len(files)} {split} files are not TFRecord "
+        f"shards: {shown}; remove them (a failed write or copy) or narrow "
+        "--data_dir / config.data, and regenerate the data if need be "
+        "(python -m trainer.data generate)")
 
 
 def check_split_sizes(files: Mapping[str, Sequence[str]],
