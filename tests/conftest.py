@@ -41,6 +41,7 @@ SLOW_FILES = frozenset({
     "test_launch.py", "test_local_launcher.py", "test_gcs.py",
     "test_gcs_emulator.py",
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",
+    "test_fault_data.py",
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
     "test_soak.py", "test_eval_pass.py", "test_equivalence.py",
     "test_fault_run_dir.py",

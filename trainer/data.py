@@ -254,7 +254,8 @@ def _generate(flag_values) -> int:
       max_value=flag_values.max_value, seed=flag_values.seed)
   # Argument errors first, before the slow TensorFlow import.
   spec.validate()
-  datasets.resolve_num_processes(flag_values.num_processes)
+  datasets.check_resources(
+      spec, datasets.resolve_num_processes(flag_values.num_processes))
   tf = cli.import_tensorflow()
   try:
     datasets.generate(spec, num_processes=flag_values.num_processes)

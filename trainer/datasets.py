@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import shutil
 from typing import TYPE_CHECKING, Iterator
 
 from absl import logging
@@ -74,6 +75,100 @@ class GenerateSpec:
             "num_shards": self.num_shards}
 
 
+# Shard names hold 5-digit indices and counts ({index:05d}-of-{count:05d}).
+MAX_SHARDS = 99_999
+# Memory of a process building a shard, per example of it: the problems as
+# Python strings and ints, then the records. Measured (peak RSS of
+# problems.build_shard, max_value 100): 583 bytes at 200,000 examples, 553 at
+# 1,000,000; with a margin.
+BUILD_BYTES_PER_EXAMPLE = 640
+
+
+def _human(num_bytes: float) -> str:
+  for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+    if num_bytes < 1000 or unit == "PB":
+      return (f"{num_bytes:,.0f} {unit}" if unit == "bytes" else
+              f"{num_bytes:,.1f} {unit}")
+    num_bytes /= 1000
+  raise AssertionError("unreachable")
+
+
+def _memory_available() -> int | None:
+  """MemAvailable of /proc/meminfo in bytes; None where there is none."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def _nearest_existing_dir(path: str) -> str:
+  path = os.path.abspath(path)
+  while not os.path.isdir(path):
+    path = os.path.dirname(path)
+  return path
+
+
+def check_resources(spec: GenerateSpec, num_processes: int) -> None:
+  """Refuses, before any work, what the disk or the memory cannot hold.
+
+  The bytes to write are the shards not yet in out_dir times their bound
+  (`problems.max_record_bytes` per example: 3-6% over the measured
+  average); the memory is BUILD_BYTES_PER_EXAMPLE per example of a shard in
+  each of the min(num_processes, num_shards) builders, plus three copies of
+  a shard's bytes in the parent (received, unpickled, written). gs:// out
+  dirs skip the disk check.
+
+  Raises:
+    UserError: naming the figures and the flags to change.
+  """
+  if spec.num_shards > MAX_SHARDS:
+    raise errors.UserError(
+        f"--num_shards={spec.num_shards:,} is over {MAX_SHARDS:,} (shard "
+        "names hold 5-digit indices): use fewer, larger shards "
+        "(--examples_per_shard)")
+  shard_bytes = problems.max_record_bytes(spec.max_value) * (
+      spec.examples_per_shard)
+  builders = min(num_processes, spec.num_shards)
+  build_bytes = BUILD_BYTES_PER_EXAMPLE * spec.examples_per_shard
+  available = _memory_available()
+  if available is not None:
+    per_builder = build_bytes + 3 * shard_bytes // builders
+    if build_bytes + 3 * shard_bytes > available:
+      most = available // (BUILD_BYTES_PER_EXAMPLE + 3 * (
+          problems.max_record_bytes(spec.max_value)))
+      raise errors.UserError(
+          f"--examples_per_shard={spec.examples_per_shard:,} needs about "
+          f"{_human(build_bytes + 3 * shard_bytes)} of memory to build one "
+          f"shard, and this machine has {_human(available)} available: use "
+          f"at most {most:,} examples per shard and more shards "
+          "(--num_shards)")
+    if builders * per_builder > available:
+      fit = max(1, available // per_builder)
+      raise errors.UserError(
+          f"{builders} processes building shards of "
+          f"{spec.examples_per_shard:,} examples need about "
+          f"{_human(builders * per_builder)} of memory, and this machine has "
+          f"{_human(available)} available: use --num_processes={fit} or "
+          "fewer examples per shard (--examples_per_shard)")
+  if "://" in spec.out_dir:
+    return
+  present = sum(os.path.getsize(p) for p in (
+      spec.shard_path(i) for i in range(spec.num_shards)) if os.path.isfile(p))
+  to_write = max(0, spec.num_shards * shard_bytes - present)
+  directory = _nearest_existing_dir(spec.out_dir)
+  free = shutil.disk_usage(directory).free
+  if to_write > free:
+    raise errors.UserError(
+        f"{spec.split}: {spec.num_shards:,} shards of "
+        f"{spec.examples_per_shard:,} examples need up to {_human(to_write)}"
+        f" and {directory} has {_human(free)} free: lower --num_shards or "
+        "--examples_per_shard, or choose another --out_dir")
+
+
 def resolve_num_processes(num_processes: int | None) -> int:
   """None -> one per CPU core; raises UserError unless positive."""
   if num_processes is None:
@@ -106,11 +201,21 @@ def _shard_builder(spec: GenerateSpec,
       max_workers=min(num_processes, spec.num_shards),
       mp_context=multiprocessing.get_context("spawn"))
   try:
-    futures = [pool.submit(_build_shard, spec, index)
-               for index in range(spec.num_shards)]
-    yield (f.result() for f in concurrent.futures.as_completed(futures))
+    pending = {pool.submit(_build_shard, spec, index)
+               for index in range(spec.num_shards)}
+    yield _results(pending)
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _results(pending: set[concurrent.futures.Future]
+             ) -> Iterator[problems.Shard]:
+  """The shards of `pending` as they complete, each future dropped once
+  read: holding them all would keep every shard's bytes in this process
+  until the end, the whole split."""
+  for future in concurrent.futures.as_completed(pending):
+    pending.discard(future)
+    yield future.result()
 
 
 def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
@@ -209,6 +314,7 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
   from trainer import storage  # pylint: disable=g-import-not-at-top
   spec.validate()
   num_processes = resolve_num_processes(num_processes)
+  check_resources(spec, num_processes)
   # Shards are built in memory while the parent checks out_dir (the first
   # file access imports TensorFlow, which takes seconds); nothing is written
   # before the checks pass.

@@ -14,7 +14,10 @@ batch has the same shape (drop_remainder), so a step compiles once.
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import posixpath
+import stat
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -63,8 +66,146 @@ def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
                              f"{pattern!r}{_GENERATE_HINT}")
     files.update(matches)
   files = sorted(files)
+  _check_local_entries(files, split)
   manifest.check_files(files, len_max_input, whole_split=True)
   return files
+
+
+def _check_local_entries(files: Sequence[str], split: str) -> None:
+  """Local matches must be non-empty regular files.
+
+  A directory or a FIFO named like a shard would fail or block the reader,
+  and a 0-byte file (a failed write or copy: the generator never writes
+  one) holds no example: all of them empty, the training pipeline, which
+  repeats its files, would spin forever without a batch. gs:// objects are
+  not checked here (a stat each would cost a request per shard); the
+  input pipeline's first read (`check_holds_a_batch`) covers them.
+
+  Raises:
+    UserError: naming the odd entries, how many, and what to do.
+  """
+  odd = []  # "path (what)"
+  for path in files:
+    if storage.bucket_of(path) is not None:
+      continue
+    try:
+      mode = os.stat(path)
+    except OSError:
+      continue  # gone meanwhile: the reader says so
+    if stat.S_ISDIR(mode.st_mode):
+      odd.append(f"{path} (a directory)")
+    elif not stat.S_ISREG(mode.st_mode):
+      odd.append(f"{path} (not a regular file)")
+    elif mode.st_size == 0:
+      odd.append(f"{path} (0 bytes)")
+  if odd:
+    shown = ", ".join(odd[:3]) + (
+        f" (+{len(odd) - 3} more)" if len(odd) > 3 else "")
+    raise errors.UserError(
+        f"{len(odd)} of the {len(files)} {split} files are not TFRecord "
+        f"shards: {shown}; remove them (a failed write or copy) or narrow "
+        "--data_dir / config.data, and regenerate the data if need be "
+        "(python -m trainer.data generate)")
+
+
+def check_split_sizes(files: Mapping[str, Sequence[str]],
+                      patterns: Mapping[str, str], global_batch_size: int,
+                      num_replicas: int, num_pipelines: int) -> None:
+  """Checks up front, from the manifests, that every input pipeline of each
+  split gets at least one batch (nothing is read but manifest.json).
+
+  Each of the `num_pipelines` input pipelines batches
+  global_batch_size // num_replicas examples of its share of the files
+  (`pipeline_files`): a share with fewer yields no batch -- in training,
+  whose files repeat, a pipeline that waits forever; in evaluation, a pass
+  of 0 examples. Training shares depend on the seed (and a resumed run's
+  step), so the check takes the smallest share any seed can give.
+
+  Args:
+    files: {"training": files, "evaluation": files}, from `list_split_files`.
+    patterns: the same splits' patterns, to name in errors.
+    global_batch_size: config.train.global_batch_size.
+    num_replicas: replicas in sync.
+    num_pipelines: input pipelines (workers, or TPU hosts).
+  Raises:
+    UserError: naming the split, its examples and files, the batch and the
+      way out. Splits without a manifest entry are left to
+      `check_holds_a_batch`.
+  """
+  per_replica = global_batch_size // num_replicas
+  for split, split_files in files.items():
+    if len(split_files) < num_pipelines:
+      continue  # pipeline_files' error
+    counts = manifest.example_counts(split_files)
+    if counts is not None:
+      ordered = [counts[f] for f in sorted(split_files)]
+      if split == "training":
+        share = sorted(ordered)[:len(ordered) // num_pipelines]
+      else:  # evaluation shares are fixed: every num_pipelines-th file
+        share = min((ordered[i::num_pipelines]
+                     for i in range(num_pipelines)), key=sum)
+      total, smallest = sum(ordered), sum(share)
+    elif num_pipelines == 1:
+      # No manifest, one pipeline reading every file: read up to one batch
+      # (exact below it).
+      total = smallest = _count_records(split_files, per_replica)
+      if total is None:
+        continue  # a bad record: the step that meets it names the file
+    else:
+      continue  # left to check_holds_a_batch, per pipeline
+    if smallest >= per_replica:
+      continue
+    some = ("" if num_pipelines == 1 else
+            f" (with {num_pipelines} input pipelines, one reads as few as "
+            f"{smallest:,} in {len(share)} file(s))")
+    raise errors.UserError(
+        f"the {split} split has {total:,} examples in {len(split_files)} "
+        f"file(s) ({patterns[split]}){some}, fewer than one batch of {per_replica} "
+        "per input pipeline (config.train.global_batch_size="
+        f"{global_batch_size} over {num_replicas} replica(s)): lower "
+        "--config.train.global_batch_size or generate more "
+        f"{'train' if split == 'training' else 'eval'} examples "
+        "(python -m trainer.data generate --examples_per_shard=...)")
+
+
+def check_holds_a_batch(files: Sequence[str], per_replica_batch_size: int,
+                        split: str) -> None:
+  """Checks that one input pipeline's files hold at least one batch.
+
+  Where the manifests give the counts, `check_split_sizes` checked them;
+  otherwise the first per_replica_batch_size records are read (usually from
+  the first file alone). Without this, training files that hold less than a
+  batch (0-byte objects on gs://, tiny files) make the repeating training
+  pipeline spin forever, and evaluation count 0 examples.
+
+  Raises:
+    UserError: fewer records than one batch, naming the files.
+  """
+  if manifest.example_counts(files) is not None:
+    return
+  found = _count_records(files, per_replica_batch_size)
+  if found is None or found >= per_replica_batch_size:
+    return
+  names = " ".join(posixpath.basename(f) for f in files[:4]) + (
+      f" (+{len(files) - 4} more)" if len(files) > 4 else "")
+  directories = " ".join(sorted({posixpath.dirname(f) for f in files}))
+  raise errors.UserError(
+      f"{len(files)} {split} file(s) of an input pipeline ({names} in "
+      f"{directories}) hold {found} example(s), fewer than one batch of "
+      f"{per_replica_batch_size} per replica: no batch to "
+      f"{'train on' if split == 'training' else 'evaluate'}; lower "
+      "--config.train.global_batch_size or generate more examples (python "
+      "-m trainer.data generate --examples_per_shard=...)")
+
+
+def _count_records(files: Sequence[str], limit: int) -> int | None:
+  """Records in `files`, read in order, counting up to `limit`; None when a
+  record is bad (the step that meets it names the file)."""
+  dataset = tf.data.TFRecordDataset(list(files)).take(limit)
+  try:
+    return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+    return None
 
 
 def pipeline_files(

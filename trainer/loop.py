@@ -123,6 +123,9 @@ def _train_and_evaluate(config, strategy, data_dir: str | None,
     run_dir.check_compatible(dirs, config)
   files = list_data_files(config, data_dir)
   patterns = config_checks.data_patterns(config, data_dir)
+  input_pipeline.check_split_sizes(
+      files, patterns, config.train.global_batch_size,
+      strategy.num_replicas_in_sync, strategy_lib.num_input_pipelines(strategy))
 
   temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
@@ -306,6 +309,9 @@ class Feeds:
       files = input_pipeline.pipeline_files(
           self.files[split], training=training, seed=seed,
           input_context=context)
+      input_pipeline.check_holds_a_batch(
+          files, context.get_per_replica_batch_size(
+              config.train.global_batch_size), split)
       names = [posixpath.basename(f) for f in files]
       say(f"data: {'train' if training else 'eval'} input pipeline "
           f"{context.input_pipeline_id} of {context.num_input_pipelines} "
@@ -483,6 +489,13 @@ class _Run:
     except _DATA_ERRORS as e:
       raise self._data_error(e, "evaluation") from e
     count = int(sums["count"])
+    if not count:  # a split smaller than a batch per input pipeline
+      raise errors.UserError(
+          "the evaluation pass read 0 examples from "
+          f"{len(self.files['evaluation'])} file(s): fewer than one batch "
+          "per input pipeline (config.train.global_batch_size="
+          f"{self.config.train.global_batch_size}); lower --config.train."
+          "global_batch_size or generate more eval examples")
     metrics = {"loss": float(sums["loss_sum"] / max(count, 1)),
                "accuracy": float(sums["correct"] / max(count, 1)),
                "examples": count}

@@ -220,7 +220,14 @@ def check_files(files: Sequence[str], len_max_input: int,
 def count_examples(files: Sequence[str]) -> int | None:
   """Examples in `files` as their manifests record them; None when a file
   has no manifest entry (the seed's files, a foreign copy)."""
-  total = 0
+  counts = example_counts(files)
+  return None if counts is None else sum(counts.values())
+
+
+def example_counts(files: Sequence[str]) -> dict[str, int] | None:
+  """{file: examples} as the manifests beside `files` record them; None when
+  a file has no manifest entry (the seed's files, a foreign copy)."""
+  counts = {}
   for directory, names in _by_directory(files).items():
     manifest = read(directory)
     listed = {} if manifest is None else {
@@ -228,8 +235,9 @@ def count_examples(files: Sequence[str]) -> int | None:
         for entry in manifest.splits.values() for shard in entry.shards}
     if not names <= set(listed):
       return None
-    total += sum(listed[name] for name in names)
-  return total
+    counts.update({storage.join(directory, name): listed[name]
+                   for name in names})
+  return counts
 
 
 def _by_directory(files: Sequence[str]) -> dict[str, set[str]]:

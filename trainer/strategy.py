@@ -212,3 +212,16 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
   cluster = resolver.cluster_spec().as_dict()
   return sum(len(tasks) for job, tasks in cluster.items()
              if job in ("chief", "worker")) > 1
+
+
+def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
+  """The input pipelines `distribute_datasets_from_function` builds: one per
+  TPU host, one per worker process of a multi-worker run, else one."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return strategy.extended.num_hosts
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not is_multi_worker(strategy):
+    return 1
+  cluster = resolver.cluster_spec().as_dict()
+  return sum(len(tasks) for job, tasks in cluster.items()
+             if job in ("chief", "worker"))
