@@ -124,10 +124,12 @@ def test_odd_entries_among_good_shards(smoke_data, tmp_path):
       "remove them")
 
 
-def test_sigterm_again_ends_a_first_host_loop_at_once(smoke_data, tmp_path):
+def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
+                                                             tmp_path):
   # A first host loop that does not end soon (a slow or stuck input would
-  # look the same): the first SIGTERM asks for a checkpoint at its end, a
-  # second one ends the process at once.
+  # look the same): SIGTERM asks for a checkpoint at its end, a second
+  # SIGTERM changes nothing (launchers send it twice), Ctrl-C ends the
+  # process at once.
   model_dir = tmp_path / "run"
   run = Trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
                 *LONG_RUN, "--config.train.steps_per_loop=50000")
@@ -135,15 +137,18 @@ def test_sigterm_again_ends_a_first_host_loop_at_once(smoke_data, tmp_path):
     run.wait_for("data: train input pipeline")
     run.process.send_signal(signal.SIGTERM)
     run.wait_for("SIGTERM: stopping at the end of this host loop")
-    start = time.perf_counter()
     run.process.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    assert run.process.poll() is None
+    start = time.perf_counter()
+    run.process.send_signal(signal.SIGINT)
     code, stderr = run.finish(timeout=20)
     seconds = time.perf_counter() - start
   finally:
     run.process.kill()
-  assert code == 128 + signal.SIGTERM, stderr[-3000:]
+  assert code == 130, stderr[-3000:]
   assert [l for l in stderr.splitlines() if l.startswith("error:")] == [
-      "error: SIGTERM after SIGTERM: stopped at once, without saving; no "
+      "error: interrupted after SIGTERM: stopped at once, without saving; no "
       "checkpoint was saved yet"]
   assert "Traceback" not in stderr
   assert seconds < 10

@@ -344,7 +344,10 @@ class _LocalLock:
     """Writes the lock under a temporary name and links it in: False when
     the lock exists."""
     temp = f"{self.path}.{uuid.uuid4().hex[:12]}.new"
-    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+      fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:  # named: os.write's errors name no file
+      raise OSError(e.errno, e.strerror, self.path) from e
     try:
       os.write(fd, holder.to_bytes())
       os.fsync(fd)
@@ -352,6 +355,9 @@ class _LocalLock:
     except FileExistsError:
       os.close(fd)
       return False
+    except OSError as e:  # e.g. a full disk
+      os.close(fd)
+      raise OSError(e.errno, e.strerror, self.path) from e
     except BaseException:
       os.close(fd)
       raise

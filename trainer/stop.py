@@ -5,12 +5,13 @@
 
 SIGTERM (a preemption, a scheduler), SIGHUP (the terminal or SSH session
 went away) and a first SIGINT (Ctrl-C) ask the run to save a checkpoint at
-the end of the current host loop and stop. A SIGINT or SIGTERM after that
-(of either kind: `kill` twice, or Ctrl-C after a SIGTERM) ends the process
-at once with status 128 + its number (130 for SIGINT, 143 for SIGTERM) and
-one line naming the latest checkpoint, no traceback: the way out of a host
-loop that does not end, e.g. an input pipeline still waiting for its first
-batch. A SIGHUP that was ignored when the run started (`nohup`, the
+the end of the current host loop and stop. A Ctrl-C after that (after any
+of the three) ends the process at once with status 130 and one line naming
+the latest checkpoint, no traceback: the way out of a host loop that does
+not end, e.g. an input pipeline still waiting for its first batch. A second
+SIGTERM or SIGHUP does not: launchers and terminals send them more than
+once (launch/local_multi_worker.sh sends SIGTERM to workers that the
+terminal's Ctrl-C reached too, and they must still save). A SIGHUP that was ignored when the run started (`nohup`, the
 launch scripts' detached runs) stays ignored.
 
 The signals are read by a thread, not only by Python's handlers: Python runs
@@ -35,9 +36,6 @@ from typing import Callable
 from absl import logging
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-# Received while a stop is already requested, these end the process at once
-# (a repeated SIGHUP does not: a closing terminal may send several).
-AT_ONCE_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
@@ -100,24 +98,24 @@ class StopSignals:
     if signum not in self._previous:
       return  # another signal with a Python handler (none today)
     name = signal.Signals(signum).name
-    if signum in AT_ONCE_SIGNALS and self.signal_name is not None:
+    if signum == signal.SIGINT and self.signal_name is not None:
       # A request already stands and the host loop has not ended: it may be
-      # stuck (a first batch that never comes) or just long; either way the
-      # sender insists.
-      again = ("interrupted again" if name == self.signal_name == "SIGINT"
-               else f"{name} after {self.signal_name}")
+      # stuck (a first batch that never comes) or just long; the user
+      # insists.
+      again = ("interrupted again" if self.signal_name == "SIGINT"
+               else f"interrupted after {self.signal_name}")
       latest = self._latest_checkpoint()
       sys.stderr.write(
           f"error: {again}: stopped at once, without saving; "
           + (f"the latest checkpoint is {latest}" if latest else
              "no checkpoint was saved yet") + "\n")
       sys.stderr.flush()
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
     if self.signal_name is None:
       self.signal_name = name
       logging.info("%s: stopping at the end of this host loop, with a "
-                   "checkpoint (Ctrl-C or SIGTERM again: stop at once, "
-                   "without saving)", name)
+                   "checkpoint (Ctrl-C again: stop at once, without "
+                   "saving)", name)
 
 
 def _ignore(signum, frame) -> None:
