@@ -281,10 +281,11 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
 class Trainer:
   """One trainer process; its stderr is read as it comes."""
 
-  def __init__(self, *flags, preexec_fn=None):
+  def __init__(self, *flags, preexec_fn=None, env=None):
     self.process = subprocess.Popen(
         trainer_command(*flags), cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+        stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
+        env={**os.environ, **(env or {})})
     self.stderr = []
 
   def wait_for(self, text):

@@ -137,3 +137,42 @@ def test_one_replica_mirrored_variables_are_not_fused(smoke_data):
   trainer = run_steps(config, smoke_data, strategy, 10)
   assert trainer.fused_step is None and trainer.update is not None
   assert int(trainer.optimizer.iterations.numpy()) == 10
+
+
+def test_float16_loss_scaling_skips_overflows_without_stopping(smoke_data):
+  # A loss scale so large that every scaled gradient overflows float16: the
+  # optimizer skips those steps and halves the scale until they fit; the
+  # divergence flag stays down (the loss itself is finite).
+  config = smoke.get_config()
+  config.train.mixed_precision = "float16"
+  strategy = tf.distribute.get_strategy()
+  files = loop.list_data_files(config, smoke_data)
+  trainer = train.Trainer(config, strategy)
+  trainer.optimizer.dynamic_scale.assign(2.0**60)
+  weights = [w.numpy().copy() for w in trainer.model.trainable_weights]
+  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  loss, _, diverged = trainer.train_loop(iterator, tf.constant(3))
+  assert int(diverged) == -1 and np.isfinite(float(loss))
+  assert float(trainer.optimizer.dynamic_scale) == 2.0**57  # 3 skips
+  for before, after in zip(weights, trainer.model.trainable_weights):
+    np.testing.assert_array_equal(before, after.numpy())  # skipped
+  loss, _, diverged = trainer.train_loop(iterator, tf.constant(60))
+  assert int(diverged) == -1 and np.isfinite(float(loss))
+  assert float(trainer.optimizer.dynamic_scale) < 2.0**20  # it came down
+
+
+@pytest.mark.parametrize("policy", ["float32", "bfloat16"])
+def test_a_non_finite_gradient_is_flagged_at_its_step(smoke_data, policy):
+  config = smoke.get_config()
+  config.train.mixed_precision = policy
+  strategy = tf.distribute.get_strategy()
+  files = loop.list_data_files(config, smoke_data)
+  trainer = train.Trainer(config, strategy)
+  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  _, _, diverged = trainer.train_loop(iterator, tf.constant(3))
+  assert int(diverged) == -1
+  # An infinite weight: the next step's loss and gradients are not finite.
+  weight = trainer.model.trainable_weights[0]
+  weight.assign(tf.fill(weight.shape, float("inf")))
+  _, _, diverged = trainer.train_loop(iterator, tf.constant(5))
+  assert int(diverged) == 4  # the step counter after its first step

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
@@ -26,47 +25,15 @@ import pytest
 from trainer import errors
 from trainer import run_lock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-# Runs long enough to be stopped: no evaluation or checkpoint on the way.
-LONG_RUN = ["--config.train.num_steps=100000",
-            "--config.train.eval_every_steps=0",
-            "--config.train.checkpoint_every_steps=0"]
+from test_faults import LONG_RUN, Trainer as _Trainer, run_trainer
+
 # Heartbeats every second: the real processes write a few of them.
 FAST_HEARTBEAT = {run_lock.HEARTBEAT_ENV: "1"}
 
 
-def trainer_command(*flags):
-  return [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags]
-
-
-class Trainer:
-  """One trainer process; its stderr is read as it comes."""
-
-  def __init__(self, *flags):
-    self.process = subprocess.Popen(
-        trainer_command(*flags), cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **FAST_HEARTBEAT})
-    self.stderr = []
-
-  def wait_for(self, text):
-    """Reads stderr until a line contains `text`; returns that line."""
-    for line in self.process.stderr:
-      self.stderr.append(line)
-      if text in line:
-        return line
-    pytest.fail(f"ended without {text!r}:\n" + "".join(self.stderr)[-3000:])
-
-  def finish(self, timeout=120):
-    self.stderr.extend(self.process.stderr)
-    return self.process.wait(timeout=timeout), "".join(self.stderr)
-
-
-def run_trainer(*flags, timeout=120):
-  return subprocess.run(trainer_command(*flags), cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+def Trainer(*flags):  # pylint: disable=invalid-name
+  """test_faults.Trainer with fast heartbeats."""
+  return _Trainer(*flags, env=FAST_HEARTBEAT)
 
 
 def assert_refused(result, lock_path, holder_pid):

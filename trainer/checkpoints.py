@@ -152,7 +152,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
   if restored:
     try:
       checkpoint.restore(restored.prefix).assert_existing_objects_matched()
-    except AssertionError as e:
+    except (AssertionError, ValueError) as e:  # unmatched objects, shapes
       raise errors.UserError(
           f"checkpoint {restored.prefix} does not fit this model "
           f"({errors.first_line(e)[:200]}): use another --model_dir, the "
