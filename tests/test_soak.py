@@ -3,7 +3,8 @@ threads, memory and open files flat (benchmarks/bench_soak.py samples them).
 
 Each collective op once ran with a timeout that held a thread for 300 s:
 ~13 threads a step, 15,696 by step 1,150, then a worker aborted. A test of 40
-steps never sees that; this one fits a slope over ~2,500 steps.
+steps never sees that; this one fits a slope over the ~3,000 steps
+after warm-up.
 """
 
 import os
@@ -13,7 +14,7 @@ import bench_soak  # benchmarks/, on sys.path from conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-STEPS = 3000
+STEPS = 6000
 # The slopes start after the first 25 % of the steps: past the first host
 # loops (tf.data threads, XLA code) and the first evaluation and checkpoint
 # at step 500, which raise RSS once by ~20-30 MB (later ones do not).
@@ -36,7 +37,7 @@ def test_two_workers_stay_flat_for_thousands_of_steps(smoke_data, tmp_path):
            "--config.train.eval_every_steps=500",
            "--config.train.checkpoint_every_steps=500"]
   with open(tmp_path / "samples.txt", "w") as out:
-    result = bench_soak.run_soak(2, flags, str(tmp_path), interval=2.0,
+    result = bench_soak.run_soak(2, flags, str(tmp_path), interval=1.0,
                                  timeout=900, out=out)
     bench_soak.summarize(result, warmup=WARMUP, out=out)
   report = (tmp_path / "samples.txt").read_text()
@@ -45,7 +46,9 @@ def test_two_workers_stay_flat_for_thousands_of_steps(smoke_data, tmp_path):
   for worker in range(2):
     steady = result.steady(worker, warmup=WARMUP)
     assert len(steady) >= 5, report  # enough samples to fit a slope
-    assert steady[-1].step - steady[0].step >= STEPS // 2, report
+    # The progress line moves in jumps of up to ~1,000 steps (one all-reduce
+    # a step: ~225 steps/s here), so the window is ~half of the steps.
+    assert steady[-1].step - steady[0].step >= STEPS // 3, report
     slopes = result.slopes(worker, warmup=WARMUP)
     third = len(steady) // 3
     for figure, limit in MAX_SLOPES.items():
