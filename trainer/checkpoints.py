@@ -159,11 +159,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
           "checkpoint's config, or --start_over") from e
     if repair:
       _rewrite_state(directory)
-  leftovers = tuple(
-      p for p in storage.glob(storage.join(directory, "*"))
-      if posixpath.basename(p) == STATE_FILE or
-      (posixpath.basename(p).startswith(f"{PREFIX}-") and
-       not storage.isdir(p))) if restored is None else ()
+  leftovers = () if restored else tuple(_checkpoint_files(directory))
   return Restored(restored, tuple((f.name, r) for f, r in damaged), leftovers)
 
 
@@ -194,10 +190,7 @@ def move_aside(directory: str) -> str | None:
   """Moves every checkpoint file and the state file of `directory` into a
   new `replaced-<UTC time>/` below it (for --start_over); returns that
   directory, or None when there was nothing to move."""
-  paths = [p for p in storage.glob(storage.join(directory, "*"))
-           if not storage.isdir(p) and (
-               posixpath.basename(p) == STATE_FILE or
-               posixpath.basename(p).startswith(f"{PREFIX}-"))]
+  paths = _checkpoint_files(directory)
   if not paths:
     return None
   time = datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -207,6 +200,15 @@ def move_aside(directory: str) -> str | None:
   for path in paths:
     storage.rename(path, storage.join(target, posixpath.basename(path)))
   return target
+
+
+def _checkpoint_files(directory: str) -> list[str]:
+  """Every file of `directory` a checkpoint left: the state file and
+  ckpt-* files, damaged ones included (not the replaced-*/ directories)."""
+  return [p for p in storage.glob(storage.join(directory, "*"))
+          if (posixpath.basename(p) == STATE_FILE or
+              posixpath.basename(p).startswith(f"{PREFIX}-"))
+          and not storage.isdir(p)]
 
 
 def any_in(directory: str) -> bool:

@@ -160,7 +160,8 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
             f"{smallest:,} in {len(share)} file(s))")
     raise errors.UserError(
         f"the {split} split has {total:,} examples in {len(split_files)} "
-        f"file(s) ({patterns[split]}){some}, fewer than one batch of {per_replica} "
+        f"file(s) ({patterns[split]}){some}, fewer than one batch of "
+        f"{per_replica} "
         "per input pipeline (config.train.global_batch_size="
         f"{global_batch_size} over {num_replicas} replica(s)): lower "
         "--config.train.global_batch_size or generate more "

@@ -11,8 +11,9 @@ the latest checkpoint, no traceback: the way out of a host loop that does
 not end, e.g. an input pipeline still waiting for its first batch. A second
 SIGTERM or SIGHUP does not: launchers and terminals send them more than
 once (launch/local_multi_worker.sh sends SIGTERM to workers that the
-terminal's Ctrl-C reached too, and they must still save). A SIGHUP that was ignored when the run started (`nohup`, the
-launch scripts' detached runs) stays ignored.
+terminal's Ctrl-C reached too, and they must still save). A SIGHUP that
+was ignored when the run started (`nohup`, the launch scripts' detached
+runs) stays ignored.
 
 The signals are read by a thread, not only by Python's handlers: Python runs
 a handler when the main thread returns from TensorFlow, which is at the end

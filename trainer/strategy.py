@@ -206,12 +206,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
   """True when the strategy spans several worker processes (TF_CONFIG)."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
-    return False
-  cluster = resolver.cluster_spec().as_dict()
-  return sum(len(tasks) for job, tasks in cluster.items()
-             if job in ("chief", "worker")) > 1
+  return _num_workers(strategy) > 1
 
 
 def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
@@ -219,9 +214,15 @@ def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
   TPU host, one per worker process of a multi-worker run, else one."""
   if isinstance(strategy, tf.distribute.TPUStrategy):
     return strategy.extended.num_hosts
+  return max(_num_workers(strategy), 1)
+
+
+def _num_workers(strategy: tf.distribute.Strategy) -> int:
+  """The chief and worker tasks of TF_CONFIG's cluster (0 without one, and
+  for TPUs, whose cluster names TPU workers, not trainer processes)."""
   resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not is_multi_worker(strategy):
-    return 1
+  if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+    return 0
   cluster = resolver.cluster_spec().as_dict()
   return sum(len(tasks) for job, tasks in cluster.items()
              if job in ("chief", "worker"))
