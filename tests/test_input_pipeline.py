@@ -69,6 +69,17 @@ def test_element_spec_is_static(shards, training):
       tf.TensorSpec([16, LEN], tf.int32), tf.TensorSpec([16], tf.int32))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_no_autotuning_thread_to_wait_for_at_exit(shards, training):
+  # tf.data's autotuning thread made a stopped run linger up to 25 s with
+  # its run.lock held (see make_dataset): both pipelines run without it.
+  dataset = input_pipeline.make_dataset(
+      split_files(shards / "train-*"), 16, len_max_input=LEN,
+      training=training)
+  assert dataset.options().autotune.enabled is False
+  assert len(list(dataset.take(3))) == 3
+
+
 def test_examples_decode_back_to_the_problems(shards):
   dataset = input_pipeline.make_dataset(
       split_files(shards / "train-*"), 20, len_max_input=LEN, training=False)

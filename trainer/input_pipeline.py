@@ -345,4 +345,15 @@ def make_dataset(
                                       len_max_input),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  dataset = dataset.prefetch(tf.data.AUTOTUNE)
+  # No autotuning thread. Its wait between optimizations doubles up to a
+  # minute, and an iterator's destructor waits it out: a run stopped by
+  # SIGTERM sat 18-25 s after its last line in 2 of 4 runs (TF 2.21, 2
+  # cores, another process busy), still holding its run.lock, so "run the
+  # same command to resume" was refused meanwhile; 0 of 4 without it. The
+  # parallel steps then use as many calls as cores, prefetch keeps its own
+  # buffer tuning, and steady state was the same (0.86x and 0.89x of the
+  # compute bound without, 0.85x and 0.82x with; bench_steady_state.py).
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
