@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # No TensorFlow import at the top: the generator's workers are spawned and
 # re-import this script as their __main__.
-from trainer import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import datasets  # pylint: disable=g-import-not-at-top
 
 
 def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):
@@ -32,7 +32,7 @@ def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):
 
 
 def bench_pipeline(pattern, batch_size, training, num_batches):
-  from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   files = input_pipeline.pipeline_files(
       input_pipeline.list_split_files(pattern, 20, "training"),
       training=training, seed=0)

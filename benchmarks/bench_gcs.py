@@ -4,7 +4,7 @@
 
 The same 8 shards, at batch 256, iterating the dataset only: from a local
 directory and from gs:// through TensorFlow's GCS filesystem talking to
-fake-gcs-server behind the test proxy (tests/gcs_emulator.py), all on
+fake-gcs-server behind the test proxy (tests/helpers/gcs_emulator.py), all on
 127.0.0.1. Each repeat measures both back to back, in alternating order,
 and the ratio of that pair is reported (median and range): on a shared
 2-core machine single figures drift by +-40%. Also printed: the CPU time
@@ -20,20 +20,20 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers.gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # TensorFlow reads its GCS retry settings at import.
 for key, value in TF_IMPORT_TIME_ENV.items():
   os.environ.setdefault(key, value)
 
-from trainer import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def examples_per_second(pattern, training, num_batches, batch_size):
-  from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   files = input_pipeline.pipeline_files(
       input_pipeline.list_split_files(pattern, 20, "training"),
       training=training, seed=0)
@@ -76,7 +76,7 @@ def main():
                                             args.examples_per_shard, 100, 0),
                       show_progress=False)
     emulator.create_bucket("bench")
-    from trainer import gcs  # pylint: disable=g-import-not-at-top
+    from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
     gcs.upload(local, "gs://bench/data", show_progress=False)
     proxy_pid = emulator._proxy.pid  # pylint: disable=protected-access
     for training, label, batches in ((True, "training", args.train_batches),

@@ -20,7 +20,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
-from trainer import datasets
+from trainer.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import datasets  # pylint: disable=g-import-not-at-top
 
 SEED_EPOCHS = 10  # the seed's num_epochs
 

@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 # No TensorFlow import at the top: the data generator's workers are spawned
 # and re-import this script as their __main__.
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import datasets  # pylint: disable=g-import-not-at-top
 
 
 def make_config(batch_size):
@@ -58,9 +58,9 @@ def trainer_side(config, data_dir, xla_update=True):
   config = config.copy_and_resolve_references()
   config.train.xla_update = xla_update
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import loop  # pylint: disable=g-import-not-at-top
-  from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer.training import train  # pylint: disable=g-import-not-at-top
   strategy = strategy_lib.make_strategy("default")
   files = loop.list_data_files(config, data_dir)
   trainer = train.Trainer(config, strategy)
@@ -82,8 +82,8 @@ def compute_bound_side(config, files, num_batches):
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.model import layers as model_lib  # pylint: disable=g-import-not-at-top
   train = config.train
   # Real batches, read once by the trainer's pipeline, then held in memory.
   batches = list(input_pipeline.make_dataset(

@@ -21,7 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer import datasets
+from trainer.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,9 +40,9 @@ def examples_per_second(trainer, iterator, steps, steps_per_loop):
 
 def bench_loop(data_dir, strategy_name, steps, batch_size, rounds):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
-  from trainer import loop  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer.training import train  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.train.global_batch_size = batch_size
   config.train.num_steps = steps

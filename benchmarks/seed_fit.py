@@ -168,7 +168,7 @@ def generate(ps, examples, seed):
   """Writes `examples` problems over ps.num_shards seed-format shards."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(pth.Path(__file__).resolve().parents[1]))
-  from trainer import problems  # pylint: disable=g-import-not-at-top
+  from trainer.data import problems  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   pth.Path(ps.data_dir).mkdir(parents=True, exist_ok=True)
   per_shard = examples // ps.num_shards

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_value = 100  # operands drawn from (-max_value, max_value)
 
   config.model = ml_collections.ConfigDict()
-  config.model.vocab_size = 20  # tokens in trainer/vocab.py (fixed)
+  config.model.vocab_size = 20  # tokens in trainer/data/vocab.py (fixed)
   config.model.hidden_size = 15  # embedding and attention width
   config.model.dense_size = 150  # units of the hidden Dense layer
   # Growing the model (these defaults are the seed's model exactly):
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   # trained on: costs a re-read of them) instead of drawing a new order.
   config.train.exact_resume = False
   config.train.jit_compile = True  # XLA for each replica step (not on TPU)
-  # With jit_compile: Adam's update in XLA too (trainer/optimizer.py); False:
+  # With jit_compile: Adam's update in XLA too (trainer/training/optimizer.py); False:
   # Keras's apply_gradients outside XLA (the slower path, for comparison).
   config.train.xla_update = True
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16

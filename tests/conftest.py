@@ -7,8 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# benchmarks/bench_soak.py starts local workers for tests/test_soak.py and
-# holds their ports (reserve_ports, used by tests/workers.py too).
+# benchmarks/bench_soak.py starts local workers for tests/training/test_soak.py and
+# holds their ports (reserve_ports, used by tests/helpers/workers.py too).
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -63,18 +63,18 @@ def pytest_collection_modifyitems(items):
 def smoke_data(tmp_path_factory):
   """The smoke config's data set (train and eval splits), generated once."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from trainer import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   return datasets.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
                                  config.data, config.seed, num_processes=1)
 
 
 # --- GCS emulator -----------------------------------------------------------
-# tests/ has no __init__.py, so pytest (default "prepend" import mode) puts
-# this directory on sys.path before importing conftest: a plain import works.
+# tests/ is a package, so pytest (default "prepend" import mode) puts the
+# checkout on sys.path: the helpers import as tests.helpers.*.
 # gcs_emulator imports nothing heavy at module level (cryptography and the
 # emulator package are imported when an emulator starts).
-from gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # noqa: E402
+from tests.helpers.gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # noqa: E402
 
 # TensorFlow reads its GCS retry settings once, when `import tensorflow`
 # registers the gs:// filesystem, and test modules import TensorFlow at
@@ -114,7 +114,7 @@ def gcs(tmp_path_factory):
 # --- Fake Google Cloud APIs for the real gcloud ------------------------------
 import shutil  # noqa: E402
 
-from cloud_fake import CloudFake  # noqa: E402
+from tests.helpers.cloud_fake import CloudFake  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from configs import smoke
 
-from trainer import model as model_lib
+from trainer.model import layers as model_lib
 
-from eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
+from tests.helpers.eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")

@@ -38,7 +38,7 @@ from absl import flags
 
 from trainer import cli
 from trainer import errors
-from trainer import vocab
+from trainer.data import vocab
 # TensorFlow only once there are expressions to answer: --help and bad flags
 # stay fast.
 
@@ -143,7 +143,7 @@ class Predictor:
       raise errors.UserError(
           f"the SavedModel in {export_dir} has no {SIGNATURE!r} signature "
           f"(it has {sorted(loaded.signatures)}): export it with this "
-          "trainer (trainer/export.py)")
+          "trainer (trainer/model/export.py)")
     self._loaded = loaded  # keeps the signature's variables alive
     self._predict = loaded.signatures[SIGNATURE]
     self.len_max_input = _input_length(loaded)

@@ -22,8 +22,8 @@ from ml_collections import config_flags
 import configs
 from trainer import cli
 from trainer import errors
-from trainer import run_dir
-from trainer import stop
+from trainer.training import run_dir
+from trainer.training import stop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(configs.__file__), "default.py"),
@@ -87,7 +87,10 @@ def _main():
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
-  from trainer import config_checks, datasets, loop, strategy  # pylint: disable=g-import-not-at-top
+  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import plan  # pylint: disable=g-import-not-at-top
+  from trainer.training import strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()
   try:
     config = _CONFIG.value
@@ -97,7 +100,7 @@ def _main():
                     f"{config_flags.get_config_filename(flags.FLAGS['config'])}"
                     f": {' '.join(str(e).split())}")
   try:
-    config_checks.validate_config(config, num_replicas=1)
+    plan.validate_config(config, num_replicas=1)
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,

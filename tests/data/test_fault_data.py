@@ -1,0 +1,181 @@
+"""Empty, tiny and odd data, and absurd generate sizes, met by the real
+commands in real processes.
+
+Every case asserts the one `error:` line, the exit status, no traceback,
+and what is left on disk: a refusal before training leaves no run
+directory; a refused generate writes nothing. Before these checks, 0-byte
+training shards made the trainer spin without a line (the training
+pipeline repeats its files, and an epoch of nothing repeats forever), and an
+eval split smaller than a batch reported "over 0 examples" and exit 0.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.training.test_faults import LONG_RUN, ROOT, Trainer, assert_one_error, run_trainer
+from trainer.data import datasets
+
+TRAIN = "train-*-of-*.tfrecord"
+# The error must come within seconds (start-up included), not as a timeout.
+BOUND_S = 60
+
+
+def copy_data(smoke_data, tmp_path, keep_manifest=True):
+  data_dir = tmp_path / "data"
+  shutil.copytree(smoke_data, data_dir)
+  if not keep_manifest:
+    (data_dir / "manifest.json").unlink()
+  return data_dir
+
+
+def refused_up_front(tmp_path, data_dir, *flags):
+  """Runs the trainer on data_dir; returns (result, seconds), asserting that
+  it wrote no run directory."""
+  start = time.perf_counter()
+  result = run_trainer(f"--data_dir={data_dir}", f"--model_dir={tmp_path}/run",
+                       *flags, timeout=BOUND_S)
+  seconds = time.perf_counter() - start
+  assert not (tmp_path / "run").exists()  # nothing built, nothing written
+  return result, seconds
+
+
+def test_zero_byte_training_shards_are_an_error_within_seconds(
+    smoke_data, tmp_path):
+  data_dir = copy_data(smoke_data, tmp_path, keep_manifest=False)
+  for path in data_dir.glob(TRAIN):
+    path.write_bytes(b"")
+  result, seconds = refused_up_front(tmp_path, data_dir)
+  assert_one_error(
+      result, 2, "4 of the 4 training files are not TFRecord shards: "
+      f"{data_dir}/train-00000-of-00004.tfrecord (0 bytes), ",
+      "(+1 more); remove them")
+  assert seconds < BOUND_S
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  """2 training shards of 5 examples (a batch is 16) and the smoke eval
+  split, with a manifest."""
+  data_dir = str(tmp_path_factory.mktemp("tiny"))
+  for split, num_shards, per_shard in (("train", 2, 5), ("eval", 2, 128)):
+    datasets.generate(datasets.GenerateSpec(data_dir, split, num_shards,
+                                            per_shard, 100, 0),
+                      num_processes=1, show_progress=False)
+  return data_dir
+
+
+@pytest.mark.parametrize("keep_manifest", [True, False],
+                         ids=["manifest", "no_manifest"])
+def test_training_files_smaller_than_a_batch(tiny_data, tmp_path,
+                                             keep_manifest):
+  data_dir = copy_data(tiny_data, tmp_path, keep_manifest)
+  result, _ = refused_up_front(tmp_path, data_dir)
+  assert_one_error(
+      result, 2, f"the training split has 10 examples in 2 file(s) "
+      f"({data_dir}/{TRAIN}), fewer than one batch of 16 per input pipeline "
+      "(config.train.global_batch_size=16 over 1 replica(s)): lower "
+      "--config.train.global_batch_size or generate more train examples")
+
+
+@pytest.mark.parametrize("case", ["empty_shards", "smaller_than_a_batch"])
+def test_an_evaluation_of_no_example_is_refused_before_training(
+    smoke_data, tmp_path, case):
+  data_dir = copy_data(smoke_data, tmp_path, keep_manifest=False)
+  if case == "empty_shards":
+    for path in data_dir.glob("eval-*"):
+      path.write_bytes(b"")
+    result, _ = refused_up_front(tmp_path, data_dir)
+    assert_one_error(
+        result, 2, "2 of the 2 evaluation files are not TFRecord shards: "
+        f"{data_dir}/eval-00000-of-00002.tfrecord (0 bytes), ")
+    return
+  # 256 eval examples; 512 per batch (the training split has 2,000).
+  result, _ = refused_up_front(tmp_path, data_dir,
+                               "--config.train.global_batch_size=512")
+  assert_one_error(
+      result, 2, "the evaluation split has 256 examples in 2 file(s) "
+      f"({data_dir}/eval-*-of-*.tfrecord), fewer than one batch of 512 per "
+      "input pipeline (config.train.global_batch_size=512 over 1 "
+      "replica(s)): lower --config.train.global_batch_size or generate more "
+      "eval examples")
+
+
+def test_odd_entries_among_good_shards(smoke_data, tmp_path):
+  # With the manifest: the extra names are not among its shards.
+  data_dir = copy_data(smoke_data, tmp_path)
+  (data_dir / "train-00004-of-00007.tfrecord").write_bytes(b"")
+  (data_dir / "train-00005-of-00007.tfrecord").mkdir()
+  os.mkfifo(data_dir / "train-00006-of-00007.tfrecord")
+  # Ignored: a temporary name of an interrupted write.
+  (data_dir / "train-00003-of-00004.tfrecord.tmp-0123456789ab").write_bytes(
+      b"partial")
+  result, _ = refused_up_front(tmp_path, data_dir)
+  assert_one_error(
+      result, 2, "3 of the 7 training files are not TFRecord shards: "
+      f"{data_dir}/train-00004-of-00007.tfrecord (0 bytes), "
+      f"{data_dir}/train-00005-of-00007.tfrecord (a directory), "
+      f"{data_dir}/train-00006-of-00007.tfrecord (not a regular file); "
+      "remove them")
+
+
+def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
+                                                             tmp_path):
+  # A first host loop that does not end soon (a slow or stuck input would
+  # look the same): SIGTERM asks for a checkpoint at its end, a second
+  # SIGTERM changes nothing (launchers send it twice), Ctrl-C ends the
+  # process at once.
+  model_dir = tmp_path / "run"
+  run = Trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
+                *LONG_RUN, "--config.train.steps_per_loop=50000")
+  try:
+    run.wait_for("data: train input pipeline")
+    run.process.send_signal(signal.SIGTERM)
+    run.wait_for("SIGTERM: stopping at the end of this host loop")
+    run.process.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    assert run.process.poll() is None
+    start = time.perf_counter()
+    run.process.send_signal(signal.SIGINT)
+    code, stderr = run.finish(timeout=20)
+    seconds = time.perf_counter() - start
+  finally:
+    run.process.kill()
+  assert code == 130, stderr[-3000:]
+  assert [l for l in stderr.splitlines() if l.startswith("error:")] == [
+      "error: interrupted after SIGTERM: stopped at once, without saving; no "
+      "checkpoint was saved yet"]
+  assert "Traceback" not in stderr
+  assert seconds < 10
+  assert not list((model_dir / "checkpoints").glob("ckpt-*"))
+
+
+def generate(*flags):
+  return subprocess.run(
+      [sys.executable, "-m", "trainer.data", "generate", *flags], cwd=ROOT,
+      capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--examples_per_shard=1000000000000"],
+     "--examples_per_shard=1,000,000,000,000 needs about "),
+    (["--num_shards=99999", "--examples_per_shard=1000000",
+      "--num_processes=1"],
+     "train: 99,999 shards of 1,000,000 examples need up to 7.6 TB and "),
+    (["--num_shards=100000"], "--num_shards=100,000 is over 99,999"),
+], ids=["memory", "disk", "shard_names"])
+def test_generate_refuses_what_cannot_be_held(tmp_path, flags, expected):
+  out_dir = tmp_path / "new" / "data"
+  result = generate(f"--out_dir={out_dir}", *flags)
+  line = assert_one_error(result, 2, expected)
+  if "memory" in line:
+    assert "available: use at most " in line, line
+  if "7.6 TB" in line:  # more than any disk of a test machine
+    assert f"and {tmp_path} has " in line and "free: lower --num_shards" in (
+        line)
+  assert not (tmp_path / "new").exists()

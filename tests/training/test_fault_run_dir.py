@@ -1,0 +1,215 @@
+"""The fault suite, run directories: damaged checkpoints and state files, a
+diverged run, a run killed before its export, damaged run files. Each case
+runs the real trainer in a real process and asserts the line the user
+sees, the exit status and what is left on disk: nothing that could still
+be restored is overwritten, no wrong model is exported.
+
+(In-process checks of trainer/training/checkpoints.py: test_checkpoints.py. A second
+run on the same directory: test_run_lock.py.)
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.training.test_faults import assert_one_error, error_lines, run_trainer
+
+CKPT = "ckpt-{}.data-00000-of-00001"
+
+
+@pytest.fixture(scope="module")
+def finished(smoke_data, tmp_path_factory):
+  """A finished smoke run: ckpt-20 and ckpt-40, export and metrics of 40."""
+  model_dir = tmp_path_factory.mktemp("finished") / "run"
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return model_dir
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+  model_dir = tmp_path / "run"
+  shutil.copytree(finished, model_dir)
+  return model_dir
+
+
+def digests(directory):
+  """sha256 of each file of `directory` (not below)."""
+  return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+          for name in sorted(os.listdir(directory))
+          if (directory / name).is_file()}
+
+
+def strict_json(path):
+  """The JSON file at `path`, parsed strictly (no NaN or Infinity)."""
+  def refuse(constant):
+    raise AssertionError(f"{path}: {constant} is not JSON")
+  return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def state_names(checkpoints):
+  """The checkpoint names the state file lists, newest last."""
+  lines = (checkpoints / "checkpoint").read_text().splitlines()
+  return [l.split('"')[1] for l in lines
+          if l.startswith("all_model_checkpoint_paths")]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled", "names_a_gone_one"])
+def test_a_damaged_state_file_is_rebuilt_from_the_checkpoint_files(
+    smoke_data, copy, damage):
+  checkpoints = copy / "checkpoints"
+  state = checkpoints / "checkpoint"
+  if damage == "deleted":
+    state.unlink()
+  elif damage == "garbled":
+    state.write_bytes(b"\x00garbage{")
+    (copy / "config.json").write_text("{not json")  # the run's own file too
+  else:
+    state.write_text(state.read_text().replace("ckpt-40", "ckpt-99"))
+  before = digests(checkpoints)
+  before.pop("checkpoint", None)
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not error_lines(result.stderr) and "Traceback" not in result.stderr
+  assert f"the state file {state} did not name the checkpoints there: " \
+         "rewritten (newest ckpt-40)" in result.stderr
+  # Finished already: nothing trained, nothing overwritten.
+  assert "is already at step 40 of 40, and the export and metrics.json" in (
+      result.stderr)
+  after = digests(checkpoints)
+  assert state_names(checkpoints) == ["ckpt-20", "ckpt-40"]
+  after.pop("checkpoint")
+  assert after == before
+  if damage == "garbled":  # config.json: a warning, not a traceback
+    assert "config.json is not a config this trainer wrote" in result.stderr
+
+
+def flip(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("index_deleted", "its index file ckpt-40.index is missing"),
+    ("data_truncated", "IndexError: Read less bytes than requested"),
+    ("data_flipped", "Checksum does not match"),
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
+    smoke_data, copy, damage, reason):
+  checkpoints = copy / "checkpoints"
+  data = checkpoints / CKPT.format(40)
+  if damage == "index_deleted":
+    (checkpoints / "ckpt-40.index").unlink()
+  elif damage == "data_truncated":
+    os.truncate(data, data.stat().st_size // 2)
+  else:
+    flip(data)
+  damaged = {name: digest for name, digest in digests(checkpoints).items()
+             if name.startswith("ckpt-40")}
+  good = digests(checkpoints)[CKPT.format(20)]
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not error_lines(result.stderr) and "Traceback" not in result.stderr
+  warned = [l for l in result.stderr.splitlines()
+            if l.startswith(f"checkpoint {checkpoints}/ckpt-40 is damaged")]
+  assert len(warned) == 1 and reason in warned[0], result.stderr[-3000:]
+  assert warned[0].endswith("renamed aside as ckpt-40.*.damaged; falling "
+                            "back to ckpt-20")
+  assert f"resuming from {checkpoints}/ckpt-20" in result.stderr
+  # The damaged files are kept, byte for byte, under their new names; the
+  # run trained 20 -> 40 again and saved a new ckpt-40 beside them.
+  after = digests(checkpoints)
+  assert {name[:-len(".damaged")]: digest for name, digest in after.items()
+          if name.endswith(".damaged")} == damaged
+  assert after[CKPT.format(20)] == good
+  assert state_names(checkpoints) == ["ckpt-20", "ckpt-40"]
+  assert strict_json(copy / "metrics.json")["step"] == 40
+
+
+def test_no_checkpoint_that_restores_is_refused_unless_start_over(
+    smoke_data, copy):
+  checkpoints = copy / "checkpoints"
+  for step in (20, 40):
+    flip(checkpoints / CKPT.format(step))
+  config = (copy / "config.json").read_text()
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
+  line = assert_one_error(
+      result, 2, f"{checkpoints} holds checkpoint files but no checkpoint "
+      "that restores (ckpt-40: ", "; ckpt-20: ", "Checksum does not match",
+      "nothing was trained or overwritten; to train from step 0 anyway, add "
+      "--start_over")
+  assert "ckpt-20.data-00000-of-00001.damaged" in os.listdir(checkpoints), line
+  assert (copy / "config.json").read_text() == config  # nothing rewritten
+  kept = digests(checkpoints)
+
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}",
+                       "--start_over")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "starting at step 0" in result.stderr
+  replaced = [d for d in os.listdir(checkpoints) if d.startswith("replaced-")]
+  assert len(replaced) == 1, os.listdir(checkpoints)
+  assert (f"--start_over: the earlier checkpoints are moved to {checkpoints}/"
+          f"{replaced[0]}") in result.stderr
+  assert digests(checkpoints / replaced[0]) == kept  # moved, not deleted
+  assert state_names(checkpoints) == ["ckpt-20", "ckpt-40"]
+
+
+def test_a_diverged_run_saves_and_exports_nothing(smoke_data, copy):
+  before = digests(copy / "checkpoints")
+  export = digests(copy / "export")
+  metrics = (copy / "metrics.json").read_text()
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}",
+                       "--config.train.num_steps=60",
+                       "--config.train.learning_rate=1e30")
+  line = assert_one_error(
+      result, 1, "training diverged: the loss or its gradient was not finite "
+      "at step ", "(mean loss of steps 41-50: nan); nothing of it was saved "
+      f"or exported, the last good checkpoint is {copy}/checkpoints/ckpt-40: "
+      "lower --config.train.learning_rate (now 1e+30)", "then run again to "
+      "resume from it")
+  assert int(line.split("at step ")[1].split()[0]) in range(41, 51), line
+  assert digests(copy / "checkpoints") == before
+  assert digests(copy / "export") == export
+  assert (copy / "metrics.json").read_text() == metrics
+
+
+def test_a_learning_rate_of_nan_is_refused(smoke_data, tmp_path):
+  # nan <= 0 is False: it passed the old check and trained on NaN.
+  result = run_trainer(f"--data_dir={smoke_data}",
+                       f"--model_dir={tmp_path}/run",
+                       "--config.train.learning_rate=nan")
+  assert_one_error(result, 2, "config.train.learning_rate=nan must be a "
+                   "finite number above 0")
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_run_killed_before_its_export_exports_on_the_rerun(
+    smoke_data, copy, finished):
+  # As if a run resumed from 20 to 40 had been killed between its last
+  # checkpoint and its export: metrics.json (and the export) are of step 20.
+  metrics = strict_json(copy / "metrics.json")
+  (copy / "metrics.json").write_text(json.dumps(
+      metrics | {"step": 20, "weights_sha256": "0" * 64}))
+  (copy / "export" / "of_step_20").write_text("the old export's own file")
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "trained already: evaluating and exporting (the export or " \
+         "metrics.json of this checkpoint is missing or older" in result.stderr
+  metrics = strict_json(copy / "metrics.json")
+  expected = strict_json(finished / "metrics.json")
+  for key in ("step", "eval", "weights_sha256"):
+    assert metrics[key] == expected[key], key
+  assert metrics["checkpoint"] == f"{copy}/checkpoints/ckpt-40"
+  # A new export, whole: renamed into place over the old one.
+  assert not (copy / "export" / "of_step_20").exists()
+  assert digests(copy / "export" / "variables") == digests(
+      finished / "export" / "variables")
+  assert not [n for n in os.listdir(copy) if ".tmp-" in n]
+  # And now it is finished: a rerun does nothing.
+  again = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "is already at step 40 of 40" in again.stderr

@@ -1,0 +1,88 @@
+import socket
+import types
+
+import pytest
+import tensorflow as tf
+
+from trainer import errors
+from trainer.training import strategy as strategy_lib
+
+
+def test_unknown_strategy():
+  with pytest.raises(errors.UserError,
+                     match="--strategy='bogus' is not one of default, "
+                     "one_device, mirrored, multi_worker_mirrored, tpu"):
+    strategy_lib.make_strategy("bogus")
+
+
+def test_single_machine_strategies_on_cpu():
+  assert strategy_lib.make_strategy("default") is tf.distribute.get_strategy()
+  one = strategy_lib.make_strategy("one_device")
+  assert isinstance(one, tf.distribute.OneDeviceStrategy)
+  assert "CPU:0" in one.extended.worker_devices[0].upper()
+  mirrored = strategy_lib.make_strategy("mirrored")
+  assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+  assert mirrored.num_replicas_in_sync == len(
+      tf.config.list_logical_devices("CPU"))
+
+
+def test_more_gpus_than_visible():
+  with pytest.raises(errors.UserError,
+                     match=r"--num_gpus=2 but 0 GPU\(s\) are visible"):
+    strategy_lib.make_strategy("mirrored", num_gpus=2)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs TF_CONFIG"),
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ("[1, 2]", "TF_CONFIG must be a JSON object"),
+    ('{"cluster": {}}', "needs 'cluster' and 'task' entries"),
+])
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config,
+                                              message):
+  if tf_config is None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+  else:
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+  with pytest.raises(errors.UserError, match=message):
+    strategy_lib.make_strategy("multi_worker_mirrored")
+
+
+def test_unknown_collective(monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+  with pytest.raises(errors.UserError,
+                     match="collective='MPI' is not one of AUTO, RING, NCCL"):
+    strategy_lib.make_strategy("multi_worker_mirrored", collective="MPI")
+
+
+def test_tpu_at_a_closed_port_fails_fast():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  with pytest.raises(errors.UserError,
+                     match=f"no TPU reachable at --tpu=grpc://127.0.0.1:{port}"
+                     " \\(cannot connect.*must run on a Cloud TPU VM"):
+    strategy_lib.make_strategy("tpu", tpu=f"grpc://127.0.0.1:{port}")
+
+
+def fake_strategy(cluster, task_type, task_id):
+  resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+      tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+  return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+@pytest.mark.parametrize("cluster, task_type, task_id, chief", [
+    ({"worker": ["a:1", "b:1"]}, "worker", 0, True),
+    ({"worker": ["a:1", "b:1"]}, "worker", 1, False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, "chief", 0, True),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, "worker", 0, False),
+])
+def test_is_chief(cluster, task_type, task_id, chief):
+  assert strategy_lib.is_chief(
+      fake_strategy(cluster, task_type, task_id)) is chief
+
+
+def test_single_machine_is_chief():
+  assert strategy_lib.is_chief(tf.distribute.get_strategy())
+  assert strategy_lib.is_chief(types.SimpleNamespace(cluster_resolver=None))

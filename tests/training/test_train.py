@@ -1,0 +1,314 @@
+"""The training loop, in process on the default strategy."""
+
+import collections
+import glob
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import smoke
+from trainer import errors
+from trainer.data import vocab
+from trainer.model import layers as model_lib
+from trainer.training import loop
+from trainer.training import plan
+from trainer.training import run_dir
+from trainer.training import train
+
+from tests.helpers.eval_checks import eval_line, assert_by_op_adds_up
+
+
+def read_scalars(logdir):
+  """{tag: {step: value}} from the TensorBoard event files in logdir."""
+  scalars = collections.defaultdict(dict)
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+  return scalars
+
+
+def run(config, data_dir, model_dir):
+  return loop.train_and_evaluate(config, tf.distribute.get_strategy(),
+                                  data_dir,
+                                  run_dir.RunDirs.under(str(model_dir)))
+
+
+def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
+  config = smoke.get_config()
+  config.train.num_steps = 300
+  config.train.steps_per_loop = 20
+  config.train.eval_every_steps = 100
+  config.train.learning_rate = 1e-2
+  results = run(config, smoke_data, tmp_path)
+  scalars = read_scalars(tmp_path / "train")
+  losses = scalars["loss"]
+  assert sorted(losses) == list(range(20, 301, 20))
+  assert losses[300] < 0.75 * losses[20]
+  for tag in ("accuracy", "learning_rate", "steps_per_sec",
+              "examples_per_sec"):
+    assert sorted(scalars[tag]) == sorted(losses)
+  assert scalars["learning_rate"][20] > scalars["learning_rate"][300] > 0
+  evals = read_scalars(tmp_path / "eval")
+  assert sorted(evals["loss"]) == [100, 200, 300]
+  assert evals["loss"][300] == pytest.approx(results["eval"]["loss"])
+  assert results["eval"]["examples"] == 4 * 16  # eval_steps batches
+  assert_by_op_adds_up(results["eval"])
+  assert set(evals) == {f"{metric}{op}" for metric in ("loss", "accuracy")
+                        for op in ("", "_add", "_sub", "_mul")}
+  for name, op_metrics in results["eval"]["by_op"].items():
+    assert sorted(evals[f"accuracy_{name}"]) == [100, 200, 300]
+    assert evals[f"accuracy_{name}"][300] == pytest.approx(
+        op_metrics["accuracy"])
+    assert evals[f"loss_{name}"][300] == pytest.approx(op_metrics["loss"])
+
+
+def _inputs(*rows):
+  """int32 [len(rows), 20] model inputs of texts defs:op."""
+  return tf.constant([vocab.encode(r) + [vocab.PAD_ID] * (20 - len(r))
+                      for r in rows], tf.int32)
+
+
+def test_operation_is_read_after_the_separator():
+  x = _inputs("x=-3,y=4:x*y",  # '-' in defs: a sign, not the operation
+              "y=-12,x=-56:y-x",
+              "x=7,y=-8:y+x",
+              "x=-1,y=-2:xy",  # no operator: in no operation
+              "x=1,y=2:")
+  expected = [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]]
+  assert train.operation_one_hot(x).numpy().tolist() == expected
+  compiled = tf.function(train.operation_one_hot, jit_compile=True)
+  assert compiled(x).numpy().tolist() == expected
+  assert train.OPERATION_NAMES == ("add", "sub", "mul")
+
+
+def test_eval_rows_without_an_operator_count_in_the_totals_only():
+  trainer = train.Trainer(smoke.get_config(), tf.distribute.get_strategy())
+  x = _inputs(*(["x=-3,y=4:x*y", "y=5,x=-6:y-x", "x=7,y=8:y+x"] * 5 +
+                ["x=-1,y=-2:xy"]))  # 16 rows: one batch of the smoke config
+  y = tf.constant([vocab.TOKEN_IDS["1"]] * 16, tf.int32)
+  sums = {k: v.numpy() for k, v in trainer.eval_loop(
+      tf.data.Dataset.from_tensors((x, y)).repeat(2)).items()}
+  assert sums["count"] == 32
+  assert sums["op_count"].tolist() == [10, 10, 10]  # + - *
+  assert sums["op_correct"].sum() <= sums["correct"]
+  assert sums["op_loss_sum"].sum() < sums["loss_sum"]
+  assert trainer.trace_counts()["eval_loop"] == 1
+
+
+def test_each_function_is_traced_once(smoke_data, tmp_path):
+  results = run(smoke.get_config(), smoke_data, tmp_path)  # 4 host loops
+  assert results["trace_counts"] == {"fused_step": 1, "forward": 1,
+                                     "train_loop": 1, "eval_loop": 1}
+
+
+def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
+  config = smoke.get_config()
+  caplog.set_level("INFO", logger="absl")
+  results = run(config, smoke_data, tmp_path)
+  assert results["step"] == 40 and not results["stopped"]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved == json.loads(config.to_json_best_effort())
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["step"] == 40 and metrics["eval"] == results["eval"]
+  # The final eval line ends with the accuracy per operation.
+  lines = [m for m in caplog.messages if m.startswith("eval at step 40")]
+  assert len(lines) == 1 and re.match(eval_line(40), lines[0]), lines
+  by_op = results["eval"]["by_op"]
+  assert lines[0].endswith(
+      f"; + {by_op['add']['accuracy']:.4f}, - {by_op['sub']['accuracy']:.4f}"
+      f", * {by_op['mul']['accuracy']:.4f}")
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
+      "ckpt-40")
+  assert (tmp_path / "export" / "saved_model.pb").exists()
+  caplog.clear()
+  caplog.set_level("INFO", logger="absl")  # the run's lines: absl INFO
+  again = run(config, smoke_data, tmp_path)
+  assert again == {"step": 40, "stopped": None}
+  assert "already at step 40 of 40, and the export and metrics.json" in (
+      caplog.text)
+
+
+def test_longer_run_resumes_and_continues_the_step_count(smoke_data, tmp_path,
+                                                        caplog):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  config.train.num_steps = 60
+  caplog.clear()
+  caplog.set_level("INFO", logger="absl")
+  results = run(config, smoke_data, tmp_path)
+  assert "resuming from" in caplog.text
+  assert results["step"] == 60
+  assert sorted(read_scalars(tmp_path / "train")["loss"]) == [
+      10, 20, 30, 40, 50, 60]
+
+
+def test_other_model_shape_is_a_clear_error(smoke_data, tmp_path):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  config.model.hidden_size = 12
+  with pytest.raises(errors.UserError, match=r"another model shape "
+                     r"\(hidden_size: checkpoint 8 vs config 12\)"):
+    run(config, smoke_data, tmp_path)
+
+
+def test_export_matches_the_trained_model(smoke_data, tmp_path):
+  config = smoke.get_config()
+  run(config, smoke_data, tmp_path)
+  model = model_lib.build_model(config.model)
+  tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
+      str(tmp_path / "checkpoints"))).expect_partial()
+  exported = tf.saved_model.load(str(tmp_path / "export"))
+  assert set(exported.signatures) == {"serving_default", "predict_text"}
+
+  problems = ["x=3,y=4:x*y", "y=-12,x=34:y-x", "x=99,y=-99:x+y"]
+  tokens = np.zeros((3, 20), np.int32)
+  for row, text in enumerate(problems):
+    tokens[row, :len(text)] = vocab.encode(text)
+  expected = np.asarray(model(tokens))
+  served = exported.signatures["serving_default"](tokens=tf.constant(tokens))
+  np.testing.assert_allclose(served["logits"].numpy(), expected, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(served["probabilities"].numpy().sum(-1), 1.0,
+                             rtol=1e-5)
+
+  by_text = exported.signatures["predict_text"](
+      problems=tf.constant(problems))
+  np.testing.assert_allclose(by_text["logits"].numpy(), expected, rtol=1e-5,
+                             atol=1e-6)
+  assert [t.decode() for t in by_text["token"].numpy()] == [
+      vocab.VOCAB[i] for i in expected.argmax(-1)]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="outside the vocabulary"):
+    exported.signatures["predict_text"](problems=tf.constant(["x=3,z=4:x*z"]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="longer than len_max_input=20"):
+    exported.signatures["predict_text"](
+        problems=tf.constant(["x=123456,y=654321:x*y"]))
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+  with pytest.raises(errors.UserError, match=r"no training shards: no file "
+                     r"matches .*train-\*-of-\*\.tfrecord.*python -m "
+                     "trainer.data generate"):
+    run(smoke.get_config(), str(tmp_path), tmp_path / "model")
+  assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.global_batch_size", 0, "global_batch_size=0 must be positive"),
+    ("train.num_steps", -1, "num_steps=-1 must be positive"),
+    ("train.eval_every_steps", -5, "eval_every_steps=-5 must be >= 0"),
+    ("train.mixed_precision", "float8", "'float8' is not one of"),
+    ("model.vocab_size", 21, "vocab_size=21 but the vocabulary has 20"),
+    ("model.num_heads", 3, r"num_heads=3 does not divide "
+     r"config.model.hidden_size=8"),
+    ("model.num_layers", 0, "num_layers=0 must be positive"),
+    ("model.ffn_size", -1, "ffn_size=-1 must be >= 0"),
+    ("model.dropout", 1.0, r"dropout=1.0 must be in \[0, 1\)"),
+])
+def test_bad_config_fields(field, value, message):
+  config = smoke.get_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(errors.UserError, match=message):
+    plan.validate_config(config, num_replicas=1)
+
+
+def test_global_batch_must_divide_over_replicas():
+  config = smoke.get_config()
+  plan.validate_config(config, num_replicas=4)
+  with pytest.raises(errors.UserError, match="global_batch_size=16 is not "
+                     "divisible by the 3 replicas"):
+    plan.validate_config(config, num_replicas=3)
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [
+    ("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")])
+def test_mixed_precision_smoke_runs_end_finite(smoke_data, tmp_path,
+                                               precision, compute_dtype):
+  import keras  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.train.mixed_precision = precision
+  try:
+    results = run(config, smoke_data, tmp_path)
+    assert keras.mixed_precision.global_policy().compute_dtype == (
+        compute_dtype)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert np.isfinite(results["train"]["loss"])
+  assert np.isfinite(results["eval"]["loss"])
+  scalars = read_scalars(tmp_path / "train")
+  assert all(np.isfinite(v) for v in scalars["loss"].values())
+  assert scalars["loss"][40] < scalars["loss"][10]
+
+
+def test_float16_uses_loss_scaling(smoke_data, tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.train.mixed_precision = "float16"
+  try:
+    trainer = train.Trainer(config, tf.distribute.get_strategy())
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_tpu_config_resolves():
+  from configs import tpu  # pylint: disable=g-import-not-at-top
+  config = tpu.get_config()
+  assert config.train.mixed_precision == "bfloat16"
+  assert not config.train.jit_compile  # TPUStrategy compiles the step
+  assert config.train.steps_per_loop >= 1000
+  for cores in (8, 32, 128):  # v4-8 .. v4-128 style slices
+    plan.validate_config(config, num_replicas=cores, on_tpu=True)
+  assert config.model.to_dict() == smoke.default.get_config().model.to_dict()
+
+
+def test_tpu_needs_per_core_batches_of_eight():
+  config = smoke.get_config()  # global batch 16
+  plan.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
+  with pytest.raises(errors.UserError, match=r"gives 4 examples per TPU core;"
+                     r" use a multiple of 8 per core \(4 cores\)"):
+    plan.validate_config(config, num_replicas=4, on_tpu=True)
+  plan.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
+
+
+@pytest.mark.parametrize("data_dir, model_dir, bad", [
+    ("/data/arith", "gs://b/run", "config.data.train_files=/data/arith/"),
+    ("gs://b/arith", "/tmp/run", "--model_dir=/tmp/run is a local path"),
+    ("gs://b/arith", "runs/1", "--model_dir=runs/1 is a local path"),
+])
+def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
+  with pytest.raises(errors.UserError, match=re.escape(bad)):
+    plan.check_tpu_paths(smoke.get_config(), data_dir,
+                          run_dir.RunDirs.under(model_dir))
+  plan.check_tpu_paths(smoke.get_config(), "gs://b/arith",
+                        run_dir.RunDirs.under("gs://b/run"))
+  # Vertex AI's directories are checked by the variable that named them.
+  vertex = run_dir.RunDirs.from_vertex_env({
+      "AIP_MODEL_DIR": "gs://b/out/model/",
+      "AIP_CHECKPOINT_DIR": "/tmp/checkpoints",
+      "AIP_TENSORBOARD_LOG_DIR": "gs://b/out/logs/"})
+  with pytest.raises(errors.UserError,
+                     match="AIP_CHECKPOINT_DIR=/tmp/checkpoints is a local"):
+    plan.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
+
+
+def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  shutil.copytree(smoke_data, data_dir)
+  shard = data_dir / "train-00002-of-00004.tfrecord"
+  shard.write_bytes(shard.read_bytes()[:100])
+  with pytest.raises(errors.UserError, match=r"train-00002-of-00004.tfrecord "
+                     r"has 100 bytes but .*manifest.json says \d+: a partial"):
+    run(smoke.get_config(), str(data_dir), tmp_path / "model")
+  shard.unlink()
+  with pytest.raises(errors.UserError, match=r"train-00002-of-00004.tfrecord "
+                     r"is listed in .*manifest.json but missing"):
+    run(smoke.get_config(), str(data_dir), tmp_path / "model")

@@ -1,0 +1,294 @@
+r"""The data set's command line: generate, upload, verify, benchmark.
+
+  python -m trainer.data generate --out_dir=/tmp/arith --split=train \
+      --num_shards=8 --examples_per_shard=10000 --seed=0
+  python -m trainer.data generate --out_dir=gs://bucket/arith --split=eval \
+      --num_shards=2 --examples_per_shard=5000 --seed=0
+  python -m trainer.data upload --src=/tmp/arith --dst=gs://bucket/arith
+  python -m trainer.data verify --data_dir=gs://bucket/arith
+  python -m trainer.data verify --data_dir=gs://bucket/arith --deep
+  python -m trainer.data benchmark --data_dir=gs://bucket/arith --split=train \
+      --batch_size=256 --seconds=10
+
+`generate` writes one split's shards and updates `manifest.json` beside them
+(trainer/data/datasets.py); re-running the same command skips the shards already
+there. `upload` and `verify` move and check a data set with
+google-cloud-storage (trainer/cloud/gcs.py): `verify` compares the files with the
+manifest (count, size, CRC32C); `verify --deep` also reads every record of
+every shard (trainer/data/records.py) and names each bad file, the first bad
+record and the number of good ones, so a bad shard is found before a long
+job instead of in it. `benchmark` times the trainer's own input pipeline
+alone (no model) and prints its examples/s, to compare with the examples/s
+the trainer logs per host loop: close to it, input limits the run.
+
+Bad flags print one line `error: ...` and exit with status 2, before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from trainer import cli
+from trainer import errors
+from trainer.data import datasets
+# No TensorFlow (nor `storage`, `gcs`) at import: the generator's spawned
+# workers re-import this module as their __main__ and need none of it.
+
+COMMANDS = ("generate", "upload", "verify", "benchmark")
+SPLITS = ("train", "eval")
+WARM_UP_S = 1.0  # benchmark: untimed reading first (at most a quarter of it)
+
+
+def define_flags() -> None:
+  """Defines the command's flags (only when run as the command)."""
+  flags.DEFINE_string(
+      "out_dir", None, "Directory (local or gs://) for the shards and manifest.")
+  flags.DEFINE_string("split", "train",
+                      "generate, benchmark: the split, train|eval.")
+  flags.DEFINE_integer("num_shards", 8, "Number of shard files.")
+  flags.DEFINE_integer("examples_per_shard", 10_000, "Examples in each shard.")
+  flags.DEFINE_integer(
+      "max_value", 100, "x and y are drawn from (-max_value, max_value).")
+  flags.DEFINE_integer("seed", 0, "Seed of the whole data set.")
+  flags.DEFINE_integer(
+      "num_processes", None, "Worker processes (default: one per CPU core).")
+  flags.DEFINE_string("src", None, "upload: local data set directory.")
+  flags.DEFINE_string("dst", None, "upload: gs://bucket/path to upload to.")
+  flags.DEFINE_integer("num_threads", 8, "upload: parallel uploads.")
+  flags.DEFINE_string("data_dir", None, "verify, benchmark: data set "
+                      "directory (gs:// or local).")
+  flags.DEFINE_bool("deep", False, "verify: also read and check every record "
+                    "of every *.tfrecord file.")
+  flags.DEFINE_integer("len_max_input", None, "verify --deep, benchmark: the "
+                       "longest input (defs + ':' + op) allowed; default: "
+                       "configs/default.py's config.model.len_max_input.")
+  flags.DEFINE_integer("batch_size", None, "benchmark: examples per batch; "
+                       "default: configs/default.py's global_batch_size.")
+  flags.DEFINE_integer("shuffle_buffer_size", None, "benchmark: default: "
+                       "configs/default.py's config.data.shuffle_buffer_size.")
+  flags.DEFINE_float("seconds", 10.0, "benchmark: how long to time the "
+                     "pipeline, after a warm-up.")
+
+
+def _transfer(command: str, flag_values) -> int:
+  """upload and verify (google-cloud-storage)."""
+  cli.import_tensorflow()
+  from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
+  if command == "upload":
+    for name in ("src", "dst"):
+      if not flag_values[name].value:
+        raise errors.UserError(f"upload needs --{name}")
+    result = gcs.upload(flag_values.src, flag_values.dst,
+                        num_threads=flag_values.num_threads)
+    print(f"uploaded {len(result.uploaded)} file(s) "
+          f"({result.bytes_uploaded:,} bytes), skipped "
+          f"{len(result.skipped)} unchanged, to {flag_values.dst}",
+          file=sys.stderr)
+    return 0
+  if not flag_values.data_dir:
+    raise errors.UserError("verify needs --data_dir")
+  if not flag_values.deep:
+    return gcs.print_verify(flag_values.data_dir)
+  return _verify_deep(flag_values.data_dir, flag_values.len_max_input)
+
+
+def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
+  """`verify --deep`: the manifest check (if there is a manifest), then every
+  record of every shard; prints each problem, returns the exit status."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from trainer import progress  # pylint: disable=g-import-not-at-top
+  from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
+  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
+  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  from trainer.data import records  # pylint: disable=g-import-not-at-top
+  if len_max_input is None:
+    len_max_input = default.get_config().model.len_max_input
+  problems = 0
+  listed = None
+  try:
+    listed = manifest.read(data_dir)
+  except errors.UserError as e:  # unreadable or foreign: say so, go on
+    print(f"mismatch: {e}", file=sys.stderr)
+    problems += 1
+  if listed is not None:
+    mismatches, _ = gcs.verify(data_dir)
+    for line in mismatches:
+      print(f"mismatch: {line}", file=sys.stderr)
+    problems += len(mismatches)
+  files = sorted(storage.glob(storage.join(data_dir, "*.tfrecord")))
+  if not files:
+    raise errors.UserError(f"no *.tfrecord file in {data_dir}: nothing to "
+                           "verify", exit_status=1)
+  bar = progress.Progress(total=len(files), unit="files", desc="verify")
+  good_records = 0
+  bad_files = 0
+  for path in files:
+    result = records.check_file(path, len_max_input)
+    good_records += result.good_records
+    if not result.ok:
+      bad_files += 1
+      print(f"bad: {path}: {result.problem} ({result.good_records:,} good "
+            "record(s) before it)", file=sys.stderr)
+    bar.update(1, extra=f"{good_records:,} good records")
+  bar.close()
+  problems += bad_files
+  if problems:
+    print(f"error: {bad_files} bad file(s) of {len(files)} and "
+          f"{problems - bad_files} manifest mismatch(es) in {data_dir}: "
+          "regenerate (python -m trainer.data generate) or re-copy them",
+          file=sys.stderr)
+    return 1
+  print(f"ok: {len(files)} file(s), {good_records:,} records in {data_dir} "
+        "read and fit (CRC, Example schema, vocabulary, len_max_input="
+        f"{len_max_input})" + ("" if listed else "; no manifest to compare"),
+        file=sys.stderr)
+  return 0
+
+
+def _benchmark(flag_values) -> int:
+  """`benchmark`: examples/s of the trainer's input pipeline alone."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  data_dir, split = flag_values.data_dir, flag_values.split
+  if not data_dir:
+    raise errors.UserError("benchmark needs --data_dir")
+  if split not in SPLITS:
+    raise errors.UserError(f"--split={split!r} is not one of "
+                           f"{', '.join(SPLITS)}")
+  batch_size = flag_values.batch_size or config.train.global_batch_size
+  len_max_input = flag_values.len_max_input or config.model.len_max_input
+  shuffle_buffer_size = (flag_values.shuffle_buffer_size or
+                         config.data.shuffle_buffer_size)
+  for name, value in (("batch_size", flag_values.batch_size),
+                      ("len_max_input", flag_values.len_max_input),
+                      ("shuffle_buffer_size", flag_values.shuffle_buffer_size),
+                      ("seconds", flag_values.seconds)):
+    if value is not None and value <= 0:
+      raise errors.UserError(f"--{name}={value} must be positive")
+  tf = cli.import_tensorflow()
+  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import records  # pylint: disable=g-import-not-at-top
+  from trainer.training import plan  # pylint: disable=g-import-not-at-top
+  training = split == "train"
+  split_name = "training" if training else "evaluation"
+  pattern = plan.data_patterns(config, data_dir)[split_name]
+  files = []
+  try:
+    storage.check_bucket(pattern, "--data_dir")
+    # The trainer's path, for one input pipeline (Feeds in trainer/training/loop.py).
+    files = input_pipeline.list_split_files(pattern, len_max_input, split_name)
+    dataset = input_pipeline.make_dataset(
+        input_pipeline.pipeline_files(files, training=training,
+                                      seed=config.seed),
+        batch_size, len_max_input=len_max_input, training=training,
+        seed=config.seed, shuffle_buffer_size=shuffle_buffer_size)
+    if not training:
+      dataset = dataset.repeat()  # pass after pass until the time is spent
+    examples, seconds = _time_dataset(tf, dataset, batch_size,
+                                      flag_values.seconds, split)
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    raise records.describe_data_error(e, files, len_max_input,
+                                      split_name) from e
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
+  print(f"{split} pipeline: {examples / seconds:,.0f} examples/s (batch "
+        f"{batch_size}, {seconds:.1f} s, {examples:,} examples) from "
+        f"{data_dir}")
+  return 0
+
+
+def _time_dataset(tf, dataset, batch_size: int, seconds: float,
+                  split: str) -> tuple[int, float]:
+  """Reads batches for `seconds` after a warm-up; (examples, seconds).
+
+  Batches are taken inside one tf.function call of n batches at a time, as
+  the trainer's host loop takes them, so no Python runs per batch.
+  """
+  from trainer import progress  # pylint: disable=g-import-not-at-top
+  iterator = iter(dataset)
+
+  @tf.function
+  def take(num_batches):
+    for _ in tf.range(num_batches):
+      next(iterator)
+
+  try:
+    next(iterator)  # opens the files, fills the buffers
+  except StopIteration:
+    raise errors.UserError(
+        f"the {split} split has fewer examples than --batch_size="
+        f"{batch_size}: not one batch") from None
+  # Warm-up: also finds the batches per call that take ~0.1 s.
+  num_batches = 1
+  warm_up_s = min(WARM_UP_S, seconds / 4)
+  start = time.perf_counter()
+  while True:
+    call_start = time.perf_counter()
+    take(tf.constant(num_batches))
+    now = time.perf_counter()
+    if now - call_start < 0.1:
+      num_batches *= 2
+    if now - start >= warm_up_s:
+      break
+  bar = progress.Progress(total=max(1, round(seconds)), unit="s",
+                          desc=f"benchmark {split}")
+  batches = 0
+  start = time.perf_counter()
+  elapsed = 0.0
+  while elapsed < seconds:
+    take(tf.constant(num_batches))
+    batches += num_batches
+    elapsed = time.perf_counter() - start
+    shown = min(int(elapsed), bar.total)  # whole seconds
+    if shown > bar.done:
+      rate = batches * batch_size / elapsed
+      bar.update(shown - bar.done, extra=f"{rate:,.0f} examples/s")
+  bar.close()
+  return batches * batch_size, elapsed
+
+
+def _generate(flag_values) -> int:
+  spec = datasets.GenerateSpec(
+      out_dir=flag_values.out_dir, split=flag_values.split,
+      num_shards=flag_values.num_shards,
+      examples_per_shard=flag_values.examples_per_shard,
+      max_value=flag_values.max_value, seed=flag_values.seed)
+  # Argument errors first, before the slow TensorFlow import.
+  spec.validate()
+  datasets.check_resources(
+      spec, datasets.resolve_num_processes(flag_values.num_processes))
+  tf = cli.import_tensorflow()
+  try:
+    datasets.generate(spec, num_processes=flag_values.num_processes)
+  except (OSError, tf.errors.OpError) as e:
+    # File system errors (permissions, a missing bucket) end in one line too.
+    raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  cli.log_plainly()
+  command = argv[1] if len(argv) > 1 else None
+  try:
+    if command not in COMMANDS or len(argv) > 2:
+      raise errors.UserError(
+          f"usage: python -m trainer.data {{{'|'.join(COMMANDS)}}} [--flags]; "
+          f"got {' '.join(argv[1:]) or 'no command'}")
+    if command == "generate":
+      return _generate(flags.FLAGS)
+    if command == "benchmark":
+      return _benchmark(flags.FLAGS)
+    return _transfer(command, flags.FLAGS)
+  except errors.UserError as e:
+    return cli.fail(str(e), status=e.exit_status)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

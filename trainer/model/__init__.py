@@ -1,0 +1,1 @@
+"""The masked self-attention model (layers) and its SavedModel export."""

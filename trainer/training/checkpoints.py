@@ -1,0 +1,216 @@
+"""Checkpoints found by their files, verified, restored; never lost by accident.
+
+TensorFlow names the latest checkpoint in a state file (`checkpoint`); when
+that file is missing, garbled or names a checkpoint that is gone,
+`tf.train.latest_checkpoint` answers None, and a run that trusted it would
+start again at step 0 and overwrite the good checkpoints. Here instead:
+
+  * a checkpoint is found by its own files, `ckpt-N.index` and
+    `ckpt-N.data-*`, newest (highest N) first;
+  * before it is trusted it is verified: its index reads, every tensor reads
+    back with the checksum its index holds, and its `step` variable is N;
+  * a damaged one is named in one line with the reason, its files are
+    renamed aside (`*.damaged`: kept, never overwritten by a later save of
+    the same step) and the next older one is tried;
+  * the state file is rewritten to name what is left, so TensorFlow's
+    CheckpointManager keeps and deletes the right ones;
+  * a directory holding checkpoint files of which none restores is an error
+    unless the run starts over on purpose (`--start_over`), which moves them
+    into a `replaced-<time>/` subdirectory instead of deleting anything.
+
+Only the chief repairs (renames, rewrites); other workers of a multi-worker
+run verify the same files and reach the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import posixpath
+import re
+
+from absl import logging
+import tensorflow as tf
+
+from trainer import errors
+from trainer.cloud import storage
+
+PREFIX = "ckpt"  # tf.train.CheckpointManager's default checkpoint_name
+STATE_FILE = "checkpoint"  # TensorFlow's name for the state file
+DAMAGED_SUFFIX = ".damaged"
+_FILE = re.compile(rf"^{PREFIX}-(\d+)\.(index|data-\d+-of-\d+)$")
+_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
+# Errors that say the storage failed, not the checkpoint: never a reason to
+# set a checkpoint aside (the run fails with them, to be run again).
+_STORAGE_ERRORS = (tf.errors.PermissionDeniedError,
+                   tf.errors.UnauthenticatedError, tf.errors.UnavailableError,
+                   tf.errors.DeadlineExceededError,
+                   tf.errors.ResourceExhaustedError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """One checkpoint's files: `prefix` is DIR/ckpt-N."""
+  step: int
+  prefix: str
+  files: tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    return posixpath.basename(self.prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `restore_newest` did.
+
+  Attributes:
+    found: the checkpoint restored, or None (nothing restores).
+    damaged: (name, reason) of each newer checkpoint set aside.
+    leftovers: files in the directory that hold no restorable checkpoint
+      (damaged ones, a state file): their presence makes a start from step
+      0 an error unless the run starts over on purpose.
+  """
+  found: Found | None
+  damaged: tuple[tuple[str, str], ...]
+  leftovers: tuple[str, ...]
+
+
+def find(directory: str) -> list[Found]:
+  """The checkpoints in `directory` by their files, newest first."""
+  by_step: dict[int, list[str]] = {}
+  for path in storage.glob(storage.join(directory, f"{PREFIX}-*")):
+    match = _FILE.match(posixpath.basename(path))
+    if match:
+      by_step.setdefault(int(match.group(1)), []).append(path)
+  return [Found(step, storage.join(directory, f"{PREFIX}-{step}"),
+                tuple(sorted(files)))
+          for step, files in sorted(by_step.items(), reverse=True)]
+
+
+def verify(found: Found) -> str | None:
+  """Why `found` cannot be restored, or None when it can.
+
+  Reads the index and every tensor (TensorFlow checks each one's CRC32C
+  against the index) and compares the step variable with the name.
+
+  Raises:
+    tf.errors.OpError: the storage failed (permission, unavailable): a
+      reason to fail the run, not to set the checkpoint aside.
+  """
+  names = {posixpath.basename(f) for f in found.files}
+  if f"{found.name}.index" not in names:
+    return f"its index file {found.name}.index is missing"
+  try:
+    reader = tf.train.load_checkpoint(found.prefix)
+    for key in reader.get_variable_to_shape_map():
+      reader.get_tensor(key)
+    step = int(reader.get_tensor(_STEP_KEY)) if reader.has_tensor(
+        _STEP_KEY) else None
+  except _STORAGE_ERRORS:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Damage comes as OpError, ValueError or IndexError ("Read less bytes
+    # than requested": a truncated data file), among others.
+    return f"{type(e).__name__}: {errors.first_line(e)}"
+  if step != found.step:
+    return (f"it holds step {step}, not {found.step}" if step is not None
+            else "it holds no step counter: not a checkpoint of this trainer")
+  return None
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
+                   repair: bool) -> Restored:
+  """Restores the newest checkpoint of `directory` that verifies.
+
+  Args:
+    checkpoint: what to restore into (every existing object must match).
+    directory: the checkpoints directory.
+    repair: rename damaged files aside and rewrite the state file (the
+      chief); False: only read (other workers).
+
+  Raises:
+    UserError: a checkpoint that verifies but does not fit this model.
+  """
+  damaged = []
+  restored = None
+  for found in find(directory):
+    reason = verify(found)
+    if reason is None:
+      restored = found
+      break
+    damaged.append((found, reason))
+  for found, reason in damaged:
+    where = (f"renamed aside as {found.name}.*{DAMAGED_SUFFIX}" if repair
+             else "left for the chief to rename")
+    logging.warning("checkpoint %s is damaged (%s): %s; %s", found.prefix,
+                    reason, where, f"falling back to {restored.name}"
+                    if restored else "no older checkpoint restores")
+    if repair:
+      for path in found.files:
+        storage.rename(path, path + DAMAGED_SUFFIX)
+  if restored:
+    try:
+      checkpoint.restore(restored.prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # unmatched objects, shapes
+      raise errors.UserError(
+          f"checkpoint {restored.prefix} does not fit this model "
+          f"({errors.first_line(e)[:200]}): use another --model_dir, the "
+          "checkpoint's config, or --start_over") from e
+    if repair:
+      _rewrite_state(directory)
+  leftovers = () if restored else tuple(_checkpoint_files(directory))
+  return Restored(restored, tuple((f.name, r) for f, r in damaged), leftovers)
+
+
+def _rewrite_state(directory: str) -> None:
+  """The state file naming the checkpoints that are there, oldest first,
+  with their files' times (CheckpointManager deletes by them)."""
+  found = find(directory)[::-1]
+  try:
+    state = tf.train.get_checkpoint_state(directory)
+  except (tf.errors.OpError, ValueError):  # garbled: rewritten below
+    state = None
+  names = [f.name for f in found]
+  if state and [posixpath.basename(p) for p in
+                state.all_model_checkpoint_paths] == names and (
+                    posixpath.basename(state.model_checkpoint_path)
+                    == names[-1]):
+    return  # already right
+  times = [storage.mtime(f.prefix + ".index") for f in found]
+  tf.compat.v1.train.update_checkpoint_state(
+      directory, names[-1], all_model_checkpoint_paths=names,
+      all_model_checkpoint_timestamps=times)
+  logging.warning("the state file %s did not name the checkpoints there: "
+                  "rewritten (newest %s)",
+                  storage.join(directory, STATE_FILE), names[-1])
+
+
+def move_aside(directory: str) -> str | None:
+  """Moves every checkpoint file and the state file of `directory` into a
+  new `replaced-<UTC time>/` below it (for --start_over); returns that
+  directory, or None when there was nothing to move."""
+  paths = _checkpoint_files(directory)
+  if not paths:
+    return None
+  time = datetime.datetime.now(datetime.timezone.utc).strftime(
+      "%Y%m%dT%H%M%SZ")
+  target = storage.join(directory, f"replaced-{time}")
+  storage.makedirs(target)
+  for path in paths:
+    storage.rename(path, storage.join(target, posixpath.basename(path)))
+  return target
+
+
+def _checkpoint_files(directory: str) -> list[str]:
+  """Every file of `directory` a checkpoint left: the state file and
+  ckpt-* files, damaged ones included (not the replaced-*/ directories)."""
+  return [p for p in storage.glob(storage.join(directory, "*"))
+          if (posixpath.basename(p) == STATE_FILE or
+              posixpath.basename(p).startswith(f"{PREFIX}-"))
+          and not storage.isdir(p)]
+
+
+def any_in(directory: str) -> bool:
+  """Whether `directory` holds any checkpoint's files."""
+  return bool(find(directory))

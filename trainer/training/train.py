@@ -1,0 +1,327 @@
+"""The Trainer: model, optimizer and the compiled train and eval steps.
+
+Keras 3 `fit` cannot be the loop under tf.distribute with XLA (it fails
+under MirroredStrategy with jit_compile and under multi-worker; see the
+README's "What a run does"), so the steps are written here:
+
+  * with plain variables (default and one_device strategies), the whole
+    step -- forward, backward and Adam's update (trainer/training/optimizer.py) -- is
+    one XLA-compiled function (`jit_compile=True`) that reads and assigns
+    the variables itself;
+  * with mirrored variables (mirrored, multi_worker_mirrored), each
+    replica's forward and backward pass is one XLA function that takes the
+    weights as tensors (`model.stateless_call`), the gradients are summed
+    across replicas, and the update is a second XLA function on tensors
+    whose results each replica assigns through the strategy (a compiled
+    function may not capture another replica's variables, nor assign a
+    mirrored one);
+  * on TPU, TPUStrategy compiles the whole step itself (Keras's
+    apply_gradients inside it);
+  * `strategy.run` of the replica step runs `num_steps` times inside one
+    outer tf.function, so the host calls into the graph once per host loop;
+  * the loss is summed per replica and divided by the global batch size, so
+    summing over replicas gives the mean;
+  * every shape is static, so each function is traced exactly once per run.
+
+When to train, evaluate, checkpoint and stop is `loop`'s business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import problems
+from trainer.data import vocab
+from trainer.model import layers as model_lib
+from trainer.training import optimizer as optimizer_lib
+from trainer.training import plan
+
+# The names evaluation reports problems.OPERATORS under, in that order.
+OPERATION_NAMES = ("add", "sub", "mul")
+assert len(OPERATION_NAMES) == len(problems.OPERATORS)
+_OPERATOR_IDS = [vocab.TOKEN_IDS[op] for op in problems.OPERATORS]
+
+
+def operation_one_hot(x: tf.Tensor) -> tf.Tensor:
+  """Which operation each row of model inputs asks for, from x alone.
+
+  The operation is the first operator token after the first ':' of a row
+  (x = defs + [':'] + op: a '-' in defs is a negative sign, not the
+  operation). Static shapes and plain tensor ops, so it runs inside an XLA
+  function and on TPU.
+
+  Args:
+    x: int32 [batch, len_max_input] model inputs.
+
+  Returns:
+    int32 [batch, len(problems.OPERATORS)]: one-hot over problems.OPERATORS
+    in that order; a row whose op part has no operator is all zeros.
+  """
+  # [batch, length]: True strictly after the first separator.
+  after_separator = tf.cumsum(tf.cast(tf.equal(x, vocab.SEP_ID), tf.int32),
+                              axis=1, exclusive=True) > 0
+  # [batch, length, operators]
+  is_operator = (tf.equal(x[:, :, tf.newaxis], _OPERATOR_IDS) &
+                 after_separator[:, :, tf.newaxis])
+  any_operator = tf.cast(tf.reduce_any(is_operator, axis=2), tf.int32)
+  # [batch, length]: the first operator position of the op part only.
+  first = tf.equal(tf.cumsum(any_operator, axis=1, exclusive=True), 0)
+  return tf.cast(tf.reduce_any(is_operator & first[:, :, tf.newaxis], axis=1),
+                 tf.int32)
+
+
+class Trainer:
+  """The model, its optimizer and the compiled train and eval functions.
+
+  Datasets come in: `train_loop(iterator, num_steps)` runs steps on a
+  distributed iterator, `eval_loop(dataset)` one pass over a distributed
+  dataset. Variables are created under the strategy's scope; `checkpoint`
+  tracks the model, the optimizer and the step counter.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               strategy: tf.distribute.Strategy):
+    self.config = config
+    self.strategy = strategy
+    train = config.train
+    self.global_batch_size = train.global_batch_size
+    self.num_replicas = strategy.num_replicas_in_sync
+    self.use_xla = train.jit_compile and not isinstance(
+        strategy, tf.distribute.TPUStrategy)
+
+    keras.mixed_precision.set_global_policy(
+        plan.POLICIES[train.mixed_precision])
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+      self.model = model_lib.build_model(config.model)
+      schedule = keras.optimizers.schedules.CosineDecay(
+          initial_learning_rate=0.0 if train.warmup_steps else
+          train.learning_rate,
+          decay_steps=max(train.num_steps - train.warmup_steps, 1),
+          alpha=train.min_learning_rate_ratio,
+          warmup_target=train.learning_rate if train.warmup_steps else None,
+          warmup_steps=train.warmup_steps)
+      optimizer = keras.optimizers.Adam(learning_rate=schedule)
+      if train.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+      self.optimizer = optimizer
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, step=self.step)
+
+    self.forward_backward = tf.function(self._forward_backward,
+                                        jit_compile=self.use_xla)
+    self.forward = tf.function(self._forward, jit_compile=self.use_xla)
+    # Adam's update in XLA too: fused with the step on one replica, a
+    # second function on tensors on several.
+    self.update = None
+    self.fused_step = None
+    if self.use_xla and train.xla_update:
+      self.update = optimizer_lib.TensorAdam(self.optimizer,
+                                             self.model.trainable_variables)
+      # Mirrored variables (MirroredStrategy or MultiWorkerMirrored, even of
+      # one replica) are assigned through the strategy, which may not run
+      # inside a nested XLA function: fused only for plain variables.
+      if not optimizer_lib.is_distributed(self.model.trainable_variables[0]):
+        self.fused_step = tf.function(self._fused_step, jit_compile=True)
+      else:
+        self.apply_update = tf.function(self.update.apply, jit_compile=True)
+    self.train_loop = tf.function(self._train_loop)
+    self.eval_loop = tf.function(self._eval_loop)
+
+  # --- per-replica computations -------------------------------------------
+
+  def _weights(self):
+    """This replica's variable values, as tensors.
+
+    The XLA functions take the weights as arguments instead of capturing the
+    variables: under MirroredStrategy a compiled function that captures
+    replica 1's variables is launched from replica 0's device and fails
+    ("Trying to access resource ... located in device CPU:1 from device
+    CPU:0"). On tensors, each replica's launch stays on its own device.
+    """
+    return ([tf.convert_to_tensor(v.value) for v in
+             self.model.trainable_variables],
+            [tf.convert_to_tensor(v.value) for v in
+             self.model.non_trainable_variables])
+
+  def _per_example(self, trainable, non_trainable, x, y, training=True):
+    """Loss (float32) and correctness (int32 0/1) per example [batch], and
+    the non-trainable variables' new values (dropout's seed state advances
+    in training)."""
+    logits, non_trainable = self.model.stateless_call(
+        trainable, non_trainable, x, training=training)
+    logits = tf.cast(logits, tf.float32)
+    per_example = keras.losses.sparse_categorical_crossentropy(
+        y, logits, from_logits=True)  # [per_replica_batch]
+    correct = tf.cast(
+        tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y),
+        tf.int32)  # [per_replica_batch]
+    return per_example, correct, non_trainable
+
+  def _loss_and_correct(self, trainable, non_trainable, x, y):
+    """Training: per-example losses, the correct count, new non-trainable
+    values."""
+    per_example, correct, non_trainable = self._per_example(
+        trainable, non_trainable, x, y)
+    return per_example, tf.reduce_sum(correct), non_trainable
+
+  def _forward_backward(self, trainable, non_trainable, x, y):
+    with tf.GradientTape() as tape:
+      tape.watch(trainable)
+      per_example, correct, non_trainable = self._loss_and_correct(
+          trainable, non_trainable, x, y)
+      # Summed per replica over the global batch: replica sums add to the mean.
+      loss = tf.reduce_sum(per_example) / self.global_batch_size
+      scaled_loss = self.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, trainable)
+    return loss, correct, gradients, non_trainable
+
+  def _step_results(self, loss, correct, gradients):
+    """What one replica's step reports, as one vector (one all-reduce):
+    [loss, correct count, 1 when the step diverged else 0].
+
+    Diverged: the loss is not finite, or the gradient norm is not (except
+    under float16 loss scaling, whose optimizer skips such steps itself and
+    lowers the scale).
+    """
+    diverged = tf.logical_not(tf.math.is_finite(loss))
+    if self.config.train.mixed_precision != "float16":
+      diverged |= tf.logical_not(
+          tf.math.is_finite(tf.linalg.global_norm(gradients)))
+    return tf.stack([loss, tf.cast(correct, tf.float32),
+                     tf.cast(diverged, tf.float32)])
+
+  def _fused_step(self, x, y):
+    """One replica's whole step, compiled as one XLA function."""
+    trainable, non_trainable = self._weights()
+    loss, correct, gradients, non_trainable = self._forward_backward(
+        trainable, non_trainable, x, y)
+    self.update.assign(*self.update.apply(self.update.values(), trainable,
+                                          gradients))
+    optimizer_lib.assign_variables(self.model.non_trainable_variables,
+                                   non_trainable)
+    return self._step_results(loss, correct, gradients)
+
+  def _replica_train_step(self, x, y):
+    if self.fused_step is not None:
+      return self.fused_step(x, y)
+    trainable, non_trainable = self._weights()
+    loss, correct, gradients, non_trainable = self.forward_backward(
+        trainable, non_trainable, x, y)
+    optimizer_lib.assign_variables(self.model.non_trainable_variables,
+                                   non_trainable)
+    if self.update is None:  # TPU (compiled whole by TPUStrategy), or
+      # Keras's apply_gradients chosen (jit_compile or xla_update False).
+      self.optimizer.apply_gradients(
+          zip(gradients, self.model.trainable_variables))
+      return self._step_results(loss, correct, gradients)
+    results = self._step_results(loss, correct, gradients)
+    gradients = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, gradients)
+    self.update.assign(*self.apply_update(self.update.values(), trainable,
+                                          gradients))
+    return results
+
+  def _forward(self, trainable, non_trainable, x, y):
+    """One replica's eval sums: totals, and per operation ([operators])."""
+    per_example, correct, _ = self._per_example(
+        trainable, non_trainable, x, y, training=False)
+    by_op = operation_one_hot(x)  # [batch, operators]
+    return {
+        "loss_sum": tf.reduce_sum(per_example),
+        "correct": tf.reduce_sum(correct),
+        "count": tf.shape(y)[0],
+        "op_loss_sum": tf.linalg.matvec(tf.cast(by_op, tf.float32),
+                                        per_example, transpose_a=True),
+        "op_correct": tf.linalg.matvec(by_op, correct, transpose_a=True),
+        "op_count": tf.reduce_sum(by_op, axis=0),
+    }
+
+  def _replica_eval_step(self, x, y):
+    return self.forward(*self._weights(), x, y)
+
+  # --- host loops ---------------------------------------------------------
+
+  def _train_loop(self, iterator, num_steps):
+    """Runs num_steps steps.
+
+    Returns:
+      The mean loss and accuracy, and the step counter's value after the
+      first step that diverged (a non-finite loss or gradient norm on any
+      replica), or -1: one flag per host loop, read by the host once.
+    """
+    loss_sum = tf.constant(0.0)
+    correct = tf.constant(0, tf.int64)
+    first_diverged = tf.constant(-1, tf.int64)
+    for i in tf.range(num_steps):
+      x, y = next(iterator)
+      replica_results = self.strategy.run(self._replica_train_step,
+                                          args=(x, y))
+      # [loss, correct, diverged] summed over replicas: one all-reduce.
+      loss, step_correct, diverged = tf.unstack(self.strategy.reduce(
+          tf.distribute.ReduceOp.SUM, replica_results, axis=None))
+      loss_sum += loss
+      correct += tf.cast(step_correct, tf.int64)
+      first_diverged = tf.where(
+          (first_diverged < 0) & (diverged > 0),
+          self.step + tf.cast(i, tf.int64) + 1, first_diverged)
+    self.step.assign_add(tf.cast(num_steps, tf.int64))
+    steps = tf.cast(num_steps, tf.float32)
+    return (loss_sum / steps,
+            tf.cast(correct, tf.float32) / (steps * self.global_batch_size),
+            first_diverged)
+
+  def _eval_loop(self, dataset):
+    """One pass over the distributed eval dataset.
+
+    Returns:
+      A dict of sums over every replica: loss_sum (float32), correct and
+      count (int64), and per operation of problems.OPERATORS, in that order,
+      op_loss_sum, op_correct and op_count ([operators]). A row whose op part
+      has no operator counts in the totals only.
+    """
+    num_ops = len(problems.OPERATORS)
+    sums = {"loss_sum": tf.constant(0.0),
+            "correct": tf.constant(0, tf.int64),
+            "count": tf.constant(0, tf.int64),
+            "op_loss_sum": tf.zeros([num_ops]),
+            "op_correct": tf.zeros([num_ops], tf.int64),
+            "op_count": tf.zeros([num_ops], tf.int64)}
+    for x, y in dataset:
+      replica_sums = self.strategy.run(self._replica_eval_step, args=(x, y))
+      sums = {name: total + tf.cast(self.strategy.reduce(
+                  tf.distribute.ReduceOp.SUM, replica_sums[name], axis=None),
+                                    total.dtype)
+              for name, total in sums.items()}
+    return sums
+
+  def trace_counts(self) -> dict[str, int]:
+    """How often each compiled function was traced (1 each: static shapes)."""
+    names = ["forward", "train_loop", "eval_loop"]
+    if self.fused_step is not None:
+      names.append("fused_step")
+    else:
+      names.append("forward_backward")
+      if self.update is not None:
+        names.append("apply_update")
+    return {name: getattr(self, name).experimental_get_tracing_count()
+            for name in sorted(names)}
+
+  def weights_sha256(self) -> str:
+    """sha256 (hex) of the model's weights, this replica's copy: workers of
+    one run must agree."""
+    digest = hashlib.sha256()
+    for weight in self.model.weights:
+      digest.update(np.asarray(weight.value).tobytes())
+    return digest.hexdigest()
+
+  def learning_rate(self) -> float:
+    optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+    return float(optimizer.learning_rate)
