@@ -3,7 +3,7 @@
   python benchmarks/bench_steady_state.py [--repeats=5] [--loops=5]
 
 A (the trainer): `trainer.train.Trainer.train_loop` on the default strategy,
-fed by its own input pipeline (`trainer.loop.Feeds`) from 8 local shards, at
+fed by its own input pipeline (`trainer.training.feeds.Feeds`) from 8 local shards, at
 global batch 256, in host loops of the default config's `steps_per_loop`.
 
 B (the compute bound): Keras `model.fit` with `jit_compile=True` on the same
@@ -58,13 +58,15 @@ def trainer_side(config, data_dir, xla_update=True):
   config = config.copy_and_resolve_references()
   config.train.xla_update = xla_update
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import feeds  # pylint: disable=g-import-not-at-top
+  from trainer.training import plan  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   from trainer.training import train  # pylint: disable=g-import-not-at-top
   strategy = strategy_lib.make_strategy("default")
-  files = loop.list_data_files(config, data_dir)
   trainer = train.Trainer(config, strategy)
-  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  run_feeds = feeds.Feeds.of(plan.for_strategy(config, strategy, data_dir),
+                             strategy)
+  iterator = run_feeds.train_iterator
   num_steps = tf.constant(config.train.steps_per_loop)
 
   def measure(loops):
@@ -74,7 +76,7 @@ def trainer_side(config, data_dir, xla_update=True):
       float(trainer.train_loop(iterator, num_steps)[0])
     return time.perf_counter() - start
 
-  return measure, files
+  return measure, run_feeds.files
 
 
 def compute_bound_side(config, files, num_batches):

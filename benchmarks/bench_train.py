@@ -40,7 +40,8 @@ def examples_per_second(trainer, iterator, steps, steps_per_loop):
 
 def bench_loop(data_dir, strategy_name, steps, batch_size, rounds):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import feeds  # pylint: disable=g-import-not-at-top
+  from trainer.training import plan  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   from trainer.training import train  # pylint: disable=g-import-not-at-top
   config = default.get_config()
@@ -49,11 +50,11 @@ def bench_loop(data_dir, strategy_name, steps, batch_size, rounds):
   strategy = strategy_lib.make_strategy(strategy_name)
   model_dir = tempfile.mkdtemp(prefix="bench_train_model_")
   try:
-    files = loop.list_data_files(config, data_dir)
+    run_plan = plan.for_strategy(config, strategy, data_dir)
     trainer = train.Trainer(config, strategy)
-    from_files = loop.Feeds(config, strategy, files, 0).train_iterator
+    from_files = feeds.Feeds.of(run_plan, strategy).train_iterator
     # The compute bound: one real per-replica batch, repeated from memory.
-    x, y = next(loop.Feeds(config, strategy, files, 0).train_iterator)
+    x, y = next(feeds.Feeds.of(run_plan, strategy).train_iterator)
     x = strategy.experimental_local_results(x)[0]
     y = strategy.experimental_local_results(y)[0]
     from_memory = iter(strategy.distribute_datasets_from_function(

@@ -100,24 +100,27 @@ def _main():
                     f"{config_flags.get_config_filename(flags.FLAGS['config'])}"
                     f": {' '.join(str(e).split())}")
   try:
-    plan.validate_config(config, num_replicas=1)
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,
         num_cpu_devices=_NUM_CPU_DEVICES.value)
-    data_dir = _DATA_DIR.value or datasets.ensure_dataset(
-        datasets.default_data_dir(config.data, config.seed), config.data,
-        config.seed)
+    data_dir = _DATA_DIR.value or datasets.default_data_dir(config.data,
+                                                            config.seed)
+    # The config is checked here, once, before any data is generated.
+    run_plan = plan.for_strategy(config, distribution, data_dir)
+    if not _DATA_DIR.value:
+      datasets.ensure_dataset(data_dir, config.data, config.seed)
     dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
-    results = loop.train_and_evaluate(config, distribution, data_dir, dirs,
+    results = loop.train_and_evaluate(run_plan, distribution, dirs,
                                       start_over=_START_OVER.value)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:
     return cli.fail(errors.describe_io_error(e), status=1)
   # Ctrl-C says "interrupted" to the shell; other stops are a clean end.
-  return stop.INTERRUPTED_STATUS if results["stopped"] == "SIGINT" else 0
+  return (stop.INTERRUPTED_STATUS
+          if results["stopped"] is stop.StopReason.SIGINT else 0)
 
 
 if __name__ == "__main__":

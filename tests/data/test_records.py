@@ -124,5 +124,5 @@ def test_stop_signals_set_a_request_and_restore_the_handlers():
     deadline = time.monotonic() + 10
     while not signals.requested and time.monotonic() < deadline:
       time.sleep(0.01)
-    assert signals.signal_name == "SIGHUP"
+    assert signals.reason == "SIGHUP"
   assert {s: signal.getsignal(s) for s in stop.SIGNALS} == before

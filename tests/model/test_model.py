@@ -206,7 +206,7 @@ def test_scaled_config_validates_and_builds():
   from configs import scaled  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
   config = scaled.get_config()
-  plan.validate_config(config, num_replicas=1)
+  plan.resolve(config, num_replicas=1)
   model = model_lib.build_model(config.model)
   assert model.count_params() == 100_692
   assert [l.name for l in model.layers if l.name.startswith("block")] == [

@@ -123,4 +123,4 @@ def test_learning_rate_must_be_finite_and_positive(value):
   config.train.learning_rate = value
   with pytest.raises(errors.UserError, match=(
       f"config.train.learning_rate={value} must be a finite number above 0")):
-    plan.validate_config(config, num_replicas=1)
+    plan.resolve(config, num_replicas=1)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
-from trainer.training import loop
+from trainer.training import feeds
+from trainer.training import plan
 from trainer.training import optimizer as optimizer_lib
 from trainer.training import train
 
@@ -69,9 +70,8 @@ def test_other_optimizers_are_refused():
 
 
 def run_steps(config, smoke_data, strategy, steps):
-  files = loop.list_data_files(config, smoke_data)
   trainer = train.Trainer(config, strategy)
-  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  iterator = feeds.Feeds.of(plan.for_strategy(config, strategy, smoke_data), strategy).train_iterator
   trainer.train_loop(iterator, tf.constant(steps))
   return trainer
 
@@ -146,11 +146,10 @@ def test_float16_loss_scaling_skips_overflows_without_stopping(smoke_data):
   config = smoke.get_config()
   config.train.mixed_precision = "float16"
   strategy = tf.distribute.get_strategy()
-  files = loop.list_data_files(config, smoke_data)
   trainer = train.Trainer(config, strategy)
   trainer.optimizer.dynamic_scale.assign(2.0**60)
   weights = [w.numpy().copy() for w in trainer.model.trainable_weights]
-  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  iterator = feeds.Feeds.of(plan.for_strategy(config, strategy, smoke_data), strategy).train_iterator
   loss, _, diverged = trainer.train_loop(iterator, tf.constant(3))
   assert int(diverged) == -1 and np.isfinite(float(loss))
   assert float(trainer.optimizer.dynamic_scale) == 2.0**57  # 3 skips
@@ -166,9 +165,8 @@ def test_a_non_finite_gradient_is_flagged_at_its_step(smoke_data, policy):
   config = smoke.get_config()
   config.train.mixed_precision = policy
   strategy = tf.distribute.get_strategy()
-  files = loop.list_data_files(config, smoke_data)
   trainer = train.Trainer(config, strategy)
-  iterator = loop.Feeds(config, strategy, files, 0).train_iterator
+  iterator = feeds.Feeds.of(plan.for_strategy(config, strategy, smoke_data), strategy).train_iterator
   _, _, diverged = trainer.train_loop(iterator, tf.constant(3))
   assert int(diverged) == -1
   # An infinite weight: the next step's loss and gradients are not finite.

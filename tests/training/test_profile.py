@@ -20,8 +20,8 @@ SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 def test_profile_steps_parses(value, expected):
   config = smoke.get_config()
   config.train.profile_steps = value
-  assert plan.profile_steps(config) == expected
-  plan.validate_config(config, num_replicas=1)
+  window = plan.resolve(config).profile
+  assert (window and (window.start, window.count)) == expected
 
 
 @pytest.mark.parametrize("value", ["abc", "5", "5,", "1,2,3", "-1,3", "3,0",
@@ -31,14 +31,14 @@ def test_bad_profile_steps_name_the_field_and_the_form(value):
   config.train.profile_steps = value
   with pytest.raises(errors.UserError, match=r"config\.train\.profile_steps="
                      r".* is not START,COUNT"):
-    plan.validate_config(config, num_replicas=1)
+    plan.resolve(config, num_replicas=1)
 
 
 def test_profile_past_the_last_step_is_an_error():
   config = smoke.get_config()
   config.train.profile_steps = f"{config.train.num_steps},5"
   with pytest.raises(errors.UserError, match="nothing to trace"):
-    plan.validate_config(config, num_replicas=1)
+    plan.resolve(config, num_replicas=1)
 
 
 def test_smoke_run_writes_a_trace_and_keeps_its_steps(run, smoke_data,

@@ -33,9 +33,10 @@ def read_scalars(logdir):
 
 
 def run(config, data_dir, model_dir):
-  return loop.train_and_evaluate(config, tf.distribute.get_strategy(),
-                                  data_dir,
-                                  run_dir.RunDirs.under(str(model_dir)))
+  strategy = tf.distribute.get_strategy()
+  return loop.train_and_evaluate(plan.for_strategy(config, strategy, data_dir),
+                                 strategy,
+                                 run_dir.RunDirs.under(str(model_dir)))
 
 
 def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
@@ -216,15 +217,15 @@ def test_bad_config_fields(field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(errors.UserError, match=message):
-    plan.validate_config(config, num_replicas=1)
+    plan.resolve(config, num_replicas=1)
 
 
 def test_global_batch_must_divide_over_replicas():
   config = smoke.get_config()
-  plan.validate_config(config, num_replicas=4)
+  plan.resolve(config, num_replicas=4)
   with pytest.raises(errors.UserError, match="global_batch_size=16 is not "
                      "divisible by the 3 replicas"):
-    plan.validate_config(config, num_replicas=3)
+    plan.resolve(config, num_replicas=3)
 
 
 @pytest.mark.parametrize("precision, compute_dtype", [
@@ -265,17 +266,17 @@ def test_tpu_config_resolves():
   assert not config.train.jit_compile  # TPUStrategy compiles the step
   assert config.train.steps_per_loop >= 1000
   for cores in (8, 32, 128):  # v4-8 .. v4-128 style slices
-    plan.validate_config(config, num_replicas=cores, on_tpu=True)
+    plan.resolve(config, num_replicas=cores, on_tpu=True)
   assert config.model.to_dict() == smoke.default.get_config().model.to_dict()
 
 
 def test_tpu_needs_per_core_batches_of_eight():
   config = smoke.get_config()  # global batch 16
-  plan.validate_config(config, num_replicas=2, on_tpu=True)  # 8 per core
+  plan.resolve(config, num_replicas=2, on_tpu=True)  # 8 per core
   with pytest.raises(errors.UserError, match=r"gives 4 examples per TPU core;"
                      r" use a multiple of 8 per core \(4 cores\)"):
-    plan.validate_config(config, num_replicas=4, on_tpu=True)
-  plan.validate_config(config, num_replicas=4, on_tpu=False)  # fine on GPUs
+    plan.resolve(config, num_replicas=4, on_tpu=True)
+  plan.resolve(config, num_replicas=4, on_tpu=False)  # fine on GPUs
 
 
 @pytest.mark.parametrize("data_dir, model_dir, bad", [
@@ -284,11 +285,14 @@ def test_tpu_needs_per_core_batches_of_eight():
     ("gs://b/arith", "runs/1", "--model_dir=runs/1 is a local path"),
 ])
 def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
+  def tpu_plan(data_dir):
+    return plan.resolve(smoke.get_config(), num_replicas=1, on_tpu=True,
+                        data_dir=data_dir)
+
   with pytest.raises(errors.UserError, match=re.escape(bad)):
-    plan.check_tpu_paths(smoke.get_config(), data_dir,
-                          run_dir.RunDirs.under(model_dir))
-  plan.check_tpu_paths(smoke.get_config(), "gs://b/arith",
-                        run_dir.RunDirs.under("gs://b/run"))
+    plan.check_tpu_paths(tpu_plan(data_dir), run_dir.RunDirs.under(model_dir))
+  plan.check_tpu_paths(tpu_plan("gs://b/arith"),
+                       run_dir.RunDirs.under("gs://b/run"))
   # Vertex AI's directories are checked by the variable that named them.
   vertex = run_dir.RunDirs.from_vertex_env({
       "AIP_MODEL_DIR": "gs://b/out/model/",
@@ -296,7 +300,7 @@ def test_tpu_refuses_local_paths(data_dir, model_dir, bad):
       "AIP_TENSORBOARD_LOG_DIR": "gs://b/out/logs/"})
   with pytest.raises(errors.UserError,
                      match="AIP_CHECKPOINT_DIR=/tmp/checkpoints is a local"):
-    plan.check_tpu_paths(smoke.get_config(), "gs://b/arith", vertex)
+    plan.check_tpu_paths(tpu_plan("gs://b/arith"), vertex)
 
 
 def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):

@@ -177,7 +177,7 @@ def _benchmark(flag_values) -> int:
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
   training = split == "train"
   split_name = "training" if training else "evaluation"
-  pattern = plan.data_patterns(config, data_dir)[split_name]
+  pattern = plan.resolve(config, data_dir=data_dir).patterns[split_name]
   files = []
   try:
     storage.check_bucket(pattern, "--data_dir")

@@ -163,6 +163,55 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
   return Restored(restored, tuple((f.name, r) for f, r in damaged), leftovers)
 
 
+def restore_or_refuse(checkpoint: tf.train.Checkpoint, directory: str, *,
+                      repair: bool) -> Found | None:
+  """The newest checkpoint of `directory` that restores, restored (with
+  `repair`, the chief's, damaged ones are set aside); None in a directory
+  without checkpoints.
+
+  Raises:
+    UserError: checkpoint files of which none restores: the run would
+      start at step 0 and overwrite them.
+  """
+  restored = restore_newest(checkpoint, directory, repair=repair)
+  if restored.found is None and restored.leftovers:
+    why = "; ".join(f"{name}: {reason}" for name, reason in restored.damaged
+                    ) or "holding only " + ", ".join(
+                        posixpath.basename(p) for p in restored.leftovers[:4]
+                    ) + (", ..." if len(restored.leftovers) > 4 else "")
+    raise errors.UserError(
+        f"{directory} holds checkpoint files but no checkpoint that restores "
+        f"({why}): nothing was trained or overwritten; to train from step 0 "
+        "anyway, add --start_over (they are moved to a replaced-<time>/ "
+        "directory beside them, not deleted)")
+  return restored.found
+
+
+class Saver:
+  """Saves numbered checkpoints of `checkpoint` in `directory`, keeping the
+  newest `max_to_keep` (tf.train.CheckpointManager), never the same step
+  twice."""
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, directory: str,
+               max_to_keep: int):
+    self._manager = tf.train.CheckpointManager(checkpoint, directory,
+                                               max_to_keep=max_to_keep)
+
+  @property
+  def latest(self) -> str | None:
+    return self._manager.latest_checkpoint
+
+  def save(self, step: int) -> None:
+    """A checkpoint of `step`, unless the latest one already is: TF
+    rewrites an existing checkpoint's index file in place, so a kill -9
+    during a second save of one step could leave it unrestorable (new
+    numbers are written under temporary names, and `checkpoint` names them
+    only once they are whole)."""
+    latest = self.latest
+    if not (latest and latest.endswith(f"-{step}")):
+      self._manager.save(checkpoint_number=step)
+
+
 def _rewrite_state(directory: str) -> None:
   """The state file naming the checkpoints that are there, oldest first,
   with their files' times (CheckpointManager deletes by them)."""

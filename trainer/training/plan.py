@@ -1,19 +1,27 @@
-"""Config checks, before any graph is built: each bad field is one line.
+"""The run's plan: its config checked once and everything derived from it.
 
-Also where the config's data lives: its shard patterns resolved against
---data_dir.
+  run_plan = plan.resolve(config, strategy, data_dir)   # UserError if bad
+  run_plan.patterns["training"], run_plan.per_replica_batch_size,
+  run_plan.profile, run_plan.seed(training=True, start_step=...), ...
+
+Each bad field is one line naming it, before any graph is built. Nothing
+else reads a config string (profile_steps, data paths) or re-derives a
+count: the loop, the feeds, the schedule and the CLI read this plan (as in
+big_vision's train.py or flax's imagenet example, which compute their step
+counts once at the top).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import posixpath
+from typing import Mapping
 
 import ml_collections
 
 from trainer import errors
 from trainer.data import vocab
-from trainer.training import run_dir
 
 TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
 # config.train.mixed_precision -> the Keras policy.
@@ -21,9 +29,129 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
             "float16": "mixed_float16"}
 
 
-def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
-                    on_tpu: bool = False) -> None:
-  """Raises UserError naming the first bad field."""
+@dataclasses.dataclass(frozen=True)
+class ProfileWindow:
+  """config.train.profile_steps "START,COUNT": trace steps START+1 to
+  START+COUNT (whole host loops: the schedule ends host loops at both
+  bounds)."""
+  start: int
+  count: int
+
+  @property
+  def end(self) -> int:
+    return self.start + self.count
+
+  def covers(self, step: int) -> bool:
+    """Whether the host loop that starts after `step` is traced."""
+    return self.start <= step < self.end
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """A checked config and what follows from it for one strategy and data
+  directory; see the module docstring. Frozen: made once per run.
+
+  Attributes:
+    config: the config it was made from (read its fields freely; derived
+      values are here).
+    num_replicas: replicas in sync (all workers).
+    num_input_pipelines: one per worker process or TPU host.
+    on_tpu: a TPUStrategy.
+    patterns: {"training": glob, "evaluation": glob}, resolved against
+      --data_dir.
+    pattern_sources: {"training": where each pattern came from}, the
+      flag or config field to name in errors.
+    per_replica_batch_size: global_batch_size / num_replicas.
+    profile: the traced window, or None.
+  """
+  config: ml_collections.ConfigDict
+  num_replicas: int
+  num_input_pipelines: int
+  on_tpu: bool
+  patterns: Mapping[str, str]
+  pattern_sources: Mapping[str, str]
+  per_replica_batch_size: int
+  profile: ProfileWindow | None
+
+  @property
+  def replicas_per_pipeline(self) -> int:
+    return self.num_replicas // self.num_input_pipelines
+
+  def seed(self, training: bool, start_step: int) -> int:
+    """The data order's seed: a resumed run draws a new training order
+    (seed + step) so it does not repeat the first batches after every
+    restart, unless config.train.exact_resume replays the same one."""
+    if training and not self.config.train.exact_resume:
+      return self.config.seed + start_step
+    return self.config.seed
+
+  def skip_batches(self, start_step: int) -> int:
+    """Per-replica batches each training pipeline skips to resume exactly
+    (config.train.exact_resume), else 0."""
+    if not self.config.train.exact_resume:
+      return 0
+    return start_step * self.replicas_per_pipeline
+
+  @property
+  def take_batches(self) -> int | None:
+    """Per-replica batches each eval pipeline reads (config.train.
+    eval_steps), or None: a full pass."""
+    eval_steps = self.config.train.eval_steps
+    return eval_steps * self.replicas_per_pipeline if eval_steps else None
+
+
+def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
+            num_input_pipelines: int = 1, on_tpu: bool = False,
+            data_dir: str | None = None,
+            data_dir_source: str = "--data_dir") -> RunPlan:
+  """Checks `config` once and derives the run's plan.
+
+  Args:
+    config: the run's config.
+    num_replicas, num_input_pipelines, on_tpu: the strategy's (see
+      for_strategy).
+    data_dir: relative config.data patterns are relative to it.
+    data_dir_source: what to call data_dir in errors.
+  Raises:
+    UserError: the first bad field, in one line.
+  """
+  _check_fields(config)
+  profile = _profile_window(config)
+  _check_replicas(config, num_replicas, on_tpu)
+  patterns, sources = {}, {}
+  for split, field, pattern in (
+      ("training", "train_files", config.data.train_files),
+      ("evaluation", "eval_files", config.data.eval_files)):
+    if data_dir and "://" not in pattern and not pattern.startswith("/"):
+      patterns[split] = posixpath.join(data_dir, pattern)
+      sources[split] = data_dir_source
+    else:
+      patterns[split] = pattern
+      sources[split] = f"config.data.{field}"
+  return RunPlan(config=config, num_replicas=num_replicas,
+                 num_input_pipelines=num_input_pipelines, on_tpu=on_tpu,
+                 patterns=patterns, pattern_sources=sources,
+                 per_replica_batch_size=(config.train.global_batch_size //
+                                         num_replicas),
+                 profile=profile)
+
+
+def for_strategy(config: ml_collections.ConfigDict, strategy,
+                 data_dir: str | None) -> RunPlan:
+  """resolve() with the replicas, input pipelines and kind of a
+  tf.distribute strategy."""
+  # TensorFlow only here: the data CLI resolves plans without it.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  return resolve(
+      config, num_replicas=strategy.num_replicas_in_sync,
+      num_input_pipelines=strategy_lib.num_input_pipelines(strategy),
+      on_tpu=isinstance(strategy, tf.distribute.TPUStrategy),
+      data_dir=data_dir)
+
+
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first bad field (strategy aside)."""
   train = config.train
   if config.model.vocab_size != vocab.VOCAB_SIZE:
     raise errors.UserError(
@@ -66,15 +194,16 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
     raise errors.UserError(
         f"config.train.mixed_precision={train.mixed_precision!r} is not one "
         f"of {', '.join(POLICIES)}")
+
+
+def _check_replicas(config: ml_collections.ConfigDict, num_replicas: int,
+                    on_tpu: bool) -> None:
+  """Raises UserError if the batch does not split over the replicas."""
+  train = config.train
   if train.global_batch_size % num_replicas:
     raise errors.UserError(
         f"config.train.global_batch_size={train.global_batch_size} is not "
         f"divisible by the {num_replicas} replicas of this strategy")
-  profile = profile_steps(config)
-  if profile and profile[0] >= train.num_steps:
-    raise errors.UserError(
-        f"config.train.profile_steps={train.profile_steps!r} starts at or "
-        f"after config.train.num_steps={train.num_steps}: nothing to trace")
   per_replica = train.global_batch_size // num_replicas
   if on_tpu and per_replica % TPU_BATCH_MULTIPLE:
     suggestion = TPU_BATCH_MULTIPLE * num_replicas * max(
@@ -86,9 +215,9 @@ def validate_config(config: ml_collections.ConfigDict, num_replicas: int,
         f"{suggestion}")
 
 
-def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
-  """(start, count) of config.train.profile_steps "START,COUNT", or None
-  when it is "" (off).
+def _profile_window(config: ml_collections.ConfigDict) -> ProfileWindow | None:
+  """config.train.profile_steps "START,COUNT", or None when it is ""
+  (off).
 
   Raises:
     UserError: any other form, naming the field and the expected one.
@@ -106,29 +235,19 @@ def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
         f"config.train.profile_steps={value!r} is not START,COUNT: two "
         "integers, START >= 0 and COUNT > 0 (e.g. '100,20': the 20 steps "
         "after step 100), or '' for no profile")
-  return start, count
+  if start >= config.train.num_steps:
+    raise errors.UserError(
+        f"config.train.profile_steps={value!r} starts at or after "
+        f"config.train.num_steps={config.train.num_steps}: nothing to trace")
+  return ProfileWindow(start, count)
 
 
-def data_patterns(config: ml_collections.ConfigDict,
-                  data_dir: str | None) -> dict[str, str]:
-  """{"training": pattern, "evaluation": pattern}: the config's shard globs,
-  relative to data_dir unless absolute or a URL."""
-  def resolve(pattern: str) -> str:
-    if "://" in pattern or pattern.startswith("/") or not data_dir:
-      return pattern
-    return posixpath.join(data_dir, pattern)
-  return {"training": resolve(config.data.train_files),
-          "evaluation": resolve(config.data.eval_files)}
-
-
-def check_tpu_paths(config: ml_collections.ConfigDict, data_dir: str | None,
-                    dirs: run_dir.RunDirs) -> None:
+def check_tpu_paths(run_plan: RunPlan, dirs) -> None:
   """On a TPU, data and outputs must be gs://: the TPU workers read and
   write there, and cannot see this host's disk."""
-  patterns = data_patterns(config, data_dir)
   paths = {**dict(dirs.origin),
-           "config.data.train_files": patterns["training"],
-           "config.data.eval_files": patterns["evaluation"]}
+           "config.data.train_files": run_plan.patterns["training"],
+           "config.data.eval_files": run_plan.patterns["evaluation"]}
   for name, path in paths.items():
     if not path.startswith("gs://"):
       raise errors.UserError(

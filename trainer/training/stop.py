@@ -28,6 +28,7 @@ handler installed before that never runs (measured with TF 2.21).
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import sys
@@ -40,17 +41,28 @@ SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
+class StopReason(str, enum.Enum):
+  """Why a run stopped before num_steps (a str: it goes into results and
+  messages as its value)."""
+  SIGTERM = "SIGTERM"
+  SIGHUP = "SIGHUP"
+  SIGINT = "SIGINT"
+  PEER = "another worker"  # another worker's signal, through the stop vote
+
+  def __str__(self) -> str:
+    return self.value
+
+
 class StopSignals:
   """Context manager turning stop signals into a request; see the module.
 
   Attributes:
-    signal_name: the first stop signal received ("SIGTERM", "SIGHUP",
-      "SIGINT"), or None.
+    reason: the first stop signal received (a StopReason), or None.
   """
 
   def __init__(self, latest_checkpoint: Callable[[], str | None]):
     """`latest_checkpoint()` names the checkpoint a second Ctrl-C leaves."""
-    self.signal_name: str | None = None
+    self.reason: StopReason | None = None
     self._latest_checkpoint = latest_checkpoint
     self._previous: dict[int, object] = {}
     self._previous_wakeup_fd = -1
@@ -59,7 +71,7 @@ class StopSignals:
 
   @property
   def requested(self) -> bool:
-    return self.signal_name is not None
+    return self.reason is not None
 
   def __enter__(self) -> StopSignals:
     if threading.current_thread() is not threading.main_thread():
@@ -99,12 +111,12 @@ class StopSignals:
     if signum not in self._previous:
       return  # another signal with a Python handler (none today)
     name = signal.Signals(signum).name
-    if signum == signal.SIGINT and self.signal_name is not None:
+    if signum == signal.SIGINT and self.reason is not None:
       # A request already stands and the host loop has not ended: it may be
       # stuck (a first batch that never comes) or just long; the user
       # insists.
-      again = ("interrupted again" if self.signal_name == "SIGINT"
-               else f"interrupted after {self.signal_name}")
+      again = ("interrupted again" if self.reason is StopReason.SIGINT
+               else f"interrupted after {self.reason}")
       latest = self._latest_checkpoint()
       sys.stderr.write(
           f"error: {again}: stopped at once, without saving; "
@@ -112,8 +124,8 @@ class StopSignals:
              "no checkpoint was saved yet") + "\n")
       sys.stderr.flush()
       os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
-    if self.signal_name is None:
-      self.signal_name = name
+    if self.reason is None:
+      self.reason = StopReason(name)
       logging.info("%s: stopping at the end of this host loop, with a "
                    "checkpoint (Ctrl-C again: stop at once, without "
                    "saving)", name)

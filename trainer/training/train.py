@@ -29,6 +29,7 @@ When to train, evaluate, checkpoint and stop is `loop`'s business.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import keras
 import ml_collections
@@ -302,6 +303,27 @@ class Trainer:
               for name, total in sums.items()}
     return sums
 
+  def evaluate(self, dataset) -> dict[str, Any]:
+    """One eval pass (eval_loop), its sums made means.
+
+    Returns:
+      {"loss", "accuracy", "examples", "by_op": {name: {"loss", "accuracy",
+      "examples"}}}, names of OPERATION_NAMES; an operation without
+      examples has loss and accuracy None. Loss and accuracy are 0.0 for a
+      pass of 0 examples.
+    """
+    sums = {name: t.numpy() for name, t in self.eval_loop(dataset).items()}
+    count = int(sums["count"])
+    metrics = {"loss": float(sums["loss_sum"] / max(count, 1)),
+               "accuracy": float(sums["correct"] / max(count, 1)),
+               "examples": count}
+    metrics["by_op"] = {
+        name: _mean_metrics(op_loss_sum, op_correct, op_count)
+        for name, op_loss_sum, op_correct, op_count in zip(
+            OPERATION_NAMES, sums["op_loss_sum"], sums["op_correct"],
+            sums["op_count"])}
+    return metrics
+
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""
     names = ["forward", "train_loop", "eval_loop"]
@@ -325,3 +347,12 @@ class Trainer:
   def learning_rate(self) -> float:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
+
+
+def _mean_metrics(loss_sum, correct, count) -> dict[str, Any]:
+  """Mean loss and accuracy of one operation's sums (None: no examples)."""
+  count = int(count)
+  if not count:
+    return {"loss": None, "accuracy": None, "examples": 0}
+  return {"loss": float(loss_sum / count), "accuracy": float(correct / count),
+          "examples": count}

@@ -1,0 +1,96 @@
+"""The distributed input of one run: a train iterator and an eval dataset.
+
+Each worker (or TPU host) builds one input pipeline per split from its share
+of the files (trainer/data/input_pipeline.py); the seeds and the batch
+counts to skip or take come from the run's plan.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from absl import logging
+import tensorflow as tf
+
+from trainer import errors
+from trainer.cloud import storage
+from trainer.data import input_pipeline
+from trainer.training import plan as plan_lib
+
+
+def list_data_files(run_plan: plan_lib.RunPlan) -> dict[str, list[str]]:
+  """{"training": files, "evaluation": files}: every file of each split,
+  listed once and checked against its manifest (counts, sizes, input
+  length), before anything is built.
+
+  Raises:
+    UserError: a missing bucket, no file for a pattern, a manifest that
+      disagrees with the files.
+  """
+  files = {}
+  for split, pattern in run_plan.patterns.items():
+    storage.check_bucket(pattern, run_plan.pattern_sources[split])
+    files[split] = input_pipeline.list_split_files(
+        pattern, run_plan.config.model.len_max_input, split)
+  return files
+
+
+class Feeds:
+  """The train iterator and eval dataset of a run that starts at
+  `start_step`.
+
+  A resumed run either replays the exact order (config.train.exact_resume:
+  skip the batches already trained on) or draws a new one (seed + step), so
+  it does not repeat the first batches after every restart (RunPlan.seed,
+  RunPlan.skip_batches).
+  """
+
+  def __init__(self, run_plan: plan_lib.RunPlan,
+               strategy: tf.distribute.Strategy,
+               files: dict[str, list[str]], start_step: int):
+    self.run_plan = run_plan
+    self.strategy = strategy
+    self.files = files
+    self.start_step = start_step
+    self.train_iterator = iter(self._distribute(training=True))
+    self.eval_dataset = self._distribute(training=False)
+
+  @classmethod
+  def of(cls, run_plan: plan_lib.RunPlan, strategy: tf.distribute.Strategy,
+         start_step: int = 0) -> Feeds:
+    """The feeds of `run_plan`'s data, its files listed and checked here
+    (benchmarks and tests; the loop lists them before building anything
+    else)."""
+    return cls(run_plan, strategy, list_data_files(run_plan), start_step)
+
+  def _distribute(self, training: bool):
+    run_plan = self.run_plan
+    config = run_plan.config
+    split = "training" if training else "evaluation"
+    seed = run_plan.seed(training, self.start_step)
+
+    def dataset_fn(context: tf.distribute.InputContext):
+      # This pipeline's share of the files (disjoint across workers).
+      files = input_pipeline.pipeline_files(
+          self.files[split], training=training, seed=seed,
+          input_context=context)
+      input_pipeline.check_holds_a_batch(
+          files, run_plan.per_replica_batch_size, split)
+      names = [posixpath.basename(f) for f in files]
+      logging.info(
+          f"data: {'train' if training else 'eval'} input pipeline "
+          f"{context.input_pipeline_id} of {context.num_input_pipelines} "
+          f"reads {len(files)} file(s): {' '.join(names[:8])}"
+          f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")
+      return input_pipeline.make_dataset(
+          files, run_plan.per_replica_batch_size,
+          len_max_input=config.model.len_max_input, training=training,
+          seed=seed, shuffle_buffer_size=config.data.shuffle_buffer_size,
+          skip_batches=run_plan.skip_batches(self.start_step) if training
+          else 0,
+          take_batches=None if training else run_plan.take_batches)
+
+    try:
+      return self.strategy.distribute_datasets_from_function(dataset_fn)
+    except errors.UserError as e:  # e.g. fewer files than workers
+      raise errors.UserError(f"{split} data: {e}", e.exit_status) from e
