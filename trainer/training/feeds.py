@@ -15,6 +15,8 @@ import tensorflow as tf
 from trainer import errors
 from trainer.cloud import storage
 from trainer.data import input_pipeline
+from trainer.data import manifest
+from trainer.data import records
 from trainer.training import plan as plan_lib
 
 
@@ -25,13 +27,17 @@ def list_data_files(run_plan: plan_lib.RunPlan) -> dict[str, list[str]]:
 
   Raises:
     UserError: a missing bucket, no file for a pattern, a manifest that
-      disagrees with the files.
+      disagrees with the files, a split too small for a batch per input
+      pipeline.
   """
   files = {}
   for split, pattern in run_plan.patterns.items():
     storage.check_bucket(pattern, run_plan.pattern_sources[split])
     files[split] = input_pipeline.list_split_files(
         pattern, run_plan.config.model.len_max_input, split)
+  input_pipeline.check_split_sizes(
+      files, run_plan.patterns, run_plan.config.train.global_batch_size,
+      run_plan.num_replicas, run_plan.num_input_pipelines)
   return files
 
 
@@ -54,6 +60,9 @@ class Feeds:
     self.start_step = start_step
     self.train_iterator = iter(self._distribute(training=True))
     self.eval_dataset = self._distribute(training=False)
+    # What a full eval pass (eval_steps=0) should count, from the manifests.
+    self.eval_split_examples = None if run_plan.config.train.eval_steps else (
+        manifest.count_examples(files["evaluation"]))
 
   @classmethod
   def of(cls, run_plan: plan_lib.RunPlan, strategy: tf.distribute.Strategy,
@@ -62,6 +71,14 @@ class Feeds:
     (benchmarks and tests; the loop lists them before building anything
     else)."""
     return cls(run_plan, strategy, list_data_files(run_plan), start_step)
+
+  def data_error(self, error: tf.errors.OpError,
+                 split: str) -> errors.UserError:
+    """The one line for a step that failed on its `split` input: names the
+    bad file (trainer/data/records.py)."""
+    return records.describe_data_error(
+        error, self.files[split], self.run_plan.config.model.len_max_input,
+        split)
 
   def _distribute(self, training: bool):
     run_plan = self.run_plan

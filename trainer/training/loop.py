@@ -11,12 +11,12 @@ Only the chief writes to the run's directories (`run_dir`); other workers
 write the same files to a temporary directory they delete (every worker must
 take part in saving).
 
-Stops (trainer/training/stop.py): SIGTERM, SIGHUP or Ctrl-C on any worker ends the
-run at the end of the current host loop with a checkpoint; in a multi-worker
-run the workers agree on that once per host loop (an all-reduce of their stop
-flags), so every worker saves the same step and stops. A worker that dies
-becomes one line telling how to resume; so does a bad record in the input
-(trainer/data/records.py names the file).
+Stops (trainer/training/stop.py): SIGTERM, SIGHUP or Ctrl-C on any worker
+ends the run at the end of the current host loop with a checkpoint; in a
+multi-worker run the workers agree on that once per host loop (an all-reduce
+of their stop flags), so every worker saves the same step and stops. A
+worker that dies becomes one line telling how to resume; so does a bad
+record in the input (trainer/data/records.py names the file).
 """
 
 from __future__ import annotations
@@ -35,11 +35,6 @@ import tensorflow as tf
 from trainer import cli
 from trainer import errors
 from trainer import progress
-from trainer.cloud import storage
-from trainer.data import input_pipeline
-from trainer.data import manifest
-from trainer.data import problems
-from trainer.data import records
 from trainer.model import export
 from trainer.training import checkpoints
 from trainer.training import feeds as feeds_lib
@@ -74,8 +69,8 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   `run_plan` is the checked config for this strategy and data
   (plan.for_strategy).
 
-  Resumes from the newest checkpoint that restores (trainer/training/checkpoints.py:
-  damaged ones are set aside); a directory holding checkpoint files none of
+  Resumes from the newest checkpoint that restores (damaged ones are set
+  aside: trainer/training/checkpoints.py); a directory holding checkpoint files none of
   which restores is an error, unless `start_over`: then the run starts at
   step 0 and the chief first moves every earlier checkpoint into
   checkpoints/replaced-<time>/.
@@ -97,8 +92,7 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   """
   if run_plan.on_tpu:
     plan_lib.check_tpu_paths(run_plan, dirs)
-  for name, path in dirs.origin:
-    storage.check_bucket(path, name)
+  run_dir.check_buckets(dirs)
   is_chief = strategy_lib.is_chief(strategy)
   if is_chief:  # the only one that writes there
     run_dir.check_writable(dirs)
@@ -122,9 +116,6 @@ def _train_and_evaluate(run_plan: plan_lib.RunPlan, strategy,
   else:
     run_dir.check_compatible(dirs, run_plan.config)
   files = feeds_lib.list_data_files(run_plan)
-  input_pipeline.check_split_sizes(
-      files, run_plan.patterns, run_plan.config.train.global_batch_size,
-      run_plan.num_replicas, run_plan.num_input_pipelines)
 
   temp_dir = None if is_chief else tempfile.mkdtemp(prefix="worker_")
   paths = run_dir.Paths.for_worker(dirs, is_chief, temp_dir)
@@ -190,8 +181,8 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
           "ended before writing them)" if finished else ""))
 
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
-  run = _Run(run_plan, trainer, out, start_step, files, strategy, started)
-  stopped = None if finished else run.train(feeds, signals)
+  run = _Run(run_plan, trainer, feeds, out, start_step, strategy, started)
+  stopped = None if finished else run.train(signals)
   if stopped:
     run.save()
     every = " on every worker" if strategy_lib.is_multi_worker(strategy) else ""
@@ -202,7 +193,7 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
     run.any_worker(False)  # a barrier: none ends while another still works
     return {"step": run.step, "stopped": stopped, "train": run.train_metrics}
 
-  eval_metrics = run.evaluate(feeds.eval_dataset)
+  eval_metrics = run.evaluate()
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
   export.export_saved_model(trainer.model, out.export,
@@ -238,20 +229,16 @@ class _Run:
   progress line."""
 
   def __init__(self, run_plan: plan_lib.RunPlan, trainer: train_lib.Trainer,
-               out: run_dir.RunDirs, start_step: int,
-               files: dict[str, list[str]], strategy: tf.distribute.Strategy,
-               started: float):
+               feeds: feeds_lib.Feeds, out: run_dir.RunDirs, start_step: int,
+               strategy: tf.distribute.Strategy, started: float):
     self.config = run_plan.config
     self.trainer = trainer
     self.schedule = schedule_lib.Schedule.of(run_plan)
     self.step = start_step
     self.train_metrics: dict[str, float] = {}  # of the last host loop
-    self.files = files
+    self.feeds = feeds
     self.started = started  # when _run began (without the CLI's import)
-    # What a full eval pass (eval_steps=0) should count, from the manifests.
-    self.eval_split_examples = None if self.config.train.eval_steps else (
-        manifest.count_examples(files["evaluation"]))
-    self.any_worker = _any_worker(strategy)
+    self.any_worker = strategy_lib.any_worker(strategy)
     self.saver = checkpoints.Saver(trainer.checkpoint, out.checkpoints,
                                    self.config.train.keep_checkpoints)
     self.scalars = summaries.Scalars(out.logs)
@@ -260,7 +247,7 @@ class _Run:
         run_plan.profile if strategy_lib.is_chief(strategy) else None,
         out.logs)
 
-  def train(self, feeds: feeds_lib.Feeds, signals: stop_lib.StopSignals
+  def train(self, signals: stop_lib.StopSignals
             ) -> stop_lib.StopReason | None:
     """Host loops until num_steps or a stop request; what stopped training
     early, or None. A stop requested during the last host loop lets the run
@@ -271,11 +258,10 @@ class _Run:
                             initial=self.step)
     stopped = None
     while self.step < num_steps:
-      self._host_loop(feeds.train_iterator,
-                      self.schedule.next_boundary(self.step), bar)
+      self._host_loop(self.schedule.next_boundary(self.step), bar)
       due = self.schedule.due(self.step)
       if Action.EVALUATE in due:
-        self.evaluate(feeds.eval_dataset)
+        self.evaluate()
       # Every worker takes part, once per host loop, so all stop together.
       if self.any_worker(signals.requested) and self.step < num_steps:
         stopped = signals.reason or stop_lib.StopReason.PEER
@@ -286,7 +272,7 @@ class _Run:
     bar.close()
     return stopped
 
-  def _host_loop(self, iterator, end: int, bar: progress.Progress) -> None:
+  def _host_loop(self, end: int, bar: progress.Progress) -> None:
     """Trains from self.step to `end` in one compiled call; writes its
     scalars and the progress line."""
     num_steps = end - self.step
@@ -295,9 +281,9 @@ class _Run:
       with self.profile.host_loop(self.step, num_steps):
         loss, accuracy, diverged = (
             t.numpy() for t in self.trainer.train_loop(
-                iterator, tf.constant(num_steps)))
+                self.feeds.train_iterator, tf.constant(num_steps)))
     except _DATA_ERRORS as e:
-      raise self._data_error(e, "training") from e
+      raise self.feeds.data_error(e, "training") from e
     if diverged >= 0:  # before anything of this host loop is kept
       raise self._diverged(int(diverged), num_steps, float(loss))
     loss, accuracy = float(loss), float(accuracy)
@@ -351,67 +337,25 @@ class _Run:
         f"{' + XLA compile' if self.trainer.use_xla else ''} + {num_steps} "
         f"steps) {seconds:.1f} s")
 
-  def evaluate(self, eval_dataset) -> dict[str, Any]:
+  def evaluate(self) -> dict[str, Any]:
     """One eval pass: says it, writes eval/ scalars and returns the metrics
     (train.Trainer.evaluate)."""
     try:
-      metrics = self.trainer.evaluate(eval_dataset)
+      metrics = self.trainer.evaluate(self.feeds.eval_dataset)
     except _DATA_ERRORS as e:
-      raise self._data_error(e, "evaluation") from e
+      raise self.feeds.data_error(e, "evaluation") from e
     count = metrics["examples"]
     if not count:  # a split smaller than a batch per input pipeline
       raise errors.UserError(
           "the evaluation pass read 0 examples from "
-          f"{len(self.files['evaluation'])} file(s): fewer than one batch "
-          "per input pipeline (config.train.global_batch_size="
+          f"{len(self.feeds.files['evaluation'])} file(s): fewer than one "
+          "batch per input pipeline (config.train.global_batch_size="
           f"{self.config.train.global_batch_size}); lower --config.train."
           "global_batch_size or generate more eval examples")
-    scalars = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
-    for name, op_metrics in metrics["by_op"].items():
-      if op_metrics["examples"]:
-        scalars[f"loss_{name}"] = op_metrics["loss"]
-        scalars[f"accuracy_{name}"] = op_metrics["accuracy"]
-    self.scalars.write("eval", self.step, scalars)
-    by_op = ", ".join(
-        f"{operator} " + (f"{op_metrics['accuracy']:.4f}"
-                          if op_metrics["examples"] else "n/a")
-        for operator, op_metrics in zip(problems.OPERATORS,
-                                        metrics["by_op"].values()))
-    say(f"eval at step {self.step}: loss {metrics['loss']:.4f}, accuracy "
-        f"{metrics['accuracy']:.4f} over {self._eval_count(count)}; {by_op}")
+    self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
+    say(summaries.eval_line(self.step, metrics,
+                            self.feeds.eval_split_examples))
     return metrics
-
-  def _eval_count(self, count: int) -> str:
-    """"296 of 300 examples (4 left out: ...)" for a full pass of a split
-    with manifests, else "N examples"."""
-    total = self.eval_split_examples
-    if total is None or total == count:
-      return f"{count:,} examples"
-    return (f"{count:,} of {total:,} examples ({total - count:,} left out: "
-            "static shapes drop each input pipeline's last partial batch)")
-
-  def _data_error(self, error: tf.errors.OpError,
-                  split: str) -> errors.UserError:
-    """The one line for a step that failed on its input: names the file."""
-    return records.describe_data_error(
-        error, self.files[split], self.config.model.len_max_input, split)
-
-
-def _any_worker(strategy: tf.distribute.Strategy):
-  """A function of this worker's stop flag: True when any worker's is set.
-
-  Multi-worker: an all-reduce over every replica (one per host loop, every
-  worker must call it at the same point). Otherwise the flag itself.
-  """
-  if not strategy_lib.is_multi_worker(strategy):
-    return bool
-
-  @tf.function
-  def count(flag: tf.Tensor) -> tf.Tensor:
-    per_replica = strategy.run(lambda: tf.identity(flag))
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-  return lambda flag: int(count(tf.constant(int(flag)))) > 0
 
 
 def say(message: str) -> None:

@@ -89,6 +89,13 @@ class RunDirs:
             f"in {self.files}")
 
 
+def check_buckets(dirs: RunDirs) -> None:
+  """Each gs:// run directory's bucket exists and answers (every worker
+  reads them); UserError naming the flag or variable otherwise."""
+  for name, path in dirs.origin:
+    storage.check_bucket(path, name)
+
+
 def check_writable(dirs: RunDirs) -> None:
   """Each local run directory is a directory this user can write, or can be
   made in one: checked before anything is built. (gs:// directories are

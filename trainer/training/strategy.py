@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from typing import Callable
 
 import tensorflow as tf
 
@@ -226,3 +227,21 @@ def _num_workers(strategy: tf.distribute.Strategy) -> int:
   cluster = resolver.cluster_spec().as_dict()
   return sum(len(tasks) for job, tasks in cluster.items()
              if job in ("chief", "worker"))
+
+
+def any_worker(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
+  """A function of this worker's flag: True when any worker's is set (the
+  stop vote).
+
+  Multi-worker: an all-reduce over every replica (every worker must call it
+  at the same point: once per host loop). Otherwise the flag itself.
+  """
+  if not is_multi_worker(strategy):
+    return bool
+
+  @tf.function
+  def count(flag: tf.Tensor) -> tf.Tensor:
+    per_replica = strategy.run(lambda: tf.identity(flag))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  return lambda flag: int(count(tf.constant(int(flag)))) > 0

@@ -1,15 +1,17 @@
-"""What a run writes for TensorBoard: scalars of train and eval, and
-profiler traces of chosen host loops."""
+"""What a run reports: TensorBoard scalars of train and eval, the eval
+line, and profiler traces of chosen host loops."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from absl import logging
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from trainer.cloud import storage
+from trainer.data import problems
 from trainer.training import plan as plan_lib
 
 
@@ -30,6 +32,38 @@ class Scalars:
         tf.summary.write(tag, tf.constant(value, tf.float32),
                          metadata=_SCALAR_METADATA)
     writer.flush()
+
+
+def eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+  """The eval/ scalars of Trainer.evaluate's metrics: loss, accuracy, and
+  per operation with examples loss_<op>, accuracy_<op>."""
+  scalars = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+  for name, op_metrics in metrics["by_op"].items():
+    if op_metrics["examples"]:
+      scalars[f"loss_{name}"] = op_metrics["loss"]
+      scalars[f"accuracy_{name}"] = op_metrics["accuracy"]
+  return scalars
+
+
+def eval_line(step: int, metrics: dict[str, Any],
+              split_examples: int | None) -> str:
+  """"eval at step N: loss L, accuracy A over C examples; + 0.9, ...";
+  `split_examples`: what a full pass of the split holds (manifests), to
+  say how many static shapes left out, or None."""
+  by_op = ", ".join(
+      f"{operator} " + (f"{op_metrics['accuracy']:.4f}"
+                        if op_metrics["examples"] else "n/a")
+      for operator, op_metrics in zip(problems.OPERATORS,
+                                      metrics["by_op"].values()))
+  count = metrics["examples"]
+  if split_examples is None or split_examples == count:
+    over = f"{count:,} examples"
+  else:
+    over = (f"{count:,} of {split_examples:,} examples "
+            f"({split_examples - count:,} left out: static shapes drop each "
+            "input pipeline's last partial batch)")
+  return (f"eval at step {step}: loss {metrics['loss']:.4f}, accuracy "
+          f"{metrics['accuracy']:.4f} over {over}; {by_op}")
 
 
 # TensorBoard's scalar format, written with TensorFlow's own summary op.

@@ -5,9 +5,9 @@ under MirroredStrategy with jit_compile and under multi-worker; see the
 README's "What a run does"), so the steps are written here:
 
   * with plain variables (default and one_device strategies), the whole
-    step -- forward, backward and Adam's update (trainer/training/optimizer.py) -- is
-    one XLA-compiled function (`jit_compile=True`) that reads and assigns
-    the variables itself;
+    step -- forward, backward and Adam's update
+    (trainer/training/optimizer.py) -- is one XLA-compiled function
+    (`jit_compile=True`) that reads and assigns the variables itself;
   * with mirrored variables (mirrored, multi_worker_mirrored), each
     replica's forward and backward pass is one XLA function that takes the
     weights as tensors (`model.stateless_call`), the gradients are summed
