@@ -14,6 +14,7 @@ from trainer.data import format as record_format
 from trainer.data import manifest as manifest_lib
 from trainer.data import problems
 from trainer.data import vocab
+from tests.helpers import examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -263,8 +264,6 @@ def test_serialized_examples_parse_as_tensorflows_own(lengths):
   # Covers the one-format fast path (all lengths < 89) and the general one.
   rng = np.random.default_rng(sum(lengths))
   defs, op, res = (bytes(rng.integers(0, 20, n).tolist()) for n in lengths)
-  reference = tf.train.Example(features=tf.train.Features(feature={
-      key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(ids)))
-      for key, ids in (("defs", defs), ("op", op), ("res", res))}))
+  reference = examples.example(defs, op, res)
   assert tf.train.Example.FromString(
       record_format.serialize_example(defs, op, res)) == reference
