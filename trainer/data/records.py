@@ -174,9 +174,11 @@ def _tf_cause(error: tf.errors.OpError) -> str:
     line = line.strip()
     if not line or line.startswith(_DECORATIONS):
       continue
+    # Decorations first: "{{function_node ...}}" comes before "Error in".
+    line = errors.strip_graph_decorations(line)
     line = re.sub(r"^Error in user-defined function passed to .*? "
                   r"transformation with iterator: \S+: ", "", line)
-    line = record_format.strip_marker(errors.strip_graph_decorations(line))
+    line = record_format.strip_marker(line)
     if line:
       candidates.append(line)
   cause = next((line for line in candidates if any(
