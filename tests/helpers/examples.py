@@ -46,7 +46,8 @@ def example(defs: Sequence[int], op: Sequence[int], res: Sequence[int], *,
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def _serialized(row: Row) -> bytes:
+def serialized(row: Row) -> bytes:
+  """The record of one row: an `example`'s bytes, or the bytes given."""
   if isinstance(row, bytes):
     return row
   return example(*row).SerializeToString()
@@ -64,7 +65,7 @@ def write_examples(path: str | os.PathLike, rows: Iterable[Row]) -> str:
   path = str(path)
   with tf.io.TFRecordWriter(path) as writer:
     for row in rows:
-      writer.write(_serialized(row))
+      writer.write(serialized(row))
   return path
 
 
