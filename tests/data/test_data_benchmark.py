@@ -44,7 +44,7 @@ def test_benchmark_prints_examples_per_second(run, smoke_data, split,
 @pytest.mark.parametrize("flags, message", [
     ([], "benchmark needs --data_dir"),
     (["--data_dir=DIR", "--split=test"],
-     "--split='test' is not one of train, eval"),
+     "--split='test' is not a split: use one of train, eval"),
     (["--data_dir=DIR", "--batch_size=0"], "--batch_size=0 must be positive"),
     (["--data_dir=DIR", "--seconds=-1"], "--seconds=-1.0 must be positive"),
     (["--data_dir=DIR", "--split=eval", "--batch_size=1000"],

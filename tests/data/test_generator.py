@@ -10,9 +10,11 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.data import datasets
+from trainer.data import format as record_format
 from trainer.data import manifest as manifest_lib
 from trainer.data import problems
 from trainer.data import vocab
+from tests.helpers import examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -52,7 +54,7 @@ def test_shard_is_pure_function_of_seed_split_index():
 def test_splits_and_shards_draw_from_distinct_streams():
   draws = {(split, index): problems.shard_rng(0, split, index).integers(
       0, 2**62, size=4).tolist()
-           for split in problems.SPLITS for index in range(4)}
+           for split in ("train", "eval") for index in range(4)}
   assert len({tuple(v) for v in draws.values()}) == len(draws)
 
 
@@ -130,7 +132,7 @@ def test_manifest_records_each_split(tmp_path):
   for shard in entry["shards"]:
     content = (tmp_path / shard["file"]).read_bytes()
     assert shard["bytes"] == len(content)
-    assert shard["crc32c"] == problems.crc32c_base64(content)
+    assert shard["crc32c"] == record_format.crc32c_base64(content)
     assert shard["num_examples"] == 200
     assert 10 <= shard["max_input_length"] <= 15
   assert entry["max_input_length"] == max(
@@ -241,12 +243,14 @@ def test_cli_unknown_command(run, tmp_path, args):
 def test_generator_modules_import_no_tensorflow():
   # The spawned workers import trainer.data.datasets and their __main__
   # (python -m trainer.data): TensorFlow there would cost seconds per worker.
-  # problems, vocab and manifest are the data package's no-TensorFlow core.
+  # format, problems, vocab and manifest are the data package's
+  # no-TensorFlow core.
   for modules, absent in (
       ("trainer.data.__main__, trainer.data.datasets, trainer.data.problems",
        ("tensorflow", "trainer.cloud.storage")),
-      ("trainer.data.problems, trainer.data.vocab, trainer.data.manifest",
-       ("tensorflow", "keras"))):
+      ("trainer.data.format", ("tensorflow", "keras")),
+      ("trainer.data.problems, trainer.data.vocab, trainer.data.manifest, "
+       "trainer.data.format", ("tensorflow", "keras"))):
     code = (f"import sys, {modules}; print(sorted(m for m in {absent!r} "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -260,8 +264,6 @@ def test_serialized_examples_parse_as_tensorflows_own(lengths):
   # Covers the one-format fast path (all lengths < 89) and the general one.
   rng = np.random.default_rng(sum(lengths))
   defs, op, res = (bytes(rng.integers(0, 20, n).tolist()) for n in lengths)
-  reference = tf.train.Example(features=tf.train.Features(feature={
-      key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(ids)))
-      for key, ids in (("defs", defs), ("op", op), ("res", res))}))
+  reference = examples.example(defs, op, res)
   assert tf.train.Example.FromString(
-      problems.serialize_example(defs, op, res)) == reference
+      record_format.serialize_example(defs, op, res)) == reference

@@ -10,6 +10,7 @@ from trainer.data import datasets
 from trainer.data import input_pipeline
 from trainer.data import problems
 from trainer.data import vocab
+from tests.helpers import examples
 
 LEN = 20
 
@@ -48,16 +49,10 @@ def read_pairs(dataset):
 
 
 def write_seed_format(directory, rows):
-  """Writes the seed blog's format with TensorFlow's own proto API."""
+  """Writes rows in the seed blog's file name, without a manifest."""
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, "shard_0000.tfrecords")
-  with tf.io.TFRecordWriter(path) as writer:
-    for defs, op, res in rows:
-      feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-                 for k, v in (("defs", defs), ("op", op), ("res", res))}
-      writer.write(tf.train.Example(
-          features=tf.train.Features(feature=feature)).SerializeToString())
-  return path
+  return examples.write_examples(
+      os.path.join(directory, "shard_0000.tfrecords"), rows)
 
 
 @pytest.mark.parametrize("training", [True, False])

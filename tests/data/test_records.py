@@ -13,25 +13,15 @@ from trainer.data import input_pipeline
 from trainer.data import records
 from trainer.data import vocab
 from trainer.training import stop
+from tests.helpers import examples
 
 DIGIT = vocab.TOKEN_IDS["1"]
-
-
-def write_records(path, examples):
-  """examples: dicts of feature -> list of ints, or raw bytes records."""
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for example in examples:
-      if isinstance(example, bytes):
-        writer.write(example)
-        continue
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          k: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-          for k, v in example.items()})).SerializeToString())
-  return str(path)
+write_records = examples.write_examples
 
 
 def good(length=1):
-  return {"defs": [DIGIT] * length, "op": [DIGIT], "res": [DIGIT]}
+  """(defs, op, res) of a valid record of input length `length` + 2."""
+  return ([DIGIT] * length, [DIGIT], [DIGIT])
 
 
 def test_a_good_file(tmp_path):
@@ -42,9 +32,8 @@ def test_a_good_file(tmp_path):
 
 
 @pytest.mark.parametrize("bad, kind, phrase", [
-    ({"defs": [DIGIT], "op": [DIGIT], "res": []}, "schema",
-     "an empty 'res' feature"),
-    ({"defs": [DIGIT], "op": [vocab.VOCAB_SIZE], "res": [DIGIT]}, "schema",
+    (([DIGIT], [DIGIT], []), "schema", "an empty 'res' feature"),
+    (([DIGIT], [vocab.VOCAB_SIZE], [DIGIT]), "schema",
      "a token id in 'op' outside the vocabulary"),
     (b"not an Example", "schema", "not an Example with int64 features"),
     (good(10), "too_long", "record 2 has input length 12 (defs + ':' + op), "

@@ -8,14 +8,12 @@ cut mid-response: test_fault_gcs.py.)
 """
 
 import os
-import pathlib
 import random
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import tensorflow as tf
@@ -23,6 +21,7 @@ import tensorflow as tf
 from configs import smoke
 from trainer.data import vocab
 from trainer.training import train as train_lib
+from tests.helpers import examples
 from tests.helpers.workers import Workers, fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -124,15 +123,8 @@ def too_long(data):
   them that a few steps surely parse one)."""
   del data
   digit = vocab.TOKEN_IDS["1"]
-  examples = [([digit], [digit])] * 2 + [([digit] * 38, [digit])] * 300
-  with tempfile.NamedTemporaryFile() as f:
-    with tf.io.TFRecordWriter(f.name) as writer:
-      for defs, op in examples:
-        features = {"defs": defs, "op": op, "res": [digit]}
-        writer.write(tf.train.Example(features=tf.train.Features(feature={
-            k: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-            for k, v in features.items()})).SerializeToString())
-    return pathlib.Path(f.name).read_bytes()
+  return examples.file_bytes([([digit], [digit], [digit])] * 2 +
+                             [([digit] * 38, [digit], [digit])] * 300)
 
 
 def damaged_copy(smoke_data, tmp_path, damage, keep_manifest, shard=SHARD):

@@ -36,11 +36,11 @@ from absl import flags
 from trainer import cli
 from trainer import errors
 from trainer.data import datasets
+from trainer.data import format as record_format
 # No TensorFlow (nor `storage`, `gcs`) at import: the generator's spawned
 # workers re-import this module as their __main__ and need none of it.
 
 COMMANDS = ("generate", "upload", "verify", "benchmark")
-SPLITS = ("train", "eval")
 WARM_UP_S = 1.0  # benchmark: untimed reading first (at most a quarter of it)
 
 
@@ -48,8 +48,9 @@ def define_flags() -> None:
   """Defines the command's flags (only when run as the command)."""
   flags.DEFINE_string(
       "out_dir", None, "Directory (local or gs://) for the shards and manifest.")
-  flags.DEFINE_string("split", "train",
-                      "generate, benchmark: the split, train|eval.")
+  flags.DEFINE_string(
+      "split", record_format.TRAIN.name, "generate, benchmark: the split, "
+      f"{'|'.join(split.name for split in record_format.SPLITS)}.")
   flags.DEFINE_integer("num_shards", 8, "Number of shard files.")
   flags.DEFINE_integer("examples_per_shard", 10_000, "Examples in each shard.")
   flags.DEFINE_integer(
@@ -120,9 +121,10 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
     for line in mismatches:
       print(f"mismatch: {line}", file=sys.stderr)
     problems += len(mismatches)
-  files = sorted(storage.glob(storage.join(data_dir, "*.tfrecord")))
+  suffix = record_format.SHARD_SUFFIX
+  files = sorted(storage.glob(storage.join(data_dir, f"*{suffix}")))
   if not files:
-    raise errors.UserError(f"no *.tfrecord file in {data_dir}: nothing to "
+    raise errors.UserError(f"no *{suffix} file in {data_dir}: nothing to "
                            "verify", exit_status=1)
   bar = progress.Progress(total=len(files), unit="files", desc="verify")
   good_records = 0
@@ -154,12 +156,10 @@ def _benchmark(flag_values) -> int:
   """`benchmark`: examples/s of the trainer's input pipeline alone."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  data_dir, split = flag_values.data_dir, flag_values.split
+  data_dir = flag_values.data_dir
   if not data_dir:
     raise errors.UserError("benchmark needs --data_dir")
-  if split not in SPLITS:
-    raise errors.UserError(f"--split={split!r} is not one of "
-                           f"{', '.join(SPLITS)}")
+  split = datasets.split_flag(flag_values.split)
   batch_size = flag_values.batch_size or config.train.global_batch_size
   len_max_input = flag_values.len_max_input or config.model.len_max_input
   shuffle_buffer_size = (flag_values.shuffle_buffer_size or
@@ -175,14 +175,13 @@ def _benchmark(flag_values) -> int:
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import records  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
-  training = split == "train"
-  split_name = "training" if training else "evaluation"
-  pattern = plan.resolve(config, data_dir=data_dir).patterns[split_name]
+  training = split is record_format.TRAIN
+  pattern = plan.resolve(config, data_dir=data_dir).patterns[split.noun]
   files = []
   try:
     storage.check_bucket(pattern, "--data_dir")
     # The trainer's path, for one input pipeline (Feeds in trainer/training/loop.py).
-    files = input_pipeline.list_split_files(pattern, len_max_input, split_name)
+    files = input_pipeline.list_split_files(pattern, len_max_input, split.noun)
     dataset = input_pipeline.make_dataset(
         input_pipeline.pipeline_files(files, training=training,
                                       seed=config.seed),
@@ -191,13 +190,13 @@ def _benchmark(flag_values) -> int:
     if not training:
       dataset = dataset.repeat()  # pass after pass until the time is spent
     examples, seconds = _time_dataset(tf, dataset, batch_size,
-                                      flag_values.seconds, split)
+                                      flag_values.seconds, split.name)
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
     raise records.describe_data_error(e, files, len_max_input,
-                                      split_name) from e
+                                      split.noun) from e
   except (OSError, tf.errors.OpError) as e:
     raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
-  print(f"{split} pipeline: {examples / seconds:,.0f} examples/s (batch "
+  print(f"{split.name} pipeline: {examples / seconds:,.0f} examples/s (batch "
         f"{batch_size}, {seconds:.1f} s, {examples:,} examples) from "
         f"{data_dir}")
   return 0

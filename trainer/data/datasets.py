@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterator
 from absl import logging
 
 from trainer import errors
+from trainer.data import format as record_format
 from trainer.data import problems
 from trainer.data import vocab
 
@@ -50,9 +51,7 @@ class GenerateSpec:
     if not self.out_dir:
       raise errors.UserError(
           "--out_dir is required (a local directory or gs:// URL)")
-    if self.split not in problems.SPLITS:
-      raise errors.UserError(f"--split={self.split!r} is not a split: use "
-                             f"one of {', '.join(problems.SPLITS)}")
+    split_flag(self.split)
     for name in ("num_shards", "examples_per_shard"):
       if getattr(self, name) <= 0:
         raise errors.UserError(
@@ -67,12 +66,27 @@ class GenerateSpec:
   def shard_path(self, index: int) -> str:
     from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
     return storage.join(
-        self.out_dir, problems.shard_name(self.split, index, self.num_shards))
+        self.out_dir,
+        record_format.shard_name(self.split, index, self.num_shards))
 
   def generator_params(self) -> dict[str, int]:
     return {"seed": self.seed, "max_value": self.max_value,
             "examples_per_shard": self.examples_per_shard,
             "num_shards": self.num_shards}
+
+
+def split_flag(value: str) -> record_format.Split:
+  """The split a --split flag names: by its name only ("train", "eval"),
+  the word of the shard files.
+
+  Raises:
+    UserError: `value` is no split's name, listing the names.
+  """
+  names = [split.name for split in record_format.SPLITS]
+  if value not in names:
+    raise errors.UserError(f"--split={value!r} is not a split: use one of "
+                           f"{', '.join(names)}")
+  return record_format.split_named(value)
 
 
 # Shard names hold 5-digit indices and counts ({index:05d}-of-{count:05d}).
@@ -249,7 +263,7 @@ def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
           f"{entry.generator}, not {spec.generator_params()}: remove those "
           "shards or use another --out_dir")
   expected = {spec.shard_path(i) for i in range(spec.num_shards)}
-  pattern = storage.join(spec.out_dir, f"{spec.split}-*-of-*.tfrecord")
+  pattern = storage.join(spec.out_dir, record_format.shard_glob(spec.split))
   strangers = [p for p in storage.glob(pattern) if p not in expected]
   if strangers:
     raise errors.UserError(
@@ -381,11 +395,11 @@ def ensure_dataset(data_dir: str, data_config, seed: int,
     data_dir.
   """
   for split, num_shards, per_shard in (
-      ("train", data_config.num_train_shards,
+      (record_format.TRAIN, data_config.num_train_shards,
        data_config.train_examples_per_shard),
-      ("eval", data_config.num_eval_shards,
+      (record_format.EVAL, data_config.num_eval_shards,
        data_config.eval_examples_per_shard)):
-    spec = GenerateSpec(data_dir, split, num_shards, per_shard,
+    spec = GenerateSpec(data_dir, split.name, num_shards, per_shard,
                         data_config.max_value, seed)
     # Checked first: `generate` starts its worker processes before it checks
     # (to overlap them with TensorFlow's import), which cost a trainer whose

@@ -24,18 +24,13 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.cloud import storage
+from trainer.data import format as record_format
 from trainer.data import manifest
 from trainer.data import vocab
 
 RECORDS_PER_READ = 16
 _GENERATE_HINT = (" (generate them with python -m trainer.data generate "
                   "--out_dir=DATA_DIR, or fix --data_dir / config.data)")
-
-_FEATURES = {
-    "defs": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-    "op": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-    "res": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-}
 
 
 def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
@@ -45,7 +40,7 @@ def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
   Args:
     file_pattern: a glob, or a list of globs and paths, local or gs://.
     len_max_input: the padded input length the files must fit.
-    split: "training" or "evaluation", to name in errors.
+    split: a split's noun ("training", "evaluation"), to name in errors.
 
   Returns:
     The matching files (temporary names of an interrupted write skipped).
@@ -122,7 +117,8 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
   step), so the check takes the smallest share any seed can give.
 
   Args:
-    files: {"training": files, "evaluation": files}, from `list_split_files`.
+    files: {split noun: files} ({"training": ..., "evaluation": ...}), from
+      `list_split_files`.
     patterns: the same splits' patterns, to name in errors.
     global_batch_size: config.train.global_batch_size.
     num_replicas: replicas in sync.
@@ -139,7 +135,7 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
     counts = manifest.example_counts(split_files)
     if counts is not None:
       ordered = [counts[f] for f in sorted(split_files)]
-      if split == "training":
+      if record_format.split_named(split) is record_format.TRAIN:
         share = sorted(ordered)[:len(ordered) // num_pipelines]
       else:  # evaluation shares are fixed: every num_pipelines-th file
         share = min((ordered[i::num_pipelines]
@@ -165,7 +161,7 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
         "per input pipeline (config.train.global_batch_size="
         f"{global_batch_size} over {num_replicas} replica(s)): lower "
         "--config.train.global_batch_size or generate more "
-        f"{'train' if split == 'training' else 'eval'} examples "
+        f"{record_format.split_named(split).name} examples "
         "(python -m trainer.data generate --examples_per_shard=...)")
 
 
@@ -179,6 +175,10 @@ def check_holds_a_batch(files: Sequence[str], per_replica_batch_size: int,
   batch (0-byte objects on gs://, tiny files) make the repeating training
   pipeline spin forever, and evaluation count 0 examples.
 
+  Args:
+    files: the files of one input pipeline (from `pipeline_files`).
+    per_replica_batch_size: examples per batch of this input pipeline.
+    split: a split's noun ("training", "evaluation"), to name in errors.
   Raises:
     UserError: fewer records than one batch, naming the files.
   """
@@ -194,9 +194,15 @@ def check_holds_a_batch(files: Sequence[str], per_replica_batch_size: int,
       f"{len(files)} {split} file(s) of an input pipeline ({names} in "
       f"{directories}) hold {found} example(s), fewer than one batch of "
       f"{per_replica_batch_size} per replica: no batch to "
-      f"{'train on' if split == 'training' else 'evaluate'}; lower "
+      f"{_purpose(split)}; lower "
       "--config.train.global_batch_size or generate more examples (python "
       "-m trainer.data generate --examples_per_shard=...)")
+
+
+def _purpose(split: str) -> str:
+  """What a batch of the split with noun `split` is for, in a message."""
+  return ("train on" if record_format.split_named(split) is record_format.TRAIN
+          else "evaluate")
 
 
 def _count_records(files: Sequence[str], limit: int) -> int | None:
@@ -236,28 +242,15 @@ def pipeline_files(
 
 def _parse_batch(serialized: tf.Tensor, batch_size: int,
                  len_max_input: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Parses a batch of serialized Examples into static-shape (x, y)."""
-  parsed = tf.io.parse_example(serialized, _FEATURES)
-  defs, op, res = (tf.cast(parsed[k], tf.int32) for k in ("defs", "op", "res"))
+  """Parses a batch of serialized Examples into static-shape (x, y), after
+  asserting the format's record checks (their failures carry its marker)."""
+  parsed = tf.io.parse_example(serialized, record_format.parse_features())
+  checks = record_format.record_assertions(parsed, len_max_input)
+  defs, op, res = (tf.cast(parsed[key], tf.int32)
+                   for key in record_format.FEATURES)
   separator = tf.RaggedTensor.from_tensor(
       tf.fill([batch_size, 1], vocab.SEP_ID), row_splits_dtype=tf.int32)
   x = tf.concat([defs, separator, op], axis=1)  # ragged [batch, (length)]
-  input_length = tf.reduce_max(x.row_lengths())
-  all_ids = tf.concat([x.flat_values, res.flat_values], axis=0)
-  checks = [
-      # Files without a manifest (the seed's, or foreign ones) end here.
-      tf.debugging.Assert(
-          input_length <= len_max_input,
-          ["an example has input length (defs + ':' + op)", input_length,
-           "over len_max_input", len_max_input]),
-      tf.debugging.Assert(
-          tf.reduce_all((all_ids >= 0) & (all_ids < vocab.VOCAB_SIZE)),
-          ["a token id is outside the vocabulary [0, %d):" % vocab.VOCAB_SIZE,
-           tf.reduce_min(all_ids), tf.reduce_max(all_ids)]),
-      tf.debugging.Assert(
-          tf.reduce_min(res.row_lengths()) > 0,
-          ["an example has an empty 'res' feature"]),
-  ]
   with tf.control_dependencies(checks):
     x = x.to_tensor(default_value=vocab.PAD_ID,
                     shape=[batch_size, len_max_input])

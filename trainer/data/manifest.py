@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from trainer import errors
 from trainer.cloud import storage
+from trainer.data import format as record_format
 from trainer.data import vocab
 
 MANIFEST_NAME = "manifest.json"
@@ -97,7 +98,7 @@ class SplitEntry:
 class Manifest:
   """The contents of one `manifest.json`."""
   vocab: list[str]
-  splits: dict[str, SplitEntry]
+  splits: dict[str, SplitEntry]  # by format.Split.name ("train", "eval")
 
   @classmethod
   def new(cls) -> Manifest:
@@ -310,8 +311,8 @@ def compare(manifest: Manifest, files: Mapping[str, FileInfo],
                         f"manifest says {shard.crc32c} (corrupted "
                         "or from another generation)")
     for name in sorted(files):
-      if name.startswith(f"{split}-") and name.endswith(".tfrecord") and (
-          name not in listed):
+      if name.startswith(f"{split}-") and name.endswith(
+          record_format.SHARD_SUFFIX) and name not in listed:
         problems.append(f"{data_dir}/{name}: a {split} shard the "
                         "manifest does not list (a glob would read it)")
     if len(entry.shards) != entry.num_shards:

@@ -27,18 +27,13 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
+from trainer.data import format as record_format
 from trainer.data import vocab
 
 # How long the loop may spend finding which file broke the input pipeline:
 # it reads the split's files in order and stops at the first bad one.
 SCAN_BUDGET_S = 120.0
 _READ_BATCH = 1024  # records read and parsed at once
-
-_SCHEMA = {
-    "defs": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-    "op": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-    "res": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int32),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,23 +86,24 @@ def check_file(path: str, len_max_input: int) -> FileCheck:
       index = good + _count_readable(path, skip=good)
       return FileCheck(path, index, f"record {index}: {_tf_cause(e)}",
                        "corrupt", longest)
-    lengths, bad_index, reason = _check_batch(serialized)
+    lengths, over, bad_index, reason = _check_batch(serialized, len_max_input)
     if bad_index is not None:
       return FileCheck(path, good + bad_index,
                        f"record {good + bad_index}: {reason}", "schema",
                        max(longest, int(lengths[:bad_index].max(initial=0))))
     longest = max(longest, int(lengths.max(initial=0)))
-    over = np.flatnonzero(lengths > len_max_input)
+    over = np.flatnonzero(over)
     if over.size and too_long is None:
       too_long = (good + int(over[0]), int(lengths[over[0]]))
     good += len(lengths)
-    consumed += int(tf.reduce_sum(tf.strings.length(serialized))) + 16 * len(
-        lengths)
+    consumed += int(tf.reduce_sum(tf.strings.length(serialized))) + (
+        record_format.RECORD_FRAMING_BYTES * len(lengths))
   trailing = tf.io.gfile.stat(path).length - consumed
   if trailing:
     # TensorFlow reads a record header cut short as the end of the file.
     return FileCheck(
-        path, good, f"record {good}: the file ends inside its 12-byte header "
+        path, good, f"record {good}: the file ends inside its "
+        f"{record_format.RECORD_HEADER_BYTES}-byte header "
         f"({trailing} byte(s) after the last whole record)", "corrupt",
         longest)
   if too_long is not None:
@@ -130,35 +126,43 @@ def _count_readable(path: str, skip: int) -> int:
   return count
 
 
-def _check_batch(serialized: tf.Tensor) -> tuple[np.ndarray, int | None, str]:
-  """Input lengths of a batch of records, and the first invalid record's
-  index in the batch (None if all are valid) with the reason."""
+def _check_batch(serialized: tf.Tensor, len_max_input: int
+                 ) -> tuple[np.ndarray, np.ndarray, int | None, str]:
+  """The format's record check of a batch of records, eagerly.
+
+  Returns:
+    The records' input lengths, which of them are over len_max_input, and
+    the first record of the batch that is not a valid Example of the format
+    (None if all are) with the reason. An input over len_max_input is not
+    such a reason: the file is read on to find its longest input.
+  """
+  spec = record_format.parse_features()
   try:
-    parsed = tf.io.parse_example(serialized, _SCHEMA)
+    parsed = tf.io.parse_example(serialized, spec)
   except tf.errors.InvalidArgumentError:
     # Find the record: parse them one by one.
     for index, record in enumerate(serialized):
       try:
-        tf.io.parse_example(record[tf.newaxis], _SCHEMA)
+        tf.io.parse_example(record[tf.newaxis], spec)
       except tf.errors.InvalidArgumentError as e:
-        return np.zeros([index], np.int64), index, (
-            "not an Example with int64 features defs, op, res "
-            f"({_tf_cause(e)})")
+        empty = np.zeros([index], np.int64)
+        return empty, empty.astype(bool), index, (
+            "not an Example with int64 features "
+            f"{', '.join(record_format.FEATURES)} ({_tf_cause(e)})")
     raise  # the batch failed but no record alone does: not a data problem
-  row_lengths = {k: parsed[k].row_lengths().numpy() for k in _SCHEMA}
-  lengths = row_lengths["defs"] + 1 + row_lengths["op"]
-  checks = [(row_lengths["res"] == 0, "an empty 'res' feature")]
-  for key in _SCHEMA:
-    ids = parsed[key]
-    outside = tf.reduce_any((ids < 0) | (ids >= vocab.VOCAB_SIZE), axis=1)
-    checks.append((outside.numpy(), f"a token id in '{key}' outside the "
-                   f"vocabulary [0, {vocab.VOCAB_SIZE})"))
+  checks = record_format.check_records(parsed, len_max_input)
+  # The first failing check names a record; at a tie, the first listed.
+  failures = [(checks.empty_res, f"an empty '{record_format.RES}' feature")]
+  for key in record_format.FEATURES:
+    failures.append((checks.outside_vocabulary[key], f"a token id in '{key}' "
+                     f"outside the vocabulary [0, {vocab.VOCAB_SIZE})"))
   first_bad, reason = None, ""
-  for bad, what in checks:
-    hits = np.flatnonzero(bad)
+  for failed, what in failures:
+    hits = np.flatnonzero(failed.numpy())
     if hits.size and (first_bad is None or hits[0] < first_bad):
       first_bad, reason = int(hits[0]), what
-  return lengths, first_bad, reason
+  return (checks.input_lengths.numpy(), checks.too_long.numpy(), first_bad,
+          reason)
 
 
 def _tf_cause(error: tf.errors.OpError) -> str:
@@ -170,9 +174,11 @@ def _tf_cause(error: tf.errors.OpError) -> str:
     line = line.strip()
     if not line or line.startswith(_DECORATIONS):
       continue
+    # Decorations first: "{{function_node ...}}" comes before "Error in".
+    line = errors.strip_graph_decorations(line)
     line = re.sub(r"^Error in user-defined function passed to .*? "
                   r"transformation with iterator: \S+: ", "", line)
-    line = errors.strip_graph_decorations(line)
+    line = record_format.strip_marker(line)
     if line:
       candidates.append(line)
   cause = next((line for line in candidates if any(
@@ -189,7 +195,7 @@ _DECORATIONS = ("Graph execution error", "Detected at node", "<stack traces",
                 "File \"", "Node: ", "[[")
 # Phrases of the lines that say what.
 _CAUSES = ("corrupted record", "truncated record", "assertion failed",
-           "Feature: ", "Could not parse", "Key: ", "Name: ")
+           "Key: ", "Name: ", *record_format.TF_PARSE_ERRORS)
 
 
 def find_bad_file(files: Sequence[str], len_max_input: int,
@@ -224,7 +230,7 @@ def describe_data_error(error: tf.errors.OpError, files: Sequence[str],
       eval step.
     files: every file of the split the failing pipeline read.
     len_max_input: the config's padded input length.
-    split: "training" or "evaluation".
+    split: a split's noun ("training", "evaluation"), to name in messages.
   Returns:
     The UserError to raise (exit status 2).
   Raises:
@@ -238,7 +244,7 @@ def describe_data_error(error: tf.errors.OpError, files: Sequence[str],
   bad, checked = find_bad_file(files, len_max_input)
   if bad is not None:
     return errors.UserError(_one_line(bad, len_max_input))
-  if isinstance(error, tf.errors.DataLossError) or _is_pipeline_check(cause):
+  if isinstance(error, tf.errors.DataLossError) or _is_pipeline_check(error):
     data_dirs = sorted({posixpath.dirname(f) for f in files})
     scanned = ("every one reads and fits" if checked == len(files) else
                f"the first {checked} of {len(files)} read and fit in "
@@ -249,15 +255,12 @@ def describe_data_error(error: tf.errors.OpError, files: Sequence[str],
   raise error
 
 
-# The messages of the input pipeline's own in-graph checks
-# (input_pipeline._parse_batch) and of parse_example.
-_PIPELINE_CHECKS = ("an example has input length", "a token id is outside",
-                    "an example has an empty 'res'", "Feature: ",
-                    "Could not parse example input")
-
-
-def _is_pipeline_check(cause: str) -> bool:
-  return any(text in cause for text in _PIPELINE_CHECKS)
+def _is_pipeline_check(error: tf.errors.OpError) -> bool:
+  """True when the input pipeline's record checks (their marker) or
+  TensorFlow's parse of a record raised `error`."""
+  message = error.message or ""
+  return (record_format.check_kind(message) is not None or
+          record_format.is_parse_error(message))
 
 
 def _verify_command(data_dir: str) -> str:

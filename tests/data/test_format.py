@@ -1,0 +1,133 @@
+"""trainer/data/format.py: the split table, the marker of the record checks,
+and one check agreeing in the pipeline and eagerly."""
+
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from trainer import errors
+from trainer.data import format as record_format
+from trainer.data import input_pipeline
+from trainer.data import records
+from trainer.data import vocab
+from tests.helpers import examples
+
+DIGIT = vocab.TOKEN_IDS["1"]
+LEN = 7  # len_max_input of these tests: inputs of up to 5 + ':' + 1
+GOOD = ([DIGIT], [DIGIT], [DIGIT])
+
+# One bad record of each kind the pipeline asserts, and the kind.
+BAD_RECORDS = {
+    "too_long": (([DIGIT] * 10, [DIGIT], [DIGIT]), record_format.TOO_LONG),
+    "id_over": (([DIGIT], [vocab.VOCAB_SIZE], [DIGIT]), record_format.BAD_ID),
+    "id_negative": (([-1], [DIGIT], [DIGIT]), record_format.BAD_ID),
+    # 2**32 + 1 would be id 1 after a cast to int32.
+    "id_wraps": (([DIGIT], [DIGIT], [2**32 + 1]), record_format.BAD_ID),
+    "empty_res": (([DIGIT], [DIGIT], []), record_format.EMPTY_RES),
+    "missing_res": (examples.example(*GOOD, drop="res").SerializeToString(),
+                    record_format.EMPTY_RES),
+}
+
+
+def test_split_table():
+  assert record_format.SPLITS == (record_format.TRAIN, record_format.EVAL)
+  assert (record_format.TRAIN.name, record_format.TRAIN.noun,
+          record_format.TRAIN.config_field) == ("train", "training",
+                                                "train_files")
+  assert (record_format.EVAL.name, record_format.EVAL.noun,
+          record_format.EVAL.config_field) == ("eval", "evaluation",
+                                               "eval_files")
+  for split in record_format.SPLITS:
+    assert record_format.split_named(split.name) is split
+    assert record_format.split_named(split.noun) is split
+  with pytest.raises(errors.UserError,
+                     match="'test' is not a split: use one of train, eval"):
+    record_format.split_named("test")
+
+
+def test_format_imports_without_tensorflow():
+  code = ("import sys, trainer.data.format as f; f.serialize_example(b'', "
+          "b'', b''); f.check_kind('x'); f.split_named('train'); "
+          "print('tensorflow' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=True)
+  assert result.stdout.strip() == "False"
+
+
+def test_check_kind_reads_the_marker_and_nothing_else():
+  for kind in record_format.CHECK_KINDS:
+    text = f"{record_format.marker(kind)} whatever the words say"
+    # As TensorFlow prints an Assert's data: each item in brackets.
+    assert record_format.check_kind(f"assertion failed: [{text}] [3]") == kind
+    assert record_format.strip_marker(f"[{text}]") == (
+        "[whatever the words say]")
+  assert record_format.check_kind("an example has input length 30") is None
+  assert record_format.check_kind("[bad record:no_such_kind] x") is None
+  with pytest.raises(ValueError):
+    record_format.marker("no_such_kind")
+
+
+def pipeline_error(files, batch_size=1):
+  """The error the input pipeline raises reading `files`, None if none."""
+  dataset = input_pipeline.make_dataset(files, batch_size,
+                                        len_max_input=LEN, training=False)
+  try:
+    list(dataset)
+  except tf.errors.InvalidArgumentError as e:
+    return e
+  return None
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_each_pipeline_check_is_recognised_by_its_marker(tmp_path, name):
+  row, kind = BAD_RECORDS[name]
+  good = examples.write_examples(tmp_path / "good", [GOOD] * 4)
+  bad = examples.write_examples(tmp_path / "bad", [GOOD, row, GOOD, GOOD])
+  error = pipeline_error([good, bad], batch_size=2)
+  assert error is not None
+  assert record_format.check_kind(error.message) == kind
+  # The file is found and named.
+  message = str(records.describe_data_error(error, [good, bad], LEN,
+                                            "training"))
+  assert message.startswith(f"{bad}: record 1"), message
+  # With no bad file to find (e.g. past the scan budget), the marker alone
+  # makes it a data error: one line, without the marker.
+  message = str(records.describe_data_error(error, [good], LEN,
+                                            "evaluation"))
+  assert message.startswith("evaluation data: assertion failed: "), message
+  assert "[bad record:" not in message
+  assert "verify --deep" in message
+
+
+def test_a_record_of_another_type_is_named_too(tmp_path):
+  row = examples.example(*GOOD, as_floats="op").SerializeToString()
+  bad = examples.write_examples(tmp_path / "bad", [GOOD, row])
+  error = pipeline_error([bad])
+  assert error is not None and record_format.check_kind(error.message) is None
+  message = str(records.describe_data_error(error, [bad], LEN, "training"))
+  assert message.startswith(f"{bad}: record 1: not an Example with int64 "
+                            "features defs, op, res ("), message
+
+
+@pytest.mark.parametrize("name", ["good", *sorted(BAD_RECORDS)])
+def test_the_eager_check_and_the_pipeline_agree(tmp_path, name):
+  row, kind = BAD_RECORDS.get(name, (GOOD, None))
+  path = examples.write_examples(tmp_path / "one", [row])
+  # In the graph: the kind the pipeline asserts.
+  error = pipeline_error([path])
+  in_graph = None if error is None else record_format.check_kind(
+      error.message)
+  # Eagerly: the same check on the same record...
+  parsed = tf.io.parse_example(
+      tf.constant([examples.serialized(row)]),
+      record_format.parse_features())
+  failed = record_format.check_records(parsed, LEN).by_kind()
+  eager = {k for k, hits in failed.items() if hits.numpy().any()}
+  # ...and records.check_file, which uses it.
+  checked = records.check_file(path, LEN)
+  assert in_graph == kind
+  assert eager == (set() if kind is None else {kind})
+  assert checked.kind == {None: "ok", record_format.TOO_LONG: "too_long"}.get(
+      kind, "schema")
