@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.helpers.cloud_fake import error_line, ok
+from tests.helpers.cloud_fake import HOSTS, error_line, host_count, ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -145,7 +145,7 @@ def test_create_orders_versions_numerically_and_spot(tpu):
      "tpu-vm-tf-2.18.0-pjrt-v5p-and-below"),
     ({"ACCELERATOR_TYPE": "v6e-16", "ZONE": "europe-west4-a"},
      "error: zone europe-west4-a lists no TensorFlow PJRT runtime for v6e-16 "
-     "(4 host(s)); listed: tpu-ubuntu2204-base v2-alpha-tpuv6e - set "
+     "(2 host(s)); listed: tpu-ubuntu2204-base v2-alpha-tpuv6e - set "
      "RUNTIME_VERSION or pick another ZONE"),
     ({"ACCELERATOR_TYPE": "v4"}, "error: ACCELERATOR_TYPE=v4: expected a type "
      "like v4-8, v5p-16 or v5litepod-16"),
@@ -157,6 +157,29 @@ def test_create_refuses_a_runtime_before_creating_anything(tpu, env, message):
   assert result.returncode == 2
   assert error_line(result) == message
   assert not tpu.find("POST", "/nodes$") and not tpu.nodes
+
+
+@pytest.mark.parametrize("accelerator", sorted(HOSTS))
+def test_hosts_per_accelerator_type_are_the_documented_ones(accelerator):
+  # cloud_fake.HOSTS holds Cloud TPU's documented host counts; the script
+  # computes its own (v5litepod-16: 2 hosts of 8 chips, not 4 of 4).
+  result = subprocess.run(
+      ["bash", SCRIPT, "create"], capture_output=True, text=True, timeout=60,
+      stdin=subprocess.DEVNULL,
+      env={**os.environ, "DRY_RUN": "1", "ACCELERATOR_TYPE": accelerator})
+  assert result.returncode == 0, result.stderr
+  hosts = HOSTS[accelerator]
+  assert f"ACCELERATOR_TYPE={accelerator} ({hosts} host(s))" in result.stderr
+  assert f"POD={int(hosts > 1)}" in result.stderr
+
+
+def test_the_fake_refuses_an_undocumented_accelerator_type(tpu):
+  with pytest.raises(KeyError, match="'v4-12'"):
+    host_count("v4-12")
+  result = tpu_vm(tpu, "create", env={"ACCELERATOR_TYPE": "v4-12"})
+  assert result.returncode != 0
+  assert "'v4-12' is not in cloud_fake.HOSTS" in result.stderr
+  assert not tpu.nodes
 
 
 def test_explicit_runtime_that_the_zone_lists(tpu):
