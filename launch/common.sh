@@ -8,7 +8,7 @@ dry_run=${DRY_RUN:-0}
 # shellcheck disable=SC2034
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The script as its messages name it, e.g. launch/tpu_vm.sh.
-script_name=launch/$(basename "$0")
+script_name=launch/${0##*/}
 
 # Runs a command, or with DRY_RUN=1 prints it (shell-quoted) instead.
 run() {
