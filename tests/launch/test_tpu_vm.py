@@ -236,8 +236,8 @@ def test_setup_ships_head_to_every_worker_and_is_idempotent(tpu, tmp_path):
   # A clone with an uncommitted change: HEAD ships, with a warning.
   repo = tmp_path / "repo"
   subprocess.run(["git", "clone", "-q", ROOT, str(repo)], check=True)
-  head_vocab = (repo / "trainer" / "vocab.py").read_text()
-  (repo / "trainer" / "vocab.py").write_text(head_vocab + "# local edit\n")
+  head_vocab = (repo / "trainer" / "data" / "vocab.py").read_text()
+  (repo / "trainer" / "data" / "vocab.py").write_text(head_vocab + "# local edit\n")
   env = {"ACCELERATOR_TYPE": "v4-16", "REPO_DIR": str(repo)}
   ok(tpu_vm(tpu, "create", env=env))
   for _ in range(2):  # a second setup replaces the first
@@ -253,7 +253,7 @@ def test_setup_ships_head_to_every_worker_and_is_idempotent(tpu, tmp_path):
     code = os.path.join(home, "masked-attention-trainer")
     assert sorted(os.listdir(code)) == ["README.md", "configs", "setup.py",
                                         "trainer"]
-    assert open(os.path.join(code, "trainer", "vocab.py")).read() == head_vocab
+    assert open(os.path.join(code, "trainer", "data", "vocab.py")).read() == head_vocab
     with tarfile.open(os.path.join(home, "masked-attention-trainer.tar.gz")) as t:
       assert "masked-attention-trainer/setup.py" in t.getnames()
     pips = [c["args"] for c in python_calls(home) if c["args"][:2] == ["-m", "pip"]]
