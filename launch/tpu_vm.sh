@@ -76,16 +76,18 @@ strategy_for tpu 1
 config=${CONFIG:-$default_config}
 repo_dir=${REPO_DIR:-$repo_root}
 
-# Hosts of a slice, 8 of the type's units per host (Cloud TPU's v4, v5p, v5e
-# and v6e pages): v2, v3, v4 and v5p types count TensorCores (4 chips of 2
-# per host: v4-8 is one host, v4-32 four); v5litepod and v6e types count
-# chips (8 per host: v5litepod-8 and smaller are one host, v5litepod-16 two).
+# TPU VM workers of a slice: v2, v3, v4 and v5p types count TensorCores (8
+# per VM: v4-8 is one, v4-32 four); v5litepod and v6e types count chips, one
+# VM up to 8, else VMs of 4 chips (v5litepod-16: four). The v5e page's
+# topology table counts 8-chip physical hosts (4x4: 2); the VMs of a
+# multi-host v5e/v6e slice are its 4-chip VM type (ct5lp-hightpu-4t).
 generation=${accelerator_type%-*}
 size=${accelerator_type##*-}
 [[ "$size" =~ ^[0-9]+$ && "$generation" =~ ^v[0-9] ]] ||
   die "ACCELERATOR_TYPE=$accelerator_type: expected a type like v4-8, v5p-16 or v5litepod-16"
 case "$generation" in
-  v2 | v3 | v4 | v5p | v5litepod | v5e | v6e) hosts=$(((size + 7) / 8)) ;;
+  v2 | v3 | v4 | v5p) hosts=$(((size + 7) / 8)) ;;
+  v5litepod | v5e | v6e) if ((size <= 8)); then hosts=1; else hosts=$((size / 4)); fi ;;
   *) die "ACCELERATOR_TYPE=$accelerator_type: unknown TPU generation '$generation' (v2, v3, v4, v5p, v5litepod, v6e)" ;;
 esac
 case "${POD:-auto}" in

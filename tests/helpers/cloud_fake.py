@@ -106,15 +106,20 @@ ACCOUNT = f"tester@{PROJECT}.iam.gserviceaccount.com"
 #   a host, and v4-N counts TensorCores: 8 a host.
 # - v5p (https://cloud.google.com/tpu/docs/v5p): v5p-8 (2x2x1) 1 host, v5p-16
 #   (2x2x2) 2 hosts.
-# - v5e (https://cloud.google.com/tpu/docs/v5e): v5litepod-N counts chips, 8
-#   chips a host; 2x4 (v5litepod-8) 1 host, 4x4 (v5litepod-16) 2 hosts.
+# - v5e (https://cloud.google.com/tpu/docs/v5e): v5litepod-N counts chips;
+#   "each TPU VM in a v5e slice contains 1, 4 or 8 chips" (its VM types);
+#   up to 2x4 (v5litepod-8) one VM, and multi-host slices are built of the
+#   4-chip VM type (ct5lp-hightpu-4t; GKE's TPU planning page: the 2x2
+#   topology of that type is the single-host one), so v5litepod-16 has 4
+#   VMs. (The page's topology table says 2 hosts for 4x4: physical 8-chip
+#   hosts, not the TPU VMs gcloud ssh --worker=all reaches.)
 # - v2-8: one host (https://cloud.google.com/tpu/docs/v2), the fake's
 #   default type.
 HOSTS = {
     "v2-8": 1,
     "v4-8": 1, "v4-16": 2, "v4-32": 4,
     "v5p-8": 1, "v5p-16": 2,
-    "v5litepod-8": 1, "v5litepod-16": 2,
+    "v5litepod-8": 1, "v5litepod-16": 4,
 }
 
 

@@ -145,7 +145,7 @@ def test_create_orders_versions_numerically_and_spot(tpu):
      "tpu-vm-tf-2.18.0-pjrt-v5p-and-below"),
     ({"ACCELERATOR_TYPE": "v6e-16", "ZONE": "europe-west4-a"},
      "error: zone europe-west4-a lists no TensorFlow PJRT runtime for v6e-16 "
-     "(2 host(s)); listed: tpu-ubuntu2204-base v2-alpha-tpuv6e - set "
+     "(4 host(s)); listed: tpu-ubuntu2204-base v2-alpha-tpuv6e - set "
      "RUNTIME_VERSION or pick another ZONE"),
     ({"ACCELERATOR_TYPE": "v4"}, "error: ACCELERATOR_TYPE=v4: expected a type "
      "like v4-8, v5p-16 or v5litepod-16"),
@@ -162,7 +162,7 @@ def test_create_refuses_a_runtime_before_creating_anything(tpu, env, message):
 @pytest.mark.parametrize("accelerator", sorted(HOSTS))
 def test_hosts_per_accelerator_type_are_the_documented_ones(accelerator):
   # cloud_fake.HOSTS holds Cloud TPU's documented host counts; the script
-  # computes its own (v5litepod-16: 2 hosts of 8 chips, not 4 of 4).
+  # computes its own (v5litepod-16: 4 VMs of 4 chips).
   result = subprocess.run(
       ["bash", SCRIPT, "create"], capture_output=True, text=True, timeout=60,
       stdin=subprocess.DEVNULL,
