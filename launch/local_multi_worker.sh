@@ -58,7 +58,6 @@ shift
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null 2>&1 ||
   die "PYTHON=$python is not an executable on PATH"
-dry_run=${DRY_RUN:-0}
 # How long stopped workers get to end before SIGKILL: after a signal, time
 # to finish a host loop and save; after a failure, the others cannot (a
 # collective needs every worker), and TensorFlow ignores SIGTERM while a
@@ -105,7 +104,7 @@ on_exit() {
     true
   wait "$holder_pid" 2>/dev/null || true  # no zombie left to init
 }
-trap on_exit EXIT
+at_exit on_exit
 
 ports=""
 read -r -u "$ports_fd" ports || true
@@ -162,9 +161,7 @@ for ((i = 0; i < num_workers; i++)); do
   environment=("TF_CONFIG=$tf_config" TF_GRPC_REUSE_PORT=1)
   command=("$python" -m trainer.task --strategy=multi_worker_mirrored "$@")
   if [[ "$dry_run" == "1" ]]; then
-    printf "TF_CONFIG='%s' %s" "$tf_config" "${environment[1]}"
-    printf ' %q' "${command[@]}"
-    printf '\n'
+    run env "${environment[@]}" "${command[@]}"
     continue
   fi
   log=$log_dir/worker-$i.log

@@ -38,4 +38,5 @@ else
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((num_gpus - 1)))
   export CUDA_VISIBLE_DEVICES
 fi
-run "$python" -m trainer.task --strategy=mirrored --num_gpus="$num_gpus" "$@"
+strategy_for gpu 1
+run "$python" -m trainer.task "--strategy=$strategy" --num_gpus="$num_gpus" "$@"

@@ -35,4 +35,5 @@ elif ((gpu >= num_gpus)); then
 else
   export CUDA_VISIBLE_DEVICES=$gpu
 fi
-run "$python" -m trainer.task --strategy=one_device "$@"
+strategy_for one_gpu 1
+run "$python" -m trainer.task "--strategy=$strategy" "$@"

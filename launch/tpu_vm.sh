@@ -59,16 +59,9 @@ Environment (default):
 USAGE
 }
 
-subcommand=${1:-}
-if [[ -z "$subcommand" || "$subcommand" == "-h" || "$subcommand" == "--help" ]]; then
-  usage
-  [[ -n "$subcommand" ]] && exit 0 || exit 2
-fi
+select_subcommand "${1:-}" create setup train status logs stop ssh delete \
+  recreate
 shift
-case "$subcommand" in
-  create | setup | train | status | logs | stop | ssh | delete | recreate) ;;
-  *) die "unknown subcommand '$subcommand': see launch/tpu_vm.sh --help" ;;
-esac
 
 tpu_name=${TPU_NAME:-masked-attention-tpu}
 zone=${ZONE:-us-central2-b}
@@ -78,13 +71,16 @@ queued=${QUEUED:-0}
 wait_active=${WAIT:-1}
 wait_timeout=${WAIT_TIMEOUT:-3600}
 poll_seconds=${POLL_SECONDS:-30}
-config=${CONFIG:-configs/tpu.py}
-repo_dir=${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-dry_run=${DRY_RUN:-0}
+# One strategy drives every host of a slice, from worker 0.
+strategy_for tpu 1
+config=${CONFIG:-$default_config}
+repo_dir=${REPO_DIR:-$repo_root}
 
-# Hosts of a slice: v2, v3, v4 and v5p types count TensorCores (8 per host:
-# v4-8 is one host, v4-32 four); v5litepod and v6e types count chips (up to 8
-# on one host, else 4 per host: v5litepod-16 is four hosts).
+# TPU VM workers of a slice: v2, v3, v4 and v5p types count TensorCores (8
+# per VM: v4-8 is one, v4-32 four); v5litepod and v6e types count chips, one
+# VM up to 8, else VMs of 4 chips (v5litepod-16: four). The v5e page's
+# topology table counts 8-chip physical hosts (4x4: 2); the VMs of a
+# multi-host v5e/v6e slice are its 4-chip VM type (ct5lp-hightpu-4t).
 generation=${accelerator_type%-*}
 size=${accelerator_type##*-}
 [[ "$size" =~ ^[0-9]+$ && "$generation" =~ ^v[0-9] ]] ||
@@ -246,9 +242,7 @@ alive_check="[ -f $run_dir/train.pid ] && kill -0 \"\$(cat $run_dir/train.pid)\"
 setup_workers() {
   local package_dir package remote
   [[ -d "$repo_dir" ]] || die "REPO_DIR=$repo_dir is not a directory"
-  package_dir=$(mktemp -d)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$package_dir'" EXIT
+  make_temp_dir package_dir
   package=$(build_package "$repo_dir" "$package_dir")
   echo "tpu_vm: shipping $(basename "$package") to every worker" >&2
   run gcloud compute tpus tpu-vm scp "$package" \
@@ -281,7 +275,7 @@ remote_train_command() {
     # name; the TPU library is loaded by the TPU workers, not this process.
     environment="export TPU_NAME=$(printf '%q' "$tpu_name") TPU_LOAD_LIBRARY=0;"
   fi
-  local words=(python3 -m trainer.task "--config=$config" --strategy=tpu
+  local words=(python3 -m trainer.task "--config=$config" "--strategy=$strategy"
     "$tpu_flag" "--data_dir=$DATA_DIR" "--model_dir=$MODEL_DIR" "$@")
   local trainer detached
   trainer=$(printf ' %q' "${words[@]}")
@@ -330,92 +324,93 @@ delete_tpu() {
   fi
 }
 
-check_gs_dirs() {
-  local name value
-  for name in DATA_DIR MODEL_DIR; do
-    value=${!name:-}
-    [[ "$value" == gs://* ]] ||
-      die "$name must be a gs:// URL (the TPU workers cannot read this machine's disk), got '${value}'"
-  done
+cmd_create() {
+  create_tpu
 }
 
-case "$subcommand" in
-  create)
-    create_tpu
-    ;;
-  setup)
-    setup_workers
-    ;;
-  train)
-    check_gs_dirs
-    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=0 --command="$(remote_train_command "$@")"
-    ;;
-  status)
-    if [[ "$dry_run" == "1" ]]; then
-      if [[ "$queued" == "1" ]]; then
-        run gcloud compute tpus queued-resources describe "$tpu_name" \
-          "${location[@]}" --format='value(state.state)'
-      fi
-      run gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
-        --format='value(state)'
-      run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-        --worker=0 --command="$(run_status_command)"
-      exit 0
-    fi
+cmd_setup() {
+  setup_workers
+}
+
+cmd_train() {
+  local why="the TPU workers cannot read this machine's disk"
+  require_gs DATA_DIR "${DATA_DIR:-}" "$why"
+  require_gs MODEL_DIR "${MODEL_DIR:-}" "$why"
+  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+    --worker=0 --command="$(remote_train_command "$@")"
+}
+
+cmd_status() {
+  local state
+  if [[ "$dry_run" == "1" ]]; then
     if [[ "$queued" == "1" ]]; then
-      # The node exists only once the queued resource is ACTIVE.
-      state=$(gcloud compute tpus queued-resources describe "$tpu_name" \
-        "${location[@]}" --format='value(state.state)' 2>/dev/null) ||
-        die "no queued resource $tpu_name in $zone ($project): create it with \`QUEUED=1 launch/tpu_vm.sh create\`"
-      echo "queued resource: $state"
-      case "$state" in
-        ACTIVE) ;;
-        SUSPENDED | SUSPENDING) echo "queued resource: its TPU is gone (a Spot preemption or maintenance): \`QUEUED=1 launch/tpu_vm.sh recreate\`, then the same \`train\` resumes"; exit 0 ;;
-        *) exit 0 ;;
-      esac
+      run gcloud compute tpus queued-resources describe "$tpu_name" \
+        "${location[@]}" --format='value(state.state)'
     fi
-    state=$(gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
-      --format='value(state)' 2>/dev/null) ||
-      die "no TPU $tpu_name in $zone ($project): create it with \`launch/tpu_vm.sh create\`"
-    echo "tpu: $state"
+    run gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
+      --format='value(state)'
+    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+      --worker=0 --command="$(run_status_command)"
+    return
+  fi
+  if [[ "$queued" == "1" ]]; then
+    # The node exists only once the queued resource is ACTIVE.
+    state=$(gcloud compute tpus queued-resources describe "$tpu_name" \
+      "${location[@]}" --format='value(state.state)' 2>/dev/null) ||
+      die "no queued resource $tpu_name in $zone ($project): create it with \`QUEUED=1 launch/tpu_vm.sh create\`"
+    echo "queued resource: $state"
     case "$state" in
-      READY) gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-        --worker=0 --command="$(run_status_command)" ;;
-      PREEMPTED) echo "tpu: preempted (Spot): \`launch/tpu_vm.sh recreate\`, then the same \`train\` resumes from the last checkpoint" ;;
+      ACTIVE) ;;
+      SUSPENDED | SUSPENDING) echo "queued resource: its TPU is gone (a Spot preemption or maintenance): \`QUEUED=1 launch/tpu_vm.sh recreate\`, then the same \`train\` resumes"; return ;;
+      *) return ;;
     esac
-    ;;
-  logs)
-    lines=${LINES:-200}
-    [[ "$lines" =~ ^[0-9]+$ ]] || die "LINES must be a number, got '$lines'"
-    follow=""
-    case "${1:-}" in
-      "") ;;
-      -f) follow=" -f" ;;
-      *) die "logs takes -f (follow) or nothing, got '$1'" ;;
-    esac
-    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=0 --command="if [ -f $run_dir/train.log ]; then tail -n $lines$follow $run_dir/train.log; else echo 'error: no run log on worker 0 yet: launch/tpu_vm.sh train starts a run' >&2; exit 2; fi"
-    ;;
-  stop)
-    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker=0 --command="if $alive_check; then kill -TERM -- -\"\$(ps -o pgid= -p \"\$(cat $run_dir/train.pid)\" | tr -d ' ')\" && echo 'stop: SIGTERM sent: the run checkpoints at the end of its host loop and exits'; else echo 'stop: no run is going'; fi"
-    ;;
-  ssh)
-    worker=${WORKER:-0}
-    [[ "$worker" =~ ^[0-9]+$ ]] || die "WORKER must be a worker index, got '$worker'"
-    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-      --worker="$worker"
-    ;;
-  delete)
-    confirm_delete "${1:-}"
-    delete_tpu
-    ;;
-  recreate)
-    confirm_delete "${1:-}"
-    delete_tpu
-    create_tpu
-    setup_workers
-    echo "tpu_vm: recreated; run the same \`train\` to resume from the checkpoint in MODEL_DIR" >&2
-    ;;
-esac
+  fi
+  state=$(gcloud compute tpus tpu-vm describe "$tpu_name" "${location[@]}" \
+    --format='value(state)' 2>/dev/null) ||
+    die "no TPU $tpu_name in $zone ($project): create it with \`launch/tpu_vm.sh create\`"
+  echo "tpu: $state"
+  case "$state" in
+    READY) gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+      --worker=0 --command="$(run_status_command)" ;;
+    PREEMPTED) echo "tpu: preempted (Spot): \`launch/tpu_vm.sh recreate\`, then the same \`train\` resumes from the last checkpoint" ;;
+  esac
+}
+
+cmd_logs() {
+  local lines=${LINES:-200} follow=""
+  [[ "$lines" =~ ^[0-9]+$ ]] || die "LINES must be a number, got '$lines'"
+  case "${1:-}" in
+    "") ;;
+    -f) follow=" -f" ;;
+    *) die "logs takes -f (follow) or nothing, got '$1'" ;;
+  esac
+  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+    --worker=0 --command="if [ -f $run_dir/train.log ]; then tail -n $lines$follow $run_dir/train.log; else echo 'error: no run log on worker 0 yet: launch/tpu_vm.sh train starts a run' >&2; exit 2; fi"
+}
+
+cmd_stop() {
+  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+    --worker=0 --command="if $alive_check; then kill -TERM -- -\"\$(ps -o pgid= -p \"\$(cat $run_dir/train.pid)\" | tr -d ' ')\" && echo 'stop: SIGTERM sent: the run checkpoints at the end of its host loop and exits'; else echo 'stop: no run is going'; fi"
+}
+
+cmd_ssh() {
+  local worker=${WORKER:-0}
+  [[ "$worker" =~ ^[0-9]+$ ]] || die "WORKER must be a worker index, got '$worker'"
+  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+    --worker="$worker"
+}
+
+cmd_delete() {
+  confirm_delete "${1:-}"
+  delete_tpu
+}
+
+cmd_recreate() {
+  confirm_delete "${1:-}"
+  delete_tpu
+  create_tpu
+  setup_workers
+  echo "tpu_vm: recreated; run the same \`train\` to resume from the checkpoint in MODEL_DIR" >&2
+}
+
+run_subcommand "$@"

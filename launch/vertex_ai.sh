@@ -58,20 +58,12 @@ Environment (default):
 USAGE
 }
 
-subcommand=${1:-}
-if [[ -z "$subcommand" || "$subcommand" == "-h" || "$subcommand" == "--help" ]]; then
-  usage
-  [[ -n "$subcommand" ]] && exit 0 || exit 2
-fi
+select_subcommand "${1:-}" submit status logs cancel
 shift
-case "$subcommand" in
-  submit) ;;
-  status | logs | cancel)
-    [[ $# -eq 1 && "$1" =~ ^[0-9]+$ ]] ||
-      die "usage: launch/vertex_ai.sh $subcommand JOB_ID (the number submit printed)"
-    ;;
-  *) die "unknown subcommand '$subcommand': see launch/vertex_ai.sh --help" ;;
-esac
+if [[ "$subcommand" != submit ]]; then
+  [[ $# -eq 1 && "$1" =~ ^[0-9]+$ ]] ||
+    die "usage: launch/vertex_ai.sh $subcommand JOB_ID (the number submit printed)"
+fi
 
 region=${REGION:-us-central1}
 machine_type=${MACHINE_TYPE:-n1-standard-8}
@@ -79,8 +71,7 @@ accelerator_type=${ACCELERATOR_TYPE:-}
 accelerator_count=${ACCELERATOR_COUNT:-}
 workers=${WORKERS:-1}
 tpu_topology=${TPU_TOPOLOGY:-}
-repo_dir=${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-dry_run=${DRY_RUN:-0}
+repo_dir=${REPO_DIR:-$repo_root}
 image_prefix=us-docker.pkg.dev/vertex-ai/training
 
 submit_checks() {
@@ -88,8 +79,7 @@ submit_checks() {
   for name in STAGING_DIR DATA_DIR MODEL_DIR; do
     value=${!name:-}
     [[ -n "$value" ]] || die "$name is required for submit (a gs:// URL)"
-    [[ "$value" == gs://?* ]] ||
-      die "$name must be a gs:// URL (a Vertex AI job cannot read this machine's disk), got '$value'"
+    require_gs "$name" "$value" "a Vertex AI job cannot read this machine's disk"
   done
   [[ "$workers" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive number of machines, got '$workers'"
   case "$machine_type" in
@@ -146,12 +136,7 @@ POOL
 submit() {
   submit_checks
   local strategy default_config
-  case "$kind" in
-    tpu) strategy=tpu; default_config=configs/tpu.py ;;
-    gpu) strategy=mirrored; default_config=configs/gpu.py ;;
-    cpu) strategy=default; default_config=configs/default.py ;;
-  esac
-  if ((workers > 1)); then strategy=multi_worker_mirrored; fi
+  strategy_for "$kind" "$workers"
   image=${IMAGE:-$image_prefix/tf-$kind.2-17.py310:latest}
   local config=${CONFIG:-$default_config}
   local job_name=${JOB_NAME:-masked-attention-$(date +%Y%m%d-%H%M%S)}
@@ -163,9 +148,7 @@ submit() {
     "WORKERS=$workers${tpu_topology:+ TPU_TOPOLOGY=$tpu_topology} IMAGE=$image" >&2
 
   local work_dir package
-  work_dir=$(mktemp -d)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work_dir'" EXIT
+  make_temp_dir work_dir
   package=$(build_package "$repo_dir" "$work_dir")
   package_uri=${STAGING_DIR%/}/packages/$(basename "$package")
   run gcloud storage cp "$package" "$package_uri"
@@ -208,18 +191,21 @@ SPEC
 require_gcloud
 location=(--region="$region" --project="$project")
 
-case "$subcommand" in
-  submit)
-    submit "$@"
-    ;;
-  status)
-    run gcloud ai custom-jobs describe "$1" "${location[@]}" \
-      --format='value(state,error.message)'
-    ;;
-  logs)
-    run gcloud ai custom-jobs stream-logs "$1" "${location[@]}"
-    ;;
-  cancel)
-    run gcloud ai custom-jobs cancel "$1" "${location[@]}"
-    ;;
-esac
+cmd_submit() {
+  submit "$@"
+}
+
+cmd_status() {
+  run gcloud ai custom-jobs describe "$1" "${location[@]}" \
+    --format='value(state,error.message)'
+}
+
+cmd_logs() {
+  run gcloud ai custom-jobs stream-logs "$1" "${location[@]}"
+}
+
+cmd_cancel() {
+  run gcloud ai custom-jobs cancel "$1" "${location[@]}"
+}
+
+run_subcommand "$@"

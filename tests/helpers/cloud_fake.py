@@ -8,7 +8,7 @@ directories instead of hosts. Nothing connects anywhere but 127.0.0.1.
 
 A node's worker i has ipAddress 127.0.1.<i+1> and externalIp 127.0.2.<i+1>
 (never contacted); its sandbox is <root>/hosts/<externalIp>/home, so two TPUs
-share sandboxes. Workers per accelerator type: see host_count().
+share sandboxes. Workers per accelerator type: HOSTS (documented counts).
 
 What gcloud 528 does, measured against this fake:
 
@@ -100,15 +100,42 @@ PROJECT = "test-project"
 ACCOUNT = f"tester@{PROJECT}.iam.gserviceaccount.com"
 
 
+# Hosts (TPU VM workers) of the accelerator types the tests create, from
+# Cloud TPU's documentation, not from launch/tpu_vm.sh's rule:
+# - v4 (https://cloud.google.com/tpu/docs/v4): 2 TensorCores a chip, 4 chips
+#   a host, and v4-N counts TensorCores: 8 a host.
+# - v5p (https://cloud.google.com/tpu/docs/v5p): v5p-8 (2x2x1) 1 host, v5p-16
+#   (2x2x2) 2 hosts.
+# - v5e (https://cloud.google.com/tpu/docs/v5e): v5litepod-N counts chips;
+#   "each TPU VM in a v5e slice contains 1, 4 or 8 chips" (its VM types);
+#   up to 2x4 (v5litepod-8) one VM, and multi-host slices are built of the
+#   4-chip VM type (ct5lp-hightpu-4t; GKE's TPU planning page: the 2x2
+#   topology of that type is the single-host one), so v5litepod-16 has 4
+#   VMs. (The page's topology table says 2 hosts for 4x4: physical 8-chip
+#   hosts, not the TPU VMs gcloud ssh --worker=all reaches.)
+# - v2-8: one host (https://cloud.google.com/tpu/docs/v2), the fake's
+#   default type.
+HOSTS = {
+    "v2-8": 1,
+    "v4-8": 1, "v4-16": 2, "v4-32": 4,
+    "v5p-8": 1, "v5p-16": 2,
+    "v5litepod-8": 1, "v5litepod-16": 4,
+}
+
+
+class UnknownAcceleratorType(KeyError):
+  """An accelerator type not in HOSTS (gcloud gets a 400 naming it)."""
+
+
 def host_count(accelerator_type: str) -> int:
-  """Workers of a slice. v5litepod-N / v6e-N count chips: one host up to 8,
-  then 4 chips a host (v5litepod-16: 4). Others (v2/v3/v4/v5p-N) count
-  TensorCores, 8 a host (v4-8: 1, v4-32: 4)."""
-  family, _, n = accelerator_type.rpartition("-")
-  n = int(n) if n.isdigit() else 8
-  if family in ("v5litepod", "v5e", "v6e"):
-    return 1 if n <= 8 else n // 4
-  return max(1, n // 8)
+  """Workers of a slice, from HOSTS; UnknownAcceleratorType (a KeyError)
+  naming a type not in it."""
+  try:
+    return HOSTS[accelerator_type]
+  except KeyError:
+    raise UnknownAcceleratorType(
+        f"accelerator type {accelerator_type!r} is not in cloud_fake.HOSTS: "
+        "add it with its documented host count") from None
 
 
 @dataclasses.dataclass
@@ -524,6 +551,10 @@ def _make_handler(fake: CloudFake):
         except HttpError as e:
           status = e.code
           reply = {"error": {"code": e.code, "message": e.message, "status": e.status}}
+        except UnknownAcceleratorType as e:
+          status = 400
+          reply = {"error": {"code": 400, "message": e.args[0],
+                             "status": "INVALID_ARGUMENT"}}
         data = json.dumps(reply).encode()
       self.send_response(status)
       self.send_header("Content-Type", "application/json; charset=UTF-8")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -134,17 +133,20 @@ def test_launch_script_dry_run_and_bad_arguments(tmp_path):
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert len(lines) == 3
-  configs = [json.loads(re.match(r"TF_CONFIG='(.*?)' ", l).group(1))
-             for l in lines]
+  # The command each worker runs, quoted (common.sh's `run`) so that a shell
+  # reads back the same arguments.
+  commands = [shlex.split(line) for line in lines]
+  configs = []
+  for words in commands:
+    assert words[0] == "env" and words[1].startswith("TF_CONFIG=")
+    configs.append(json.loads(words[1][len("TF_CONFIG="):]))
+    # The trainers bind the ports the script holds (SO_REUSEPORT).
+    assert words[2:7] == ["TF_GRPC_REUSE_PORT=1", sys.executable, "-m",
+                          "trainer.task", "--strategy=multi_worker_mirrored"]
+    assert words[-1] == "--model_dir=/tmp/a b; rm -rf ~"
   assert [c["task"]["index"] for c in configs] == [0, 1, 2]
   assert len({tuple(c["cluster"]["worker"]) for c in configs}) == 1
   assert len(set(configs[0]["cluster"]["worker"])) == 3
-  for line in lines:  # quoted so that a shell reads back the same argument
-    words = shlex.split(line)
-    # The trainers bind the ports the script holds (SO_REUSEPORT).
-    assert words[1:5] == ["TF_GRPC_REUSE_PORT=1", sys.executable, "-m",
-                          "trainer.task"]
-    assert words[-1] == "--model_dir=/tmp/a b; rm -rf ~"
   for args, status in (([], 2), (["0"], 2), (["two"], 2), (["--help"], 0)):
     result = subprocess.run(["bash", LAUNCH, *args], capture_output=True,
                             text=True, env=env, timeout=60)

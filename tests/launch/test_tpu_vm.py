@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.helpers.cloud_fake import error_line, ok
+from tests.helpers.cloud_fake import HOSTS, error_line, host_count, ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -159,6 +159,29 @@ def test_create_refuses_a_runtime_before_creating_anything(tpu, env, message):
   assert not tpu.find("POST", "/nodes$") and not tpu.nodes
 
 
+@pytest.mark.parametrize("accelerator", sorted(HOSTS))
+def test_hosts_per_accelerator_type_are_the_documented_ones(accelerator):
+  # cloud_fake.HOSTS holds Cloud TPU's documented host counts; the script
+  # computes its own (v5litepod-16: 4 VMs of 4 chips).
+  result = subprocess.run(
+      ["bash", SCRIPT, "create"], capture_output=True, text=True, timeout=60,
+      stdin=subprocess.DEVNULL,
+      env={**os.environ, "DRY_RUN": "1", "ACCELERATOR_TYPE": accelerator})
+  assert result.returncode == 0, result.stderr
+  hosts = HOSTS[accelerator]
+  assert f"ACCELERATOR_TYPE={accelerator} ({hosts} host(s))" in result.stderr
+  assert f"POD={int(hosts > 1)}" in result.stderr
+
+
+def test_the_fake_refuses_an_undocumented_accelerator_type(tpu):
+  with pytest.raises(KeyError, match="'v4-12'"):
+    host_count("v4-12")
+  result = tpu_vm(tpu, "create", env={"ACCELERATOR_TYPE": "v4-12"})
+  assert result.returncode != 0
+  assert "'v4-12' is not in cloud_fake.HOSTS" in result.stderr
+  assert not tpu.nodes
+
+
 def test_explicit_runtime_that_the_zone_lists(tpu):
   ok(tpu_vm(tpu, "create", env={"RUNTIME_VERSION": "tpu-vm-tf-2.17.0-pjrt"}))
   assert created_node(tpu)["runtimeVersion"] == "tpu-vm-tf-2.17.0-pjrt"
@@ -213,8 +236,8 @@ def test_setup_ships_head_to_every_worker_and_is_idempotent(tpu, tmp_path):
   # A clone with an uncommitted change: HEAD ships, with a warning.
   repo = tmp_path / "repo"
   subprocess.run(["git", "clone", "-q", ROOT, str(repo)], check=True)
-  head_vocab = (repo / "trainer" / "vocab.py").read_text()
-  (repo / "trainer" / "vocab.py").write_text(head_vocab + "# local edit\n")
+  head_vocab = (repo / "trainer" / "data" / "vocab.py").read_text()
+  (repo / "trainer" / "data" / "vocab.py").write_text(head_vocab + "# local edit\n")
   env = {"ACCELERATOR_TYPE": "v4-16", "REPO_DIR": str(repo)}
   ok(tpu_vm(tpu, "create", env=env))
   for _ in range(2):  # a second setup replaces the first
@@ -230,7 +253,7 @@ def test_setup_ships_head_to_every_worker_and_is_idempotent(tpu, tmp_path):
     code = os.path.join(home, "masked-attention-trainer")
     assert sorted(os.listdir(code)) == ["README.md", "configs", "setup.py",
                                         "trainer"]
-    assert open(os.path.join(code, "trainer", "vocab.py")).read() == head_vocab
+    assert open(os.path.join(code, "trainer", "data", "vocab.py")).read() == head_vocab
     with tarfile.open(os.path.join(home, "masked-attention-trainer.tar.gz")) as t:
       assert "masked-attention-trainer/setup.py" in t.getnames()
     pips = [c["args"] for c in python_calls(home) if c["args"][:2] == ["-m", "pip"]]
