@@ -4,9 +4,9 @@
   python -m trainer.data verify --data_dir=gs://BUCKET/arith
 
 Reading and writing during training go through TensorFlow's own gs://
-filesystem (trainer/cloud/storage.py); this module is for moving and checking data
-sets, where the client library gives parallel uploads and server-side
-CRC32C checksums.
+filesystem (trainer/cloud/storage.py); this module is for moving and
+checking data sets, where the client library gives parallel uploads and
+server-side CRC32C checksums.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ r"""The data set's command line: generate, upload, verify, benchmark.
       --batch_size=256 --seconds=10
 
 `generate` writes one split's shards and updates `manifest.json` beside them
-(trainer/data/datasets.py); re-running the same command skips the shards already
-there. `upload` and `verify` move and check a data set with
-google-cloud-storage (trainer/cloud/gcs.py): `verify` compares the files with the
-manifest (count, size, CRC32C); `verify --deep` also reads every record of
+(trainer/data/datasets.py); re-running the same command skips the shards
+already there. `upload` and `verify` move and check a data set with
+google-cloud-storage (trainer/cloud/gcs.py): `verify` compares the files
+with the manifest (count, size, CRC32C); `verify --deep` also reads every record of
 every shard (trainer/data/records.py) and names each bad file, the first bad
 record and the number of good ones, so a bad shard is found before a long
 job instead of in it. `benchmark` times the trainer's own input pipeline
@@ -180,7 +180,7 @@ def _benchmark(flag_values) -> int:
   files = []
   try:
     storage.check_bucket(pattern, "--data_dir")
-    # The trainer's path, for one input pipeline (Feeds in trainer/training/loop.py).
+    # The trainer's path, for one input pipeline (trainer/training/feeds.py).
     files = input_pipeline.list_split_files(pattern, len_max_input, split.noun)
     dataset = input_pipeline.make_dataset(
         input_pipeline.pipeline_files(files, training=training,

@@ -5,8 +5,8 @@ parallel worker processes; the parent writes each one to a temporary name and
 renames it, so an interrupted run never leaves a partial shard under a final
 name. Generating again skips the shards already there (each is checked byte
 for byte against what the spec generates). `manifest.json` beside the shards
-(trainer/data/manifest.py) records, per split, the counts, the longest input, the
-generator's parameters and every shard's size and CRC32C.
+(trainer/data/manifest.py) records, per split, the counts, the longest
+input, the generator's parameters and every shard's size and CRC32C.
 
 The command line is trainer/data/__main__.py.
 """

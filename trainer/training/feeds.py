@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.cloud import storage
+from trainer.data import format as record_format
 from trainer.data import input_pipeline
 from trainer.data import manifest
 from trainer.data import records
@@ -83,7 +84,7 @@ class Feeds:
   def _distribute(self, training: bool):
     run_plan = self.run_plan
     config = run_plan.config
-    split = "training" if training else "evaluation"
+    split = (record_format.TRAIN if training else record_format.EVAL).noun
     seed = run_plan.seed(training, self.start_step)
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -95,7 +96,7 @@ class Feeds:
           files, run_plan.per_replica_batch_size, split)
       names = [posixpath.basename(f) for f in files]
       logging.info(
-          f"data: {'train' if training else 'eval'} input pipeline "
+          f"data: {record_format.split_named(split).name} input pipeline "
           f"{context.input_pipeline_id} of {context.num_input_pipelines} "
           f"reads {len(files)} file(s): {' '.join(names[:8])}"
           f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")

@@ -70,8 +70,8 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   (plan.for_strategy).
 
   Resumes from the newest checkpoint that restores (damaged ones are set
-  aside: trainer/training/checkpoints.py); a directory holding checkpoint files none of
-  which restores is an error, unless `start_over`: then the run starts at
+  aside: trainer/training/checkpoints.py); a directory holding checkpoint
+  files none of which restores is an error, unless `start_over`: then the run starts at
   step 0 and the chief first moves every earlier checkpoint into
   checkpoints/replaced-<time>/.
 

@@ -21,6 +21,7 @@ from typing import Mapping
 import ml_collections
 
 from trainer import errors
+from trainer.data import format as record_format
 from trainer.data import vocab
 
 TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
@@ -119,15 +120,14 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
   profile = _profile_window(config)
   _check_replicas(config, num_replicas, on_tpu)
   patterns, sources = {}, {}
-  for split, field, pattern in (
-      ("training", "train_files", config.data.train_files),
-      ("evaluation", "eval_files", config.data.eval_files)):
+  for split, pattern in ((record_format.TRAIN, config.data.train_files),
+                         (record_format.EVAL, config.data.eval_files)):
     if data_dir and "://" not in pattern and not pattern.startswith("/"):
-      patterns[split] = posixpath.join(data_dir, pattern)
-      sources[split] = data_dir_source
+      patterns[split.noun] = posixpath.join(data_dir, pattern)
+      sources[split.noun] = data_dir_source
     else:
-      patterns[split] = pattern
-      sources[split] = f"config.data.{field}"
+      patterns[split.noun] = pattern
+      sources[split.noun] = f"config.data.{split.config_field}"
   return RunPlan(config=config, num_replicas=num_replicas,
                  num_input_pipelines=num_input_pipelines, on_tpu=on_tpu,
                  patterns=patterns, pattern_sources=sources,
@@ -246,8 +246,8 @@ def check_tpu_paths(run_plan: RunPlan, dirs) -> None:
   """On a TPU, data and outputs must be gs://: the TPU workers read and
   write there, and cannot see this host's disk."""
   paths = {**dict(dirs.origin),
-           "config.data.train_files": run_plan.patterns["training"],
-           "config.data.eval_files": run_plan.patterns["evaluation"]}
+           **{f"config.data.{split.config_field}": run_plan.patterns[split.noun]
+              for split in record_format.SPLITS}}
   for name, path in paths.items():
     if not path.startswith("gs://"):
       raise errors.UserError(
