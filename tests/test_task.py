@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from configs import smoke
 from trainer.model import layers as model_lib
 
 from tests.helpers.eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
+from tests.helpers import closed_port, error_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
@@ -25,9 +25,6 @@ SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 def task(run, *flags, **kwargs):
   return run("trainer.task", f"--config={SMOKE}", *flags, **kwargs)
 
-
-def error_lines(result):
-  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
 
 
 def model_weights(model_dir):
@@ -138,12 +135,6 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
     np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--strategy=bogus"], "strategy"),
     (["--strategy=tpu"], "no TPU reachable at --tpu=local"),
@@ -159,7 +150,7 @@ def free_port():
 ])
 def test_bad_flags_are_one_error_line(run, smoke_data, tmp_path, flags,
                                       message):
-  port = free_port()
+  port = closed_port()
   flags = [f.format(port=port) for f in flags]
   model_dir = tmp_path / "run"
   result = task(run, *flags, f"--data_dir={smoke_data}",

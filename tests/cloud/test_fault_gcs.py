@@ -18,8 +18,8 @@ import uuid
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT, error_lines
+
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 NUM_STEPS = 40  # configs/smoke.py: config.train.num_steps
 
@@ -35,10 +35,6 @@ def bucket(gcs, run, smoke_data):
   assert upload.returncode == 0, upload.stderr[-2000:]
   yield name
   gcs.cut_responses("$never", 0, 0)
-
-
-def error_lines(result):
-  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
 
 
 def test_a_cut_read_is_retried_and_too_many_fail(gcs, bucket):

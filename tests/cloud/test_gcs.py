@@ -8,13 +8,9 @@ from google.cloud import storage as gcs_client
 
 from trainer.data import problems
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT, error_lines
+
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-
-
-def error_lines(result):
-  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
 
 
 def objects(bucket, prefix=""):

@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+from tests.helpers import error_lines
+
 LINE = re.compile(r"(train|eval) pipeline: ([\d,]+) examples/s \(batch (\d+), "
                   r"([\d.]+) s, ([\d,]+) examples\) from (.+)")
 
@@ -11,9 +13,6 @@ LINE = re.compile(r"(train|eval) pipeline: ([\d,]+) examples/s \(batch (\d+), "
 def benchmark(run, *flags):
   return run("trainer.data", "benchmark", *flags)
 
-
-def error_lines(result):
-  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
 
 
 @pytest.mark.parametrize("split, batch_size", [("train", None), ("eval", 32)])

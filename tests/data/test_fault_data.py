@@ -18,7 +18,9 @@ import time
 
 import pytest
 
-from tests.training.test_faults import LONG_RUN, ROOT, Trainer, assert_one_error, run_trainer
+from tests.helpers import ROOT
+from tests.helpers.trainer_process import (LONG_RUN, Trainer,
+                                           assert_one_error, run_trainer)
 from trainer.data import datasets
 
 TRAIN = "train-*-of-*.tfrecord"

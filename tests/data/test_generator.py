@@ -14,10 +14,7 @@ from trainer.data import format as record_format
 from trainer.data import manifest as manifest_lib
 from trainer.data import problems
 from trainer.data import vocab
-from tests.helpers import examples
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT, examples
 
 
 def spec(out_dir, **overrides):

@@ -1,9 +1,5 @@
-"""trainer/data/records.py and trainer/training/stop.py in-process: finding a bad record,
-naming the file, the wording of TensorFlow's errors; stop signals."""
-
-import os
-import signal
-import time
+"""trainer/data/records.py in-process: finding a bad record, naming the
+file, the wording of TensorFlow's errors."""
 
 import pytest
 import tensorflow as tf
@@ -12,7 +8,7 @@ from trainer import errors
 from trainer.data import input_pipeline
 from trainer.data import records
 from trainer.data import vocab
-from trainer.training import stop
+
 from tests.helpers import examples
 
 DIGIT = vocab.TOKEN_IDS["1"]
@@ -102,16 +98,3 @@ def test_an_error_that_is_not_about_data_is_raised_again(tmp_path):
       "training data: corrupted record at byte 12; every one reads and fits: "
       f"check them all with python -m trainer.data verify --deep "
       f"--data_dir={tmp_path}")
-
-
-def test_stop_signals_set_a_request_and_restore_the_handlers():
-  before = {s: signal.getsignal(s) for s in stop.SIGNALS}
-  with stop.StopSignals(lambda: None) as signals:
-    assert not signals.requested
-    os.kill(os.getpid(), signal.SIGHUP)
-    os.kill(os.getpid(), signal.SIGTERM)  # the first signal is the one named
-    deadline = time.monotonic() + 10
-    while not signals.requested and time.monotonic() < deadline:
-      time.sleep(0.01)
-    assert signals.reason == "SIGHUP"
-  assert {s: signal.getsignal(s) for s in stop.SIGNALS} == before

@@ -10,10 +10,7 @@ import time
 import pytest
 
 from bench_soak import reserve_ports  # benchmarks/: see conftest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+from tests.helpers import ROOT, SMOKE
 
 
 class Workers:

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT
+
 LAUNCH = os.path.join(ROOT, "launch")
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 

@@ -9,10 +9,9 @@ import sys
 import time
 
 from tests.helpers.workers import fingerprint
+from tests.helpers import ROOT
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 LAUNCH = os.path.join(ROOT, "launch", "local_multi_worker.sh")
 # A run that would not end by itself.

@@ -18,10 +18,9 @@ import time
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.cloud_fake import HOSTS, error_line, host_count, ok
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "launch", "tpu_vm.sh")
 ZONE = "us-central2-b"
 LOCATION = f"/v2/projects/test-project/locations/{ZONE}"
@@ -34,6 +33,8 @@ NODE = f"projects/test-project/locations/{ZONE}/nodes/{NAME}"  # state key
 # TPU variables of its environment, goes to ~/python-calls.jsonl.
 REMOTE_PYTHON = f"""#!{sys.executable}
 import json, os, sys
+
+from tests.helpers import ROOT
 home = os.environ["HOME"]
 args = sys.argv[1:]
 env = {{k: os.environ.get(k) for k in ("TPU_NAME", "TPU_LOAD_LIBRARY")}}

@@ -11,9 +11,8 @@ import tarfile
 import pytest
 
 from tests.helpers.cloud_fake import error_line, ok
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
 IMAGES = "us-docker.pkg.dev/vertex-ai/training"

@@ -11,8 +11,8 @@ import tensorflow as tf
 from trainer import predict
 from trainer.data import vocab
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT, error_lines
+
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # The longest problem of the data (|x|, |y| < 100) is 15 characters.
 GOOD = ["x=3,y=4:x*y", "y=-12,x=5:x-y", "x=0,y=0:x+y", "y=99,x=-99:y*x",
@@ -28,10 +28,6 @@ def predict_command(*args, stdin="", env=None):
   return subprocess.run(
       [sys.executable, "-m", "trainer.predict", *args], input=stdin,
       capture_output=True, text=True, env=full_env, timeout=120, cwd=ROOT)
-
-
-def error_lines(result):
-  return [l for l in result.stderr.splitlines() if l.startswith("error:")]
 
 
 def answers(result):

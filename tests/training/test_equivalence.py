@@ -58,9 +58,8 @@ import tensorflow as tf
 
 from tests.conftest import run_module
 from tests.helpers.workers import SMOKE, Workers
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 NUM_STEPS = 30
 STEPS_PER_LOOP = 10

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import run_module
-from tests.helpers.eval_checks import OPERATION_NAMES, assert_by_op_adds_up, eval_line
+from tests.helpers.eval_checks import (OPERATION_NAMES, OPERATIONS,
+                                       assert_by_op_adds_up, eval_line)
 from tests.helpers.workers import Workers
 
 # 3 eval shards of 100: two workers read 2 and 1 of them (every 2nd file).
@@ -42,8 +43,8 @@ def operations_in(paths):
       example = tf.train.Example.FromString(record.numpy())
       op = "".join(vocab.VOCAB[i] for i in
                    example.features.feature["op"].int64_list.value)
-      operator = next(c for c in op if c in "+-*")
-      counts[OPERATION_NAMES["+-*".index(operator)]] += 1
+      operator = next(c for c in op if c in OPERATIONS)
+      counts[OPERATIONS[operator]] += 1
   return counts
 
 

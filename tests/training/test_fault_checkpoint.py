@@ -39,8 +39,8 @@ import tensorflow as tf
 from configs import smoke
 from trainer.training import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT
+
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # One trainer start-up (3-6 s on 2 cores) per round.
 ROUND_MODES = ("temp", "merge", "sweep", "delay", "merge", "delay")

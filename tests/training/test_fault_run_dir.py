@@ -15,7 +15,8 @@ import shutil
 
 import pytest
 
-from tests.training.test_faults import assert_one_error, error_lines, run_trainer
+from tests.helpers import error_lines
+from tests.helpers.trainer_process import assert_one_error, run_trainer
 
 CKPT = "ckpt-{}.data-00000-of-00001"
 

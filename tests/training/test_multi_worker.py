@@ -11,10 +11,9 @@ import pytest
 
 from tests.helpers.eval_checks import assert_by_op_adds_up
 from tests.helpers.workers import Workers, fingerprint
+from tests.helpers import ROOT
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
 

@@ -10,8 +10,7 @@ from configs import smoke
 from trainer import errors
 from trainer.training import plan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT
 
 
 def test_patterns_resolve_against_data_dir_unless_absolute_or_a_url():

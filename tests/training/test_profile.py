@@ -10,8 +10,8 @@ from configs import smoke
 from trainer import errors
 from trainer.training import plan
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT
+
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
 

@@ -25,7 +25,7 @@ import pytest
 from trainer import errors
 from trainer.training import run_lock
 
-from tests.training.test_faults import LONG_RUN, Trainer as _Trainer, run_trainer
+from tests.helpers.trainer_process import LONG_RUN, Trainer as _Trainer, run_trainer
 
 # Heartbeats every second: the real processes write a few of them.
 FAST_HEARTBEAT = {run_lock.HEARTBEAT_ENV: "1"}

@@ -7,13 +7,12 @@ steps never sees that; this one fits a slope over the ~3,000 steps
 after warm-up.
 """
 
-import os
 import statistics
 
 import bench_soak  # benchmarks/, on sys.path from conftest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests.helpers import ROOT
+
 
 STEPS = 6000
 # The slopes start after the first 25 % of the steps: past the first host

@@ -1,4 +1,3 @@
-import socket
 import types
 
 import pytest
@@ -6,6 +5,8 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.training import strategy as strategy_lib
+
+from tests.helpers import closed_port
 
 
 def test_unknown_strategy():
@@ -57,9 +58,7 @@ def test_unknown_collective(monkeypatch):
 
 
 def test_tpu_at_a_closed_port_fails_fast():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = closed_port()
   with pytest.raises(errors.UserError,
                      match=f"no TPU reachable at --tpu=grpc://127.0.0.1:{port}"
                      " \\(cannot connect.*must run on a Cloud TPU VM"):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from configs import smoke
 from trainer import errors
+from trainer.data import problems
 from trainer.data import vocab
 from trainer.model import layers as model_lib
 from trainer.training import loop
@@ -19,7 +20,7 @@ from trainer.training import plan
 from trainer.training import run_dir
 from trainer.training import train
 
-from tests.helpers.eval_checks import eval_line, assert_by_op_adds_up
+from tests.helpers.eval_checks import OPERATIONS, assert_by_op_adds_up, eval_line
 
 
 def read_scalars(logdir):
@@ -84,7 +85,9 @@ def test_operation_is_read_after_the_separator():
   assert train.operation_one_hot(x).numpy().tolist() == expected
   compiled = tf.function(train.operation_one_hot, jit_compile=True)
   assert compiled(x).numpy().tolist() == expected
-  assert train.OPERATION_NAMES == ("add", "sub", "mul")
+  # The README's names, in problems.OPERATORS' order.
+  assert train.OPERATION_NAMES == tuple(
+      OPERATIONS[op] for op in problems.OPERATORS)
 
 
 def test_eval_rows_without_an_operator_count_in_the_totals_only():
