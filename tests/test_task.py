@@ -15,8 +15,8 @@ from configs import smoke
 
 from trainer.model import layers as model_lib
 
-from tests.helpers.eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
 from tests.helpers import closed_port, error_lines
+from tests.helpers.eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")

@@ -18,10 +18,11 @@ import time
 
 import pytest
 
+from trainer.data import datasets
+
 from tests.helpers import ROOT
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
                                            assert_one_error, run_trainer)
-from trainer.data import datasets
 
 TRAIN = "train-*-of-*.tfrecord"
 # The error must come within seconds (start-up included), not as a timeout.

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from tests.helpers.workers import fingerprint
 from tests.helpers import ROOT
+from tests.helpers.workers import fingerprint
 
 
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")

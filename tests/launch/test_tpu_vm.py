@@ -33,8 +33,6 @@ NODE = f"projects/test-project/locations/{ZONE}/nodes/{NAME}"  # state key
 # TPU variables of its environment, goes to ~/python-calls.jsonl.
 REMOTE_PYTHON = f"""#!{sys.executable}
 import json, os, sys
-
-from tests.helpers import ROOT
 home = os.environ["HOME"]
 args = sys.argv[1:]
 env = {{k: os.environ.get(k) for k in ("TPU_NAME", "TPU_LOAD_LIBRARY")}}

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from tests.helpers.cloud_fake import error_line, ok
 from tests.helpers import ROOT
+from tests.helpers.cloud_fake import error_line, ok
 
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"

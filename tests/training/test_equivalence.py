@@ -57,8 +57,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import run_module
-from tests.helpers.workers import SMOKE, Workers
 from tests.helpers import ROOT
+from tests.helpers.workers import SMOKE, Workers
 
 
 NUM_STEPS = 30

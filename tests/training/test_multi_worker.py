@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.helpers.eval_checks import assert_by_op_adds_up
 from tests.helpers.workers import Workers, fingerprint
-from tests.helpers import ROOT
 
 
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
