@@ -76,8 +76,8 @@ def main():
                                             args.examples_per_shard, 100, 0),
                       show_progress=False)
     emulator.create_bucket("bench")
-    from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
-    gcs.upload(local, "gs://bench/data", show_progress=False)
+    from trainer.data import transfer  # pylint: disable=g-import-not-at-top
+    transfer.upload(local, "gs://bench/data", show_progress=False)
     proxy_pid = emulator._proxy.pid  # pylint: disable=protected-access
     for training, label, batches in ((True, "training", args.train_batches),
                                      (False, "eval pass", None)):

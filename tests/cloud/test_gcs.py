@@ -8,7 +8,7 @@ from google.cloud import storage as gcs_client
 
 from trainer.data import problems
 
-from tests.helpers import ROOT, error_lines
+from tests.helpers import ROOT, crc32c_base64, error_lines
 
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
@@ -59,7 +59,7 @@ def test_upload_skips_unchanged_and_verify_finds_corruption(gcs, run,
   for name in os.listdir(local_data):
     with open(os.path.join(local_data, name), "rb") as f:
       local = f.read()
-    assert found[f"smoke/{name}"].crc32c == problems.crc32c_base64(local)
+    assert found[f"smoke/{name}"].crc32c == crc32c_base64(local)
 
   again = run("trainer.data", "upload", f"--src={local_data}",
               "--dst=gs://up/smoke")

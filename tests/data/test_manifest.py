@@ -7,10 +7,11 @@ import shutil
 import pytest
 
 from trainer import errors
-from trainer.cloud import gcs
 from trainer.data import datasets
 from trainer.data import manifest
-from trainer.data import problems
+from trainer.data import transfer
+
+from tests.helpers import crc32c_base64
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_read_gives_the_recorded_shards(data_dir):
     content = f.read()
   assert first.file == "train-00000-of-00003.tfrecord"
   assert first.num_bytes == len(content)
-  assert first.crc32c == problems.crc32c_base64(content)
+  assert first.crc32c == crc32c_base64(content)
   assert manifest.read(os.path.dirname(data_dir)) is None
 
 
@@ -105,17 +106,17 @@ def test_check_files_another_vocabulary(copy):
 
 
 def test_verify_reports_each_disagreement(copy):
-  assert gcs.verify(str(copy)) == ([], 5)
+  assert transfer.verify(str(copy)) == ([], 5)
   (copy / "eval-00001-of-00002.tfrecord").write_bytes(b"short")
   (copy / "train-00007-of-00009.tfrecord").write_bytes(b"stray")
   (copy / "train-00002-of-00003.tfrecord").unlink()
-  found, checked = gcs.verify(str(copy))
+  found, checked = transfer.verify(str(copy))
   assert checked == 5
   assert found == [
       f"{copy}/eval-00001-of-00002.tfrecord: 5 bytes, manifest says "
       f"{manifest.read(str(copy)).splits['eval'].shards[1].num_bytes}",
       f"{copy}/eval-00001-of-00002.tfrecord: CRC32C "
-      f"{problems.crc32c_base64(b'short')}, manifest says "
+      f"{crc32c_base64(b'short')}, manifest says "
       f"{manifest.read(str(copy)).splits['eval'].shards[1].crc32c} "
       "(corrupted or from another generation)",
       f"{copy}/train-00002-of-00003.tfrecord: missing (manifest: "
@@ -127,7 +128,7 @@ def test_verify_reports_each_disagreement(copy):
 
 def test_verify_without_a_manifest(tmp_path):
   with pytest.raises(errors.UserError) as error:
-    gcs.verify(str(tmp_path))
+    transfer.verify(str(tmp_path))
   assert str(error.value) == (
       f"{tmp_path} has no manifest.json: nothing to verify against (generate "
       "the data with python -m trainer.data generate)")

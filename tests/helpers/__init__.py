@@ -3,8 +3,11 @@ closed port. Fakes live beside this module (cloud_fake, gcs_emulator,
 workers; examples writes records by hand), each taking its facts from
 documented tables, never from the product's code."""
 
+import base64
 import os
 import socket
+
+import google_crc32c
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -15,6 +18,12 @@ def error_lines(result_or_text) -> list[str]:
   """The `error:` lines of a CompletedProcess's stderr (or of a text)."""
   text = getattr(result_or_text, "stderr", result_or_text)
   return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def crc32c_base64(data: bytes) -> str:
+  """GCS's crc32c field of `data` (big-endian, base64), computed with
+  google-crc32c directly: what the manifest and the GCS listing must say."""
+  return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
 def closed_port() -> int:

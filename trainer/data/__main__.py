@@ -13,7 +13,7 @@ r"""The data set's command line: generate, upload, verify, benchmark.
 `generate` writes one split's shards and updates `manifest.json` beside them
 (trainer/data/datasets.py); re-running the same command skips the shards
 already there. `upload` and `verify` move and check a data set with
-google-cloud-storage (trainer/cloud/gcs.py): `verify` compares the files
+google-cloud-storage (trainer/data/transfer.py): `verify` compares the files
 with the manifest (count, size, CRC32C); `verify --deep` also reads every record of
 every shard (trainer/data/records.py) and names each bad file, the first bad
 record and the number of good ones, so a bad shard is found before a long
@@ -79,12 +79,12 @@ def define_flags() -> None:
 def _transfer(command: str, flag_values) -> int:
   """upload and verify (google-cloud-storage)."""
   cli.import_tensorflow()
-  from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
+  from trainer.data import transfer  # pylint: disable=g-import-not-at-top
   if command == "upload":
     for name in ("src", "dst"):
       if not flag_values[name].value:
         raise errors.UserError(f"upload needs --{name}")
-    result = gcs.upload(flag_values.src, flag_values.dst,
+    result = transfer.upload(flag_values.src, flag_values.dst,
                         num_threads=flag_values.num_threads)
     print(f"uploaded {len(result.uploaded)} file(s) "
           f"({result.bytes_uploaded:,} bytes), skipped "
@@ -94,7 +94,7 @@ def _transfer(command: str, flag_values) -> int:
   if not flag_values.data_dir:
     raise errors.UserError("verify needs --data_dir")
   if not flag_values.deep:
-    return gcs.print_verify(flag_values.data_dir)
+    return transfer.print_verify(flag_values.data_dir)
   return _verify_deep(flag_values.data_dir, flag_values.len_max_input)
 
 
@@ -103,7 +103,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   record of every shard; prints each problem, returns the exit status."""
   from configs import default  # pylint: disable=g-import-not-at-top
   from trainer import progress  # pylint: disable=g-import-not-at-top
-  from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
+  from trainer.data import transfer  # pylint: disable=g-import-not-at-top
   from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
   from trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from trainer.data import records  # pylint: disable=g-import-not-at-top
@@ -117,7 +117,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
     print(f"mismatch: {e}", file=sys.stderr)
     problems += 1
   if listed is not None:
-    mismatches, _ = gcs.verify(data_dir)
+    mismatches, _ = transfer.verify(data_dir)
     for line in mismatches:
       print(f"mismatch: {line}", file=sys.stderr)
     problems += len(mismatches)

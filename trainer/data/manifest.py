@@ -1,7 +1,7 @@
 """`manifest.json`: what a data set directory holds, and the checks against it.
 
 The generator (`datasets`) writes one beside the shards; the input pipeline
-checks the shards it is about to read against it; `gcs.verify` compares it
+checks the shards it is about to read against it; `transfer.verify` compares it
 with the files of a data set. The format, as JSON with sorted keys and an
 indent of 2 (files already written keep their bytes when rewritten):
 

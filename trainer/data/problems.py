@@ -23,8 +23,6 @@ from trainer.data import format as record_format
 from trainer.data import vocab
 
 OPERATORS = ("+", "-", "*")
-# trainer/cloud/gcs.py compares listings with this name.
-crc32c_base64 = record_format.crc32c_base64
 
 
 def shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
