@@ -62,7 +62,7 @@ class Feeds:
     self.train_iterator = iter(self._distribute(training=True))
     self.eval_dataset = self._distribute(training=False)
     # What a full eval pass (eval_steps=0) should count, from the manifests.
-    self.eval_split_examples = None if run_plan.config.train.eval_steps else (
+    self.eval_split_examples = None if run_plan.take_batches else (
         manifest.count_examples(files["evaluation"]))
 
   @classmethod
