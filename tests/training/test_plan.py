@@ -53,6 +53,8 @@ def test_a_plan_is_frozen():
   run_plan = plan.resolve(smoke.get_config())
   with pytest.raises(AttributeError):
     run_plan.num_replicas = 2
+  with pytest.raises(TypeError):
+    run_plan.patterns["training"] = "elsewhere"
 
 
 def test_each_bad_field_is_named_once_by_resolve():

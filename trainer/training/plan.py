@@ -1,6 +1,6 @@
 """The run's plan: its config checked once and everything derived from it.
 
-  run_plan = plan.resolve(config, strategy, data_dir)   # UserError if bad
+  run_plan = plan.for_strategy(config, strategy, data_dir)  # UserError if bad
   run_plan.patterns["training"], run_plan.per_replica_batch_size,
   run_plan.profile, run_plan.seed(training=True, start_step=...), ...
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import posixpath
+import types
 from typing import Mapping
 
 import ml_collections
@@ -103,16 +104,14 @@ class RunPlan:
 
 def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
             num_input_pipelines: int = 1, on_tpu: bool = False,
-            data_dir: str | None = None,
-            data_dir_source: str = "--data_dir") -> RunPlan:
+            data_dir: str | None = None) -> RunPlan:
   """Checks `config` once and derives the run's plan.
 
   Args:
     config: the run's config.
     num_replicas, num_input_pipelines, on_tpu: the strategy's (see
       for_strategy).
-    data_dir: relative config.data patterns are relative to it.
-    data_dir_source: what to call data_dir in errors.
+    data_dir: --data_dir: relative config.data patterns are relative to it.
   Raises:
     UserError: the first bad field, in one line.
   """
@@ -124,13 +123,14 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                          (record_format.EVAL, config.data.eval_files)):
     if data_dir and "://" not in pattern and not pattern.startswith("/"):
       patterns[split.noun] = posixpath.join(data_dir, pattern)
-      sources[split.noun] = data_dir_source
+      sources[split.noun] = "--data_dir"
     else:
       patterns[split.noun] = pattern
       sources[split.noun] = f"config.data.{split.config_field}"
   return RunPlan(config=config, num_replicas=num_replicas,
                  num_input_pipelines=num_input_pipelines, on_tpu=on_tpu,
-                 patterns=patterns, pattern_sources=sources,
+                 patterns=types.MappingProxyType(patterns),
+                 pattern_sources=types.MappingProxyType(sources),
                  per_replica_batch_size=(config.train.global_batch_size //
                                          num_replicas),
                  profile=profile)
