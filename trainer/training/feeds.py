@@ -84,19 +84,19 @@ class Feeds:
   def _distribute(self, training: bool):
     run_plan = self.run_plan
     config = run_plan.config
-    split = (record_format.TRAIN if training else record_format.EVAL).noun
+    split = record_format.TRAIN if training else record_format.EVAL
     seed = run_plan.seed(training, self.start_step)
 
     def dataset_fn(context: tf.distribute.InputContext):
       # This pipeline's share of the files (disjoint across workers).
       files = input_pipeline.pipeline_files(
-          self.files[split], training=training, seed=seed,
+          self.files[split.noun], training=training, seed=seed,
           input_context=context)
       input_pipeline.check_holds_a_batch(
-          files, run_plan.per_replica_batch_size, split)
+          files, run_plan.per_replica_batch_size, split.noun)
       names = [posixpath.basename(f) for f in files]
       logging.info(
-          f"data: {record_format.split_named(split).name} input pipeline "
+          f"data: {split.name} input pipeline "
           f"{context.input_pipeline_id} of {context.num_input_pipelines} "
           f"reads {len(files)} file(s): {' '.join(names[:8])}"
           f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")
@@ -111,4 +111,4 @@ class Feeds:
     try:
       return self.strategy.distribute_datasets_from_function(dataset_fn)
     except errors.UserError as e:  # e.g. fewer files than workers
-      raise errors.UserError(f"{split} data: {e}", e.exit_status) from e
+      raise errors.UserError(f"{split.noun} data: {e}", e.exit_status) from e
