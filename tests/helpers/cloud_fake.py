@@ -10,6 +10,50 @@ A node's worker i has ipAddress 127.0.1.<i+1> and externalIp 127.0.2.<i+1>
 (never contacted); its sandbox is <root>/hosts/<externalIp>/home, so two TPUs
 share sandboxes. Workers per accelerator type: HOSTS (documented counts).
 
+Saying no as the APIs do:
+
+* Bodies: every request body in _BODIES (TPU v2 nodes create/patch,
+  getGuestAttributes, queuedResources create; Compute
+  setCommonInstanceMetadata; Vertex AI customJobs create; Cloud Build v1
+  builds create; Artifact Registry v1 repositories create) is read with the
+  Cloud SDK's own message class and apitools (``check_body``): an unknown
+  name at any depth, a value of the wrong type or an enum value not listed
+  is a 400 INVALID_ARGUMENT in the APIs' wording, e.g. ``Invalid JSON
+  payload received. Unknown name "tpuTopolgy" at
+  'custom_job.job_spec.worker_pool_specs[0].machine_spec': Cannot find
+  field.``, with a google.rpc.BadRequest fieldViolation per name. gcloud
+  sends a --config file's unknown names as they are and prints the answer
+  (``ERROR: (gcloud.ai.custom-jobs.create) INVALID_ARGUMENT: ...`` and the
+  violations as YAML).
+* Cloud TPU: a create (node or queued resource) with an acceleratorType not
+  in HOSTS or a runtimeVersion the zone does not list (runtime_versions) is a
+  400 INVALID_ARGUMENT ``Cloud TPU received a bad request. the accelerator
+  v9-13 was not found in zone Z`` (that sentence as reported from the real
+  API for an accelerator; the runtime one is modelled on it).
+* Vertex AI: ``custom_job_errors``: the chief pool (the first) has exactly one
+  replica, a non-empty pool a machineSpec.machineType and exactly one of
+  containerSpec / pythonPackageSpec, acceleratorCount needs acceleratorType;
+  answered 400 ``List of found errors:\t1.Field: job_spec...; Message: ...``.
+* Operations, for tests: ``slow_next(kind, polls=N, seconds=S)`` answers the
+  next operation of kind (OPERATION_KINDS, e.g. "tpu.nodes.create")
+  done=false to N reads and for S seconds (a node is CREATING meanwhile);
+  ``fail_next(kind, message, status="RESOURCE_EXHAUSTED")`` ends it done with
+  ``error: {code: 8, message}`` and creates nothing (a TPU out of capacity),
+  or with ``http_status=429`` refuses the request itself (a quota, as the TPU
+  and Vertex AI APIs answer one). ``set_queued_state(id, "FAILED",
+  error=message)`` fails a queued resource with state.failedData.error;
+  ``fail_job(job_id, message, code=3)`` ends a custom job JOB_STATE_FAILED
+  with its ``error``.
+* What gcloud prints for those (tpu-vm create): a refused request ``ERROR:
+  (gcloud.compute.tpus.tpu-vm.create) RESOURCE_EXHAUSTED: Quota limit '...'
+  has been exceeded. ...``; a failed operation ``Create request issued for:
+  [N]`` then ``ERROR: (gcloud...) {`` + the JSON ``"code": 8, "message":
+  ...`` over several lines; a slow one ``Waiting for operation [...] to
+  complete...`` then dots, ``done.``, ``Created tpu [N].`` (no spinner without
+  a terminal). gcloud sleeps 1 s before its first read of an operation and
+  2 s (x1.4 each time, plus up to 1 s jitter) between reads: each slow poll
+  costs 2-3 s of test time.
+
 What gcloud 528 does, measured against this fake:
 
 * Auth: ``gcloud auth activate-service-account --key-file`` with a key whose
@@ -116,6 +160,8 @@ ACCOUNT = f"tester@{PROJECT}.iam.gserviceaccount.com"
 #   hosts, not the TPU VMs gcloud ssh --worker=all reaches.)
 # - v2-8: one host (https://cloud.google.com/tpu/docs/v2), the fake's
 #   default type.
+# A create with a type not listed here is answered as Cloud TPU answers an
+# unknown one (400): add a documented type here before a test uses it.
 HOSTS = {
     "v2-8": 1,
     "v4-8": 1, "v4-16": 2, "v4-32": 4,
@@ -225,10 +271,12 @@ class CloudFake:
   """start() it, then run gcloud with {**os.environ, **fake.env}.
 
   State (dicts keyed by full resource name, jobs by numeric id): nodes,
-  queued, jobs, operations. Settings: runtime_versions[zone] (default
+  queued, jobs, operations, project_metadata (Compute's
+  commonInstanceMetadata). Settings: runtime_versions[zone] (default
   DEFAULT_RUNTIME_VERSIONS); queued_active_after (a queued resource answers
   WAITING_FOR_RESOURCES to that many GETs, counting the one `create` makes,
-  then ACTIVE and its node exists). Paths: root, remote_bin (first on the
+  then ACTIVE and its node exists); slow_next / fail_next / fail_job (see
+  the module docstring). Paths: root, remote_bin (first on the
   workers' PATH), config_dir (CLOUDSDK_CONFIG), local_home (HOME), url.
   """
 
