@@ -637,7 +637,8 @@ class CloudFake:
   def qr_create(self, m, q, body):
     name = self._create(self.queued, m, q, "queuedResourceId")
     for index, spec in enumerate(body.get("tpu", {}).get("nodeSpec", [])):
-      self._check_node(spec.get("node", {}), m["loc"], f"queued_resource.tpu.node_spec[{index}].node")
+      self._check_node(spec.get("node", {}), m["loc"],
+                       f"queued_resource.tpu.node_spec[{index}].node")
     plan = self._plan("tpu.queuedResources.create")
     qr = {**body, "name": name, "createTime": _now()}
     if plan.status:
@@ -991,7 +992,8 @@ def _wrong_values(message_type, body, path, package):
     if field is None or value is None:
       continue   # an unknown name: found in the decoded message
     where = _join(path, _snake(key))
-    items = list(enumerate(value)) if field.repeated and isinstance(value, list) else [(None, value)]
+    listed = field.repeated and isinstance(value, list)
+    items = list(enumerate(value)) if listed else [(None, value)]
     for index, item in items:
       at = where if index is None else f"{where}[{index}]"
       nested = _nested_message(field)

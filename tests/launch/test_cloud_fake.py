@@ -138,8 +138,9 @@ def test_cloud_tpu_refuses_what_it_does_not_offer(cloud):
     error = refused(cloud, "POST", f"{TPU}/nodes?nodeId=n", body)
     assert error["message"] == "Cloud TPU received a bad request. " + message
     assert error["details"][0]["fieldViolations"][0]["field"] == field
-  error = refused(cloud, "POST", f"{TPU}/queuedResources?queuedResourceId=q", {"tpu": {
-      "nodeSpec": [{"parent": TPU[4:], "nodeId": "n", "node": {**NODE, "acceleratorType": "v4-12"}}]}})
+  spec = {"parent": TPU[4:], "nodeId": "n", "node": {**NODE, "acceleratorType": "v4-12"}}
+  error = refused(cloud, "POST", f"{TPU}/queuedResources?queuedResourceId=q",
+                  {"tpu": {"nodeSpec": [spec]}})
   assert "the accelerator v4-12 was not found" in error["message"]
   assert not cloud.nodes and not cloud.queued
   # Every documented type is accepted, with its documented number of hosts.

@@ -195,8 +195,10 @@ def test_the_api_refuses_an_accelerator_type_or_runtime_it_does_not_offer(tpu):
   assert not tpu.nodes
 
 
+# The TPU API's words (as reported from the real service).
 CAPACITY = (f'There is no more capacity in the zone "{ZONE}"; you can try in another '
-            "zone where Cloud TPU Nodes are offered (see https://cloud.google.com/tpu/docs/regions)")
+            "zone where Cloud TPU Nodes are offered "
+            "(see https://cloud.google.com/tpu/docs/regions)")
 QUOTA = (f"Quota limit 'TPUV4PodPerProjectPerZoneForTPUAPI' has been exceeded. "
          f"Limit: 32 in zone {ZONE}.")
 
