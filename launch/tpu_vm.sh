@@ -187,6 +187,42 @@ closest_runtimes() {
   done <<<"$candidates" | sort -k1,1n | head -n 3 | awk '{print $2}' | paste -sd ',' - | sed 's/,/, /g'
 }
 
+# Runs a gcloud create command (its output shows as it comes: gcloud's
+# "Waiting for operation ..." progress while Cloud TPU provisions); when it
+# fails, adds one line naming the cause and what to do, and exits 1.
+run_create() {
+  local what=$1 log_dir status=0 message
+  shift
+  if [[ "$dry_run" == "1" ]]; then
+    run "$@"
+    return
+  fi
+  make_temp_dir log_dir
+  # stderr through tee (a copy to read), stdout as it is (fd 3).
+  {
+    if "$@" 2>&1 >&3 3>&- | tee "$log_dir/stderr" >&2 3>&-; then
+      status=0
+    else
+      status=${PIPESTATUS[0]}
+    fi
+  } 3>&1
+  ((status == 0)) && return
+  # gcloud's error: "ERROR: (gcloud.X) STATUS: message" for a refused
+  # request, or the failed operation's {"code": N, "message": ...}.
+  message=$(sed -n 's/^ERROR: ([^)]*) //p; s/^ *"message": "\(.*\)"$/\1/p' "$log_dir/stderr" |
+    tail -n 1 | sed 's/\\"/"/g')
+  local quota
+  quota=$(grep -o "Quota limit '[^']*'" "$log_dir/stderr" | head -n 1 | cut -d"'" -f2) || true
+  if [[ -n "$quota" ]]; then
+    echo "error: $what: quota $quota is used up in $zone ($project): request more at https://console.cloud.google.com/iam-admin/quotas?project=$project, or ask for a smaller ACCELERATOR_TYPE or another ZONE" >&2
+  elif grep -qE '"code": 8,|RESOURCE_EXHAUSTED|no more capacity' "$log_dir/stderr"; then
+    echo "error: $what: no $accelerator_type capacity in $zone right now: try another ZONE that offers $accelerator_type, QUEUED=1 (waits in line for capacity) or SPOT=1" >&2
+  else
+    echo "error: $what failed: ${message:-gcloud exited with status $status (see above)}" >&2
+  fi
+  exit 1
+}
+
 create_tpu() {
   local runtime_version extra=()
   runtime_version=$(choose_runtime)
@@ -194,12 +230,14 @@ create_tpu() {
   if [[ "$spot" == "1" ]]; then extra+=(--spot); fi
   if [[ "$queued" != "1" ]]; then
     # gcloud waits for the create operation: the node is READY after this.
-    run gcloud compute tpus tpu-vm create "$tpu_name" "${location[@]}" \
+    run_create "creating TPU $tpu_name" \
+      gcloud compute tpus tpu-vm create "$tpu_name" "${location[@]}" \
       --accelerator-type="$accelerator_type" \
       --version="$runtime_version" "${extra[@]}"
     return
   fi
-  run gcloud compute tpus queued-resources create "$tpu_name" \
+  run_create "queuing TPU $tpu_name" \
+    gcloud compute tpus queued-resources create "$tpu_name" \
     --node-id="$tpu_name" "${location[@]}" \
     --accelerator-type="$accelerator_type" \
     --runtime-version="$runtime_version" "${extra[@]}"
@@ -211,11 +249,17 @@ create_tpu() {
 # Polls the queued resource until ACTIVE; a failed or suspended one, or the
 # timeout, ends the script with the state it was in.
 wait_until_active() {
-  local state start elapsed
+  local state reason start elapsed
   start=$SECONDS
   while true; do
+    # The state, and why it failed (state.failedData.error), tab-separated.
     state=$(gcloud compute tpus queued-resources describe "$tpu_name" \
-      "${location[@]}" --format='value(state.state)')
+      "${location[@]}" --format='value(state.state,state.failedData.error.message)')
+    reason=""
+    if [[ "$state" == *$'\t'* ]]; then
+      reason=${state#*$'\t'}
+      state=${state%%$'\t'*}
+    fi
     elapsed=$((SECONDS - start))
     case "$state" in
       ACTIVE)
@@ -223,7 +267,7 @@ wait_until_active() {
         return
         ;;
       FAILED | SUSPENDING | SUSPENDED)
-        echo "error: queued resource $tpu_name is $state: see \`launch/tpu_vm.sh status\`; delete it (\`launch/tpu_vm.sh delete\`) before creating it again" >&2
+        echo "error: queued resource $tpu_name is $state${reason:+ ($reason)}: see \`launch/tpu_vm.sh status\`; delete it (\`QUEUED=1 launch/tpu_vm.sh delete\`) before creating it again" >&2
         exit 1
         ;;
     esac

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.cloud_fake import HOSTS, error_line, host_count, ok
+from tests.helpers.cloud_fake import HOSTS, error_line, ok
 
 SCRIPT = os.path.join(ROOT, "launch", "tpu_vm.sh")
 ZONE = "us-central2-b"
@@ -172,13 +172,65 @@ def test_hosts_per_accelerator_type_are_the_documented_ones(accelerator):
   assert f"POD={int(hosts > 1)}" in result.stderr
 
 
-def test_the_fake_refuses_an_undocumented_accelerator_type(tpu):
-  with pytest.raises(KeyError, match="'v4-12'"):
-    host_count("v4-12")
+def test_the_api_refuses_an_accelerator_type_or_runtime_it_does_not_offer(tpu):
+  # The fake answers as Cloud TPU does (a type not in its documented HOSTS,
+  # a runtime the zone does not list), whatever the launcher thinks.
+  for flags, field in ((["--accelerator-type=v9-13", "--version=tpu-vm-tf-2.17.0-pjrt"],
+                        "node.accelerator_type"),
+                       (["--accelerator-type=v4-8", "--version=nonexistent"],
+                        "node.runtime_version")):
+    result = tpu.gcloud("compute", "tpus", "tpu-vm", "create", NAME,
+                        f"--zone={ZONE}", *flags)
+    assert result.returncode == 1
+    assert ("ERROR: (gcloud.compute.tpus.tpu-vm.create) INVALID_ARGUMENT: Cloud TPU "
+            "received a bad request.") in result.stderr
+    assert f"field: {field}" in result.stderr
+  # v4-12 passes the launcher's own rule (a v4 type counts TensorCores) but
+  # is no Cloud TPU type: the API's answer is the launcher's one line.
   result = tpu_vm(tpu, "create", env={"ACCELERATOR_TYPE": "v4-12"})
-  assert result.returncode != 0
-  assert "'v4-12' is not in cloud_fake.HOSTS" in result.stderr
+  assert result.returncode == 1
+  assert error_line(result) == (
+      f"error: creating TPU {NAME} failed: INVALID_ARGUMENT: Cloud TPU received a "
+      f"bad request. the accelerator v4-12 was not found in zone {ZONE}")
   assert not tpu.nodes
+
+
+# The TPU API's words (as reported from the real service).
+CAPACITY = (f'There is no more capacity in the zone "{ZONE}"; you can try in another '
+            "zone where Cloud TPU Nodes are offered "
+            "(see https://cloud.google.com/tpu/docs/regions)")
+QUOTA = (f"Quota limit 'TPUV4PodPerProjectPerZoneForTPUAPI' has been exceeded. "
+         f"Limit: 32 in zone {ZONE}.")
+
+
+def test_a_create_out_of_capacity_or_quota_is_one_line_and_a_slow_one_shows_progress(tpu):
+  # Out of capacity: the create operation ends with code 8 (RESOURCE_EXHAUSTED).
+  tpu.fail_next("tpu.nodes.create", CAPACITY)
+  result = tpu_vm(tpu, "create")
+  assert result.returncode == 1
+  assert '"code": 8' in result.stderr   # gcloud's own report stays visible
+  assert error_line(result) == (
+      f"error: creating TPU {NAME}: no v4-8 capacity in {ZONE} right now: try another "
+      "ZONE that offers v4-8, QUEUED=1 (waits in line for capacity) or SPOT=1")
+  assert not tpu.nodes
+  # A quota used up: the create request itself is refused (HTTP 429).
+  tpu.fail_next("tpu.queuedResources.create", QUOTA, http_status=429)
+  result = tpu_vm(tpu, "create", env={"QUEUED": "1"})
+  assert result.returncode == 1
+  assert error_line(result) == (
+      f"error: queuing TPU {NAME}: quota TPUV4PodPerProjectPerZoneForTPUAPI is used up "
+      f"in {ZONE} (test-project): request more at https://console.cloud.google.com/"
+      "iam-admin/quotas?project=test-project, or ask for a smaller ACCELERATOR_TYPE "
+      "or another ZONE")
+  assert not tpu.queued
+  # Slow: gcloud polls the operation and says so while it waits.
+  tpu.slow_next("tpu.nodes.create", polls=1)
+  result = ok(tpu_vm(tpu, "create"))
+  assert f"Waiting for operation [projects/test-project/locations/{ZONE}/operations/" in (
+      result.stderr)
+  assert f"Created tpu [{NAME}]." in result.stderr
+  assert len(tpu.find("GET", LOCATION + "/operations/")) == 2
+  assert tpu.nodes[NODE]["state"] == "READY"
 
 
 def test_explicit_runtime_that_the_zone_lists(tpu):
@@ -216,11 +268,13 @@ def test_queued_create_without_waiting_and_failures(tpu):
   (delete,) = tpu.find("DELETE", f"/queuedResources/{NAME}$")
   assert delete.query["force"].lower() == "true"
 
-  tpu.set_queued_state(NAME, "FAILED")
+  # FAILED, with the API's reason (state.failedData.error).
+  tpu.set_queued_state(NAME, "FAILED", error=CAPACITY)
   failed = tpu_vm(tpu, "create", env={"QUEUED": "1"})
   assert failed.returncode == 1
-  assert error_line(failed).startswith(
-      f"error: queued resource {NAME} is FAILED: see `launch/tpu_vm.sh status`")
+  assert error_line(failed) == (
+      f"error: queued resource {NAME} is FAILED ({CAPACITY}): see `launch/tpu_vm.sh "
+      "status`; delete it (`QUEUED=1 launch/tpu_vm.sh delete`) before creating it again")
   tpu.reset()
   tpu.set_queued_state(NAME, "WAITING_FOR_RESOURCES")
   late = tpu_vm(tpu, "create", env={"QUEUED": "1", "WAIT_TIMEOUT": "0"})
