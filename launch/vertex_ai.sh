@@ -148,7 +148,7 @@ gcloud_error() {
   local text
   text=$(sed -n '/^ERROR: /,$p' "$1")
   [[ -n "$text" ]] || text=$(grep -v '^[[:space:]]*$' "$1" | tail -n 1)
-  text=$(sed -E '1s/^ERROR: (\(gcloud[.a-z_-]*\) )?//; s/ This command is authenticated as .*//' <<<"$text" |
+  text=$(sed -E '1s/^ERROR: (\(gcloud[.a-z_-]*\) )?//; s/\.? This command is authenticated as .*//' <<<"$text" |
     awk '{ gsub(/\t/, " "); gsub(/^ +| +$/, "") } NF { printf "%s%s", sep, $0; sep = "; " }')
   echo "${text:-gcloud failed without a message}"
 }
@@ -163,7 +163,6 @@ elapsed() {
 # to stderr.
 ensure_image() {
   local variant=$1 commit
-  build_checks
   commit=$(git -C "$repo_dir" rev-parse --short=12 HEAD)
   if [[ -n "$(git -C "$repo_dir" status --porcelain -- setup.py README.md trainer configs launch/Dockerfile .dockerignore)" ]]; then
     warn "uncommitted changes in $repo_dir are not in the image: it is built from HEAD ($commit)"
@@ -174,9 +173,9 @@ ensure_image() {
   make_temp_dir work_dir
   local err=$work_dir/gcloud.err tags
   if [[ "$dry_run" == "1" ]]; then
-    run gcloud artifacts docker tags list "$image_path" --format='value(tag)'
-  elif tags=$(gcloud artifacts docker tags list "$image_path" --format='value(tag)' 2>"$err"); then
-    if grep -qx ".*/tags/$commit" <<<"$tags"; then
+    run gcloud artifacts docker tags list "$image_path" --format='value(tag.basename())'
+  elif tags=$(gcloud artifacts docker tags list "$image_path" --format='value(tag.basename())' 2>"$err"); then
+    if grep -qxF "$commit" <<<"$tags"; then
       echo "vertex_ai: image $image exists (built from $commit): not rebuilt" >&2
       return
     fi
@@ -236,9 +235,9 @@ CONFIG
   IFS=$'\t' read -r build_id log_url <<<"$submitted"
   [[ -n "$build_id" ]] || die "gcloud did not return a build id (got '$submitted')"
   echo "vertex_ai: build $build_id; log: $log_url" >&2
-  local status detail
+  local status detail status_detail
   while :; do
-    IFS=$'\t' read -r status detail < <(gcloud builds describe "$build_id" --region="$region" \
+    IFS=$'\t' read -r status detail status_detail < <(gcloud builds describe "$build_id" --region="$region" \
       --project="$project" --format='value(status,failureInfo.detail,statusDetail)' 2>"$err") ||
       true
     [[ -n "$status" ]] || die "cannot read the state of build $build_id: $(gcloud_error "$err")"
@@ -247,7 +246,9 @@ CONFIG
       QUEUED | PENDING | WORKING)
         echo "vertex_ai: build $build_id $status, $(elapsed "$start")" >&2
         sleep "$poll_seconds" ;;
-      *) die "the build of $image ended $status after $(elapsed "$start")${detail:+: $detail} (log: $log_url)" ;;
+      *)
+        detail=${detail:-$status_detail}
+        die "the build of $image ended $status after $(elapsed "$start")${detail:+: $detail} (log: $log_url)" ;;
     esac
   done
   echo "vertex_ai: built $image in $(elapsed "$start") (Cloud Build $build_id)" >&2
@@ -337,13 +338,16 @@ SPEC
 
 # Settings first: a mistake is one line before any gcloud call.
 case "$subcommand" in
-  submit) submit_checks ;;
+  submit)
+    submit_checks
+    [[ -n "${IMAGE:-}" ]] || build_checks ;;
   build)
     case "${1:-}" in
       cpu | gpu | tpu) ;;
       '') machine_checks ;;
       *) die "unknown image variant '$1': cpu, gpu or tpu" ;;
-    esac ;;
+    esac
+    build_checks ;;
 esac
 require_gcloud
 location=(--region="$region" --project="$project")

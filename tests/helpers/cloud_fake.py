@@ -1,4 +1,5 @@
-"""A recording fake of the Cloud TPU, Compute and Vertex AI REST APIs for gcloud.
+"""A recording fake of the Cloud TPU, Compute, Vertex AI, Cloud Build and
+Artifact Registry REST APIs for gcloud.
 
 The real ``gcloud`` is pointed at a ThreadingHTTPServer on 127.0.0.1 with
 ``CLOUDSDK_API_ENDPOINT_OVERRIDES_*`` (see ``CloudFake.env``); every request is
@@ -61,6 +62,39 @@ What gcloud 528 does, measured against this fake:
   ``:cancel``. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
   ``/v2/entries:list``, which is not faked: LOGGING points here so it fails at
   once with NOT_FOUND instead of trying the internet.
+* Artifact Registry (v1; the override has the path ``/artifactregistry/``,
+  as Cloud Build's has ``/cloudbuild/``: both APIs, and Vertex AI, name
+  operations ``/v1/projects/P/locations/L/operations/ID``).
+  ``artifacts repositories describe R --location=L`` GETs
+  ``repositories/R`` (missing: ``ERROR: (gcloud...) NOT_FOUND: <message>.
+  This command is authenticated as <account> ...``, rc 1). ``repositories
+  create R --repository-format=docker`` POSTs ``repositories?repositoryId=R``
+  with name, format DOCKER and mode MODE_UNSPECIFIED; an operation answered
+  ``done`` is not polled, gcloud GETs the repository once.
+  ``artifacts docker tags list L-docker.pkg.dev/P/R/IMAGE`` GETs the
+  repository (NOT_FOUND as above when it is missing), then
+  ``repositories/R/packages/IMAGE/tags``; ``--format=value(tag)`` prints
+  the tag's last path segment (``value(tag.basename())`` says so).
+  ``artifacts docker images describe`` also asks the Container Analysis API
+  (not faked).
+* Cloud Build (v1). ``builds submit SOURCE.tar.gz --config=cloudbuild.yaml
+  --region=L --async`` first stages the source with the Storage API:
+  without ``--gcs-source-staging-dir`` it creates the bucket
+  ``<project>_cloudbuild`` if missing and uploads to
+  ``source/<time>-<hex>.gz`` there (the fake-gcs-server of
+  ``storage_env(gcs)`` serves both; without it the STORAGE override here
+  answers 404). Then it POSTs ``locations/L/builds`` with ``source.
+  storageSource {bucket, object, generation}`` and the config's steps,
+  images and timeout, reads the build from the returned operation's
+  ``metadata.build`` and prints ``Created [...]`` and ``Logs are available
+  at [ <logUrl> ]`` on stderr; ``--format=value(id)`` prints the id.
+  Without --async (read in gcloud's source, api_lib/cloudbuild/logs.py) it
+  waits, polling GET ``builds/ID`` every --polling-interval seconds, and
+  meanwhile streams the log from
+  ``https://storage.googleapis.com/<logsBucket>/log-<id>.txt``, a URL no
+  override changes (--suppress-logs still fetches it; only
+  ``options.logging`` NONE or CLOUD_LOGGING_ONLY stop it): so tests use
+  --async and ``builds describe``, which GETs ``builds/ID``.
 * ``gcloud storage`` with ``storage_env(gcs)`` (tests/helpers/gcs_emulator.py): cp of
   files (up and down), cat, ls, ls -r, rsync -r and ``cp -r DIR gs://bucket``
   work. ``cp -r DIR gs://bucket/prefix`` and ``rm -r gs://bucket/prefix`` fail
@@ -312,6 +346,8 @@ class CloudFake:
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD": self.url + "/cloudbuild/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_ARTIFACTREGISTRY": self.url + "/artifactregistry/",
         # Not faked; here so their calls fail fast (404) instead of going out.
+        # (storage_env(gcs) sends `gcloud storage` to a GCS emulator.)
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": self.url + "/storage/v1/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING": self.url + "/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_OSLOGIN": self.url + "/",
         "HOME": self.local_home,  # gcloud's ~/.ssh/google_compute_engine

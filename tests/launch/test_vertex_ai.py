@@ -179,7 +179,7 @@ def test_submit_tpu_runs_the_tpu_image(cloud):
 def test_build_a_slow_one_that_fails_then_one_that_is_kept(cloud, gcs, bucket):
   """Progress while the build runs, one line when it fails; a rebuild of a
   tag that exists is skipped. STAGING_DIR holds the source."""
-  cloud.build_working_polls = 2
+  cloud.build_working_polls = 1
   cloud.build_result = "FAILURE"
   uri = image("gpu")
   failed = vertex_ai(cloud, "build", "gpu", gcs=gcs)
@@ -189,7 +189,7 @@ def test_build_a_slow_one_that_fails_then_one_that_is_kept(cloud, gcs, bucket):
   assert [l.rsplit(",", 1)[0] for l in progress] == [
       f"vertex_ai: build {build_id}; log: https://console.cloud.google.com/"
       f"cloud-build/builds;region=us-central1/{build_id}?project=123456789012",
-      f"vertex_ai: build {build_id} WORKING", f"vertex_ai: build {build_id} WORKING"]
+      f"vertex_ai: build {build_id} WORKING"]
   line = error_line(failed)
   assert re.match(f"error: the build of {re.escape(uri)} ended FAILURE after [0-9]+m[0-9]{{2}}s: ",
                   line)
@@ -217,8 +217,8 @@ def _refuse_job_create(monkeypatch, code, status, message):
   """The fake's job create answers HTTP `code` with this error."""
   def refuse(fake, m, q, body):
     raise HttpError(code, status, message)
-  (methods,) = [methods for pattern, methods in cloud_fake._ROUTES  # pylint: disable=protected-access
-                if pattern.endswith("/customJobs")]
+  routes = cloud_fake._ROUTES  # pylint: disable=protected-access
+  (methods,) = [methods for pattern, methods in routes if pattern.endswith("/customJobs")]
   monkeypatch.setitem(methods, "POST", refuse)
 
 
