@@ -1,4 +1,5 @@
-"""A recording fake of the Cloud TPU, Compute and Vertex AI REST APIs for gcloud.
+"""A recording fake of the Cloud TPU, Compute, Vertex AI, Cloud Build and
+Artifact Registry REST APIs for gcloud.
 
 The real ``gcloud`` is pointed at a ThreadingHTTPServer on 127.0.0.1 with
 ``CLOUDSDK_API_ENDPOINT_OVERRIDES_*`` (see ``CloudFake.env``); every request is
@@ -105,6 +106,39 @@ What gcloud 528 does, measured against this fake:
   ``:cancel``. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
   ``/v2/entries:list``, which is not faked: LOGGING points here so it fails at
   once with NOT_FOUND instead of trying the internet.
+* Artifact Registry (v1; the override has the path ``/artifactregistry/``,
+  as Cloud Build's has ``/cloudbuild/``: both APIs, and Vertex AI, name
+  operations ``/v1/projects/P/locations/L/operations/ID``).
+  ``artifacts repositories describe R --location=L`` GETs
+  ``repositories/R`` (missing: ``ERROR: (gcloud...) NOT_FOUND: <message>.
+  This command is authenticated as <account> ...``, rc 1). ``repositories
+  create R --repository-format=docker`` POSTs ``repositories?repositoryId=R``
+  with name, format DOCKER and mode MODE_UNSPECIFIED; an operation answered
+  ``done`` is not polled, gcloud GETs the repository once.
+  ``artifacts docker tags list L-docker.pkg.dev/P/R/IMAGE`` GETs the
+  repository (NOT_FOUND as above when it is missing), then
+  ``repositories/R/packages/IMAGE/tags``; ``--format=value(tag)`` prints
+  the tag's last path segment (``value(tag.basename())`` says so).
+  ``artifacts docker images describe`` also asks the Container Analysis API
+  (not faked).
+* Cloud Build (v1). ``builds submit SOURCE.tar.gz --config=cloudbuild.yaml
+  --region=L --async`` first stages the source with the Storage API:
+  without ``--gcs-source-staging-dir`` it creates the bucket
+  ``<project>_cloudbuild`` if missing and uploads to
+  ``source/<time>-<hex>.gz`` there (the fake-gcs-server of
+  ``storage_env(gcs)`` serves both; without it the STORAGE override here
+  answers 404). Then it POSTs ``locations/L/builds`` with ``source.
+  storageSource {bucket, object, generation}`` and the config's steps,
+  images and timeout, reads the build from the returned operation's
+  ``metadata.build`` and prints ``Created [...]`` and ``Logs are available
+  at [ <logUrl> ]`` on stderr; ``--format=value(id)`` prints the id.
+  Without --async (read in gcloud's source, api_lib/cloudbuild/logs.py) it
+  waits, polling GET ``builds/ID`` every --polling-interval seconds, and
+  meanwhile streams the log from
+  ``https://storage.googleapis.com/<logsBucket>/log-<id>.txt``, a URL no
+  override changes (--suppress-logs still fetches it; only
+  ``options.logging`` NONE or CLOUD_LOGGING_ONLY stop it): so tests use
+  --async and ``builds describe``, which GETs ``builds/ID``.
 * ``gcloud storage`` with ``storage_env(gcs)`` (tests/helpers/gcs_emulator.py): cp of
   files (up and down), cat, ls, ls -r, rsync -r and ``cp -r DIR gs://bucket``
   work. ``cp -r DIR gs://bucket/prefix`` and ``rm -r gs://bucket/prefix`` fail
@@ -118,6 +152,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -129,6 +164,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Runtime versions every zone lists unless runtime_versions[zone] says
@@ -142,6 +178,7 @@ DEFAULT_RUNTIME_VERSIONS = (
     "tpu-vm-tf-2.18.0-pjrt-v5e-and-v6", "tpu-vm-tf-2.18.0-pod-pjrt-v5e-and-v6",
 )
 PROJECT = "test-project"
+PROJECT_NUMBER = "123456789012"
 ACCOUNT = f"tester@{PROJECT}.iam.gserviceaccount.com"
 
 
@@ -313,6 +350,7 @@ class CloudFake:
       self._pending: dict[str, list] = {}      # operation -> [polls, deadline, on_done]
       self._ids = itertools.count(1)
       self.env = dict(self._base_env)
+      self._reset_image_apis()
     shutil.rmtree(os.path.join(self.root, "hosts"), ignore_errors=True)
     shutil.rmtree(self.remote_bin, ignore_errors=True)
     os.makedirs(self.remote_bin)
@@ -455,7 +493,12 @@ class CloudFake:
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_TPU": self.url + "/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": self.url + "/compute/v1/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_AIPLATFORM": self.url + "/",
+        # A path each: their operations share /v1/projects/P/locations/L/operations.
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD": self.url + "/cloudbuild/",
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_ARTIFACTREGISTRY": self.url + "/artifactregistry/",
         # Not faked; here so their calls fail fast (404) instead of going out.
+        # (storage_env(gcs) sends `gcloud storage` to a GCS emulator.)
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": self.url + "/storage/v1/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING": self.url + "/",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_OSLOGIN": self.url + "/",
         "HOME": self.local_home,  # gcloud's ~/.ssh/google_compute_engine
@@ -716,6 +759,92 @@ class CloudFake:
     self._job(m)["state"] = "JOB_STATE_CANCELLING"
     return {}
 
+  # --------------------- Cloud Build v1 and Artifact Registry v1 (images)
+  #
+  # State: repositories (full name -> Repository), docker_tags (image URI
+  # with its tag -> digest), builds (id -> Build). Settings: build_result,
+  # the status a build ends with (SUCCESS pushes its `images`: their tags
+  # then exist; FAILURE sets failureInfo from build_failure_detail);
+  # build_working_polls, GETs answered WORKING before it ends (a slow build).
+
+  def _reset_image_apis(self):
+    self.repositories: dict[str, dict] = {}
+    self.docker_tags: dict[str, str] = {}
+    self.builds: dict[str, dict] = {}
+    self.build_result = "SUCCESS"
+    self.build_failure_detail = ('Build step failure: build step 0 "gcr.io/cloud-builders/'
+                                 'docker" failed: step exited with non-zero status: 1')
+    self.build_working_polls = 0
+    self._build_gets: dict[str, int] = {}
+
+  def add_docker_image(self, uri: str) -> None:
+    """Makes image `uri` (LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG)
+    exist, with its repository."""
+    with self._lock:
+      repo, _, _ = _docker_names(uri)
+      self.repositories.setdefault(repo, {
+          "name": repo, "format": "DOCKER", "mode": "STANDARD_REPOSITORY",
+          "createTime": _now()})
+      self.docker_tags[uri] = "sha256:" + hashlib.sha256(uri.encode()).hexdigest()
+
+  def repository_get(self, m, q, b):
+    return self._get(self.repositories, _api_name(m))
+
+  def repository_create(self, m, q, body):
+    name = self._create(self.repositories, m, q, "repositoryId")
+    self.repositories[name] = {**body, "name": name, "createTime": _now()}
+    operation = f"{_parent(m)}/operations/{uuid.UUID(int=next(self._ids))}"
+    return {"name": operation, "done": True, "response": {
+        "@type": "type.googleapis.com/google.devtools.artifactregistry.v1.Repository",
+        **self.repositories[name]}}
+
+  def docker_tags_list(self, m, q, b):
+    repo = self._get(self.repositories, f"{_parent(m)}/repositories/{m['repo']}")
+    host = f"{m['loc']}-docker.pkg.dev/{m['p']}/{_last(repo['name'])}/{m['pkg']}:"
+    package = f"{repo['name']}/packages/{urllib.parse.quote(m['pkg'], safe='')}"
+    return {"tags": [{"name": f"{package}/tags/{uri[len(host):]}",
+                      "version": f"{package}/versions/{digest}"}
+                     for uri, digest in sorted(self.docker_tags.items())
+                     if uri.startswith(host)]}
+
+  def build_create(self, m, q, body):
+    build_id = str(uuid.UUID(int=next(self._ids)))
+    self.builds[build_id] = build = {
+        **body, "id": build_id, "name": f"{_parent(m)}/builds/{build_id}",
+        "projectId": m["p"], "status": "QUEUED", "createTime": _now(),
+        "logsBucket": f"gs://{PROJECT_NUMBER}.cloudbuild-logs.googleusercontent.com",
+        "logUrl": (f"https://console.cloud.google.com/cloud-build/builds;region={m['loc']}/"
+                   f"{build_id}?project={PROJECT_NUMBER}")}
+    self._build_gets[build_id] = 0
+    return {"name": f"{_parent(m)}/operations/{uuid.UUID(int=next(self._ids))}",
+            "metadata": {"@type": ("type.googleapis.com/"
+                                   "google.devtools.cloudbuild.v1.BuildOperationMetadata"),
+                         "build": dict(build)}}
+
+  def build_get(self, m, q, b):
+    build = self.builds.get(m["id"])
+    if build is None or build["name"] != _api_name(m):
+      raise HttpError(404, "NOT_FOUND", "Requested entity was not found.")
+    self._build_gets[m["id"]] += 1
+    if build["status"] in ("QUEUED", "WORKING"):
+      build.setdefault("startTime", _now())
+      if self._build_gets[m["id"]] <= self.build_working_polls:
+        build["status"] = "WORKING"
+      else:
+        self._finish_build(build)
+    return build
+
+  def _finish_build(self, build):
+    build.update(status=self.build_result, finishTime=_now())
+    if self.build_result == "SUCCESS":
+      for uri in build.get("images", []):
+        self.add_docker_image(uri)
+      build["results"] = {"images": [
+          {"name": uri, "digest": self.docker_tags[uri]} for uri in build.get("images", [])]}
+    elif self.build_result == "FAILURE":
+      build["statusDetail"] = self.build_failure_detail
+      build["failureInfo"] = {"type": "USER_BUILD_STEP", "detail": self.build_failure_detail}
+
 
 def ok(result):
   """The CompletedProcess of a command that must have succeeded."""
@@ -772,7 +901,30 @@ _ROUTES = [
                            "POST": _C.job_create}),
     (_AI + r"/customJobs/(?P<id>\d+)", {"GET": _C.job_get}),
     (_AI + r"/customJobs/(?P<id>\d+):cancel", {"POST": _C.job_cancel}),
+    # Cloud Build v1 and Artifact Registry v1 (CloudFake.env gives each a path).
+    ("/cloudbuild/v1" + _LOC + "/builds", {"POST": _C.build_create}),
+    ("/cloudbuild/v1" + _LOC + r"/builds/(?P<id>[^/:]+)", {"GET": _C.build_get}),
+    ("/artifactregistry/v1" + _LOC + "/(?P<kind>repositories)",
+     {"POST": _C.repository_create}),
+    ("/artifactregistry/v1" + _LOC + "/repositories/[^/]+", {"GET": _C.repository_get}),
+    ("/artifactregistry/v1" + _LOC + "/repositories/(?P<repo>[^/]+)/packages/(?P<pkg>[^/]+)"
+     "/tags", {"GET": _C.docker_tags_list}),
 ]
+
+
+def _api_name(m):
+  """The resource name in a path under an API's own prefix:
+  /cloudbuild/v1/projects/.../x -> projects/.../x."""
+  return m[0][m[0].index("/projects/") + 1:].split(":")[0]
+
+
+def _docker_names(uri):
+  """LOCATION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG -> (repository's full
+  name, IMAGE, TAG)."""
+  m = re.fullmatch(r"([a-z0-9-]+)-docker\.pkg\.dev/([^/]+)/([^/]+)/([^:]+):([^:/]+)", uri)
+  if not m:
+    raise ValueError(f"not an Artifact Registry docker image with a tag: {uri!r}")
+  return f"projects/{m[2]}/locations/{m[1]}/repositories/{m[3]}", m[4], m[5]
 
 
 def _make_handler(fake: CloudFake):

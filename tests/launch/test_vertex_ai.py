@@ -1,9 +1,11 @@
-"""launch/vertex_ai.sh through the real gcloud: the Vertex AI API of
-tests/helpers/cloud_fake.py, and the GCS emulator for the package upload."""
+"""launch/vertex_ai.sh through the real gcloud: the Vertex AI, Cloud Build and
+Artifact Registry APIs of tests/helpers/cloud_fake.py, and the GCS emulator
+for Cloud Build's source upload."""
 
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -15,15 +17,28 @@ from tests.helpers.cloud_fake import error_line, ok
 
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
-IMAGES = "us-docker.pkg.dev/vertex-ai/training"
+BUILDS = "/cloudbuild/v1/projects/test-project/locations/us-central1/builds"
+REPOSITORIES = ("/artifactregistry/v1/projects/test-project/locations/"
+                "us-central1/repositories")
+REGISTRY = "us-central1-docker.pkg.dev/test-project/masked-attention"
+# The script's variables, none taken from the caller's environment.
+SETTINGS = ("PROJECT", "REGION", "REPOSITORY", "IMAGE", "STAGING_DIR",
+            "DATA_DIR", "MODEL_DIR", "POLL_SECONDS", "MACHINE_TYPE",
+            "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "WORKERS", "TPU_TOPOLOGY",
+            "CONFIG", "DRY_RUN", "JOB_NAME", "REPO_DIR")
 
 
 def vertex_ai(cloud, *args, env=None, gcs=None, timeout=120):
-  return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=(
-      "PROJECT", "REGION", "STAGING_DIR", "DATA_DIR", "MODEL_DIR",
-      "MACHINE_TYPE", "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "WORKERS",
-      "TPU_TOPOLOGY", "IMAGE", "CONFIG", "DRY_RUN", "JOB_NAME"),
-      env={**(cloud.storage_env(gcs) if gcs else {}), **(env or {})})
+  return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=SETTINGS, env={
+      "POLL_SECONDS": "0", **(cloud.storage_env(gcs) if gcs else {}),
+      **(env or {})})
+
+
+def image(variant):
+  """The image the script builds of this checkout's HEAD."""
+  commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+  return f"{REGISTRY}/trainer-{variant}:{commit}"
 
 
 @pytest.fixture
@@ -40,124 +55,260 @@ def submitted(cloud):
 
 
 def paths(bucket):
-  return {"STAGING_DIR": f"gs://{bucket}/staging",
-          "DATA_DIR": f"gs://{bucket}/arith",
+  return {"DATA_DIR": f"gs://{bucket}/arith",
           "MODEL_DIR": f"gs://{bucket}/runs/v1", "JOB_NAME": "job-1"}
 
 
-def test_submit_cpu_uploads_the_package_and_creates_the_job(cloud, gcs, bucket):
-  result = ok(vertex_ai(cloud, "submit", "--config.train.num_steps=100",
-                        env=paths(bucket), gcs=gcs))
+def download(bucket, name):
+  from google.cloud import storage  # pylint: disable=g-import-not-at-top
+  return storage.Client().bucket(bucket).blob(name).download_as_bytes()
+
+
+def test_submit_builds_the_image_and_the_job_runs_it_as_vertex_ai_would(
+    cloud, gcs, bucket, smoke_data, tmp_path):
+  """A first submit: the repository is created, Cloud Build builds the
+  image of HEAD from its uploaded source, the job runs it. Then the job's
+  container args run on that source the way the image's entry point runs
+  them (python -m trainer.task in a directory holding configs/ and
+  trainer/): AIP_* variables from baseOutputDirectory, data and outputs on
+  gs://."""
+  ok(subprocess.run([sys.executable, "-m", "trainer.data", "upload",
+                     f"--src={smoke_data}", f"--dst=gs://{bucket}/arith"],
+                    capture_output=True, text=True, cwd=ROOT))
+  result = ok(vertex_ai(cloud, "submit", "--config.train.num_steps=20",
+                        env={**paths(bucket), "CONFIG": "configs/smoke.py"}, gcs=gcs))
+  uri = image("cpu")
+  (created,) = cloud.find("POST", REPOSITORIES + "$")
+  assert created.query["repositoryId"] == "masked-attention"
+  assert created.body["format"] == "DOCKER"
+  (build_request,) = cloud.find("POST", BUILDS + "$")
+  build = build_request.body
+  assert build["steps"] == [{
+      "name": "gcr.io/cloud-builders/docker",
+      "args": ["build", "-f", "launch/Dockerfile", "--build-arg", "TF_EXTRA=cpu",
+               "-t", uri, "."]}]
+  assert build["images"] == [uri]
+  assert re.search(f"^vertex_ai: built {re.escape(uri)} in [0-9]+m[0-9]{{2}}s \\(Cloud Build ",
+                   result.stderr, re.M)
+  # The source: gcloud's default staging bucket, holding HEAD's tree.
+  source = build["source"]["storageSource"]
+  assert source["bucket"] == "test-project_cloudbuild"
+  assert source["object"].startswith("source/")
+  package = tmp_path / "source"
+  with tarfile.open(fileobj=io.BytesIO(download(source["bucket"], source["object"]))) as t:
+    assert {"launch/Dockerfile", "setup.py", "trainer/task.py",
+            "configs/smoke.py"} <= set(t.getnames())
+    t.extractall(package)
+
   body = submitted(cloud)
   assert body["displayName"] == "job-1"
   spec = body["jobSpec"]
-  assert spec["baseOutputDirectory"] == {
-      "outputUriPrefix": f"gs://{bucket}/runs/v1"}
+  base = f"gs://{bucket}/runs/v1"
+  assert spec["baseOutputDirectory"] == {"outputUriPrefix": base}
   (pool,) = spec["workerPoolSpecs"]
   assert pool["machineSpec"] == {"machineType": "n1-standard-8"}
   assert str(pool["replicaCount"]) == "1"
-  package = pool["pythonPackageSpec"]
-  assert package["executorImageUri"] == f"{IMAGES}/tf-cpu.2-17.py310:latest"
-  assert package["pythonModule"] == "trainer.task"
-  assert package["args"] == [
-      "--config=configs/default.py", "--strategy=default",
-      f"--data_dir=gs://{bucket}/arith", "--config.train.num_steps=100"]
-  (uri,) = package["packageUris"]
-  assert uri.startswith(f"gs://{bucket}/staging/packages/"
-                        "masked-attention-trainer-") and uri.endswith(".tar.gz")
-  # The uploaded package is this repository's HEAD, as pip installs it.
-  from google.cloud import storage  # pylint: disable=g-import-not-at-top
-  blob = storage.Client().bucket(bucket).blob(uri.split("/", 3)[3])
-  with tarfile.open(fileobj=io.BytesIO(blob.download_as_bytes())) as t:
-    names = t.getnames()
-  assert "masked-attention-trainer/setup.py" in names
-  assert "masked-attention-trainer/trainer/task.py" in names
-  assert "masked-attention-trainer/configs/tpu.py" in names
+  assert "pythonPackageSpec" not in pool
+  assert pool["containerSpec"] == {"imageUri": uri, "args": [
+      "--config=configs/smoke.py", "--strategy=default",
+      f"--data_dir=gs://{bucket}/arith", "--config.train.num_steps=20"]}
   (job_id,) = cloud.jobs
   assert result.stdout.splitlines()[:2] == [
       f"job: {job_id}",
       "console: https://console.cloud.google.com/ai/platform/locations/"
       f"us-central1/training/{job_id}?project=test-project"]
 
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(package),
+         "AIP_MODEL_DIR": f"{base}/model/",
+         "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
+  run = subprocess.run([sys.executable, "-m", "trainer.task",
+                        *pool["containerSpec"]["args"]], capture_output=True,
+                       text=True, env=env, cwd=package, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  assert tf.io.gfile.exists(f"{base}/model/saved_model.pb")
+  metrics = json.loads(tf.io.gfile.GFile(f"{base}/model/metrics.json").read())
+  assert metrics["step"] == 20
+  assert tf.train.latest_checkpoint(f"{base}/checkpoints").endswith("ckpt-20")
+  assert tf.io.gfile.glob(f"{base}/logs/train/events.out.tfevents.*")
 
-def test_submit_gpus_one_machine_and_several(cloud, gcs, bucket):
-  env = {**paths(bucket), "ACCELERATOR_TYPE": "NVIDIA_L4",
+
+def test_submit_gpus_from_an_existing_image_and_from_ones_own(cloud):
+  """The tag of HEAD exists: no build. With IMAGE: no registry at all."""
+  uri = image("gpu")
+  cloud.add_docker_image(uri)
+  env = {**paths("b"), "ACCELERATOR_TYPE": "NVIDIA_L4",
          "ACCELERATOR_COUNT": "2", "MACHINE_TYPE": "g2-standard-24"}
-  ok(vertex_ai(cloud, "submit", env=env, gcs=gcs))
+  result = ok(vertex_ai(cloud, "submit", env=env))
+  assert f"vertex_ai: image {uri} exists" in result.stderr
+  assert cloud.find(None, "^/cloudbuild/") == []
   (pool,) = submitted(cloud)["jobSpec"]["workerPoolSpecs"]
   assert pool["machineSpec"] == {"machineType": "g2-standard-24",
                                  "acceleratorType": "NVIDIA_L4",
                                  "acceleratorCount": 2}
-  assert pool["pythonPackageSpec"]["executorImageUri"] == (
-      f"{IMAGES}/tf-gpu.2-17.py310:latest")
-  assert pool["pythonPackageSpec"]["args"][:2] == [
-      "--config=configs/gpu.py", "--strategy=mirrored"]
+  assert pool["containerSpec"]["imageUri"] == uri
+  assert pool["containerSpec"]["args"] == [
+      "--config=configs/gpu.py", "--strategy=mirrored", "--data_dir=gs://b/arith"]
   cloud.reset()
-  ok(vertex_ai(cloud, "submit", env={**env, "WORKERS": "3"}, gcs=gcs))
+  own = "europe-docker.pkg.dev/someone/images/trainer:v2"
+  ok(vertex_ai(cloud, "submit", env={**env, "WORKERS": "3", "IMAGE": own}))
+  assert cloud.find(None, "^/(artifactregistry|cloudbuild)/") == []
   chief, workers = submitted(cloud)["jobSpec"]["workerPoolSpecs"]
   assert str(chief["replicaCount"]) == "1" and str(workers["replicaCount"]) == "2"
   for pool in (chief, workers):
     assert pool["machineSpec"]["acceleratorCount"] == 2
-    assert pool["pythonPackageSpec"]["args"][:2] == [
+    assert pool["containerSpec"]["imageUri"] == own
+    assert pool["containerSpec"]["args"][:2] == [
         "--config=configs/gpu.py", "--strategy=multi_worker_mirrored"]
 
 
-def test_submit_tpu(cloud, gcs, bucket):
-  env = {**paths(bucket), "MACHINE_TYPE": "ct5lp-hightpu-4t",
-         "TPU_TOPOLOGY": "2x2", "IMAGE": "example.com/tf-tpu:2.19"}
-  ok(vertex_ai(cloud, "submit", env=env, gcs=gcs))
+def test_submit_tpu_runs_the_tpu_image(cloud):
+  cloud.add_docker_image(image("tpu"))
+  env = {**paths("b"), "MACHINE_TYPE": "ct5lp-hightpu-4t", "TPU_TOPOLOGY": "2x2"}
+  ok(vertex_ai(cloud, "submit", env=env))
   (pool,) = submitted(cloud)["jobSpec"]["workerPoolSpecs"]
   assert pool["machineSpec"] == {"machineType": "ct5lp-hightpu-4t",
                                  "tpuTopology": "2x2"}
-  assert pool["pythonPackageSpec"]["executorImageUri"] == "example.com/tf-tpu:2.19"
-  assert pool["pythonPackageSpec"]["args"] == [
+  assert pool["containerSpec"] == {"imageUri": image("tpu"), "args": [
       "--config=configs/tpu.py", "--strategy=tpu", "--tpu=local",
-      f"--data_dir=gs://{bucket}/arith"]
+      "--data_dir=gs://b/arith"]}
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"STAGING_DIR": None}, "error: STAGING_DIR is required for submit"),
-    ({"DATA_DIR": "/data/arith"},
+def test_build_a_slow_one_that_fails_then_one_that_is_kept(cloud, gcs, bucket):
+  """Progress while the build runs, one line when it fails; a rebuild of a
+  tag that exists is skipped. STAGING_DIR holds the source."""
+  cloud.build_working_polls = 1
+  cloud.build_result = "FAILURE"
+  uri = image("gpu")
+  failed = vertex_ai(cloud, "build", "gpu", gcs=gcs)
+  assert failed.returncode == 2
+  (build_id,) = cloud.builds
+  progress = [l for l in failed.stderr.splitlines() if l.startswith("vertex_ai: build ")]
+  assert [l.rsplit(",", 1)[0] for l in progress] == [
+      f"vertex_ai: build {build_id}; log: https://console.cloud.google.com/"
+      f"cloud-build/builds;region=us-central1/{build_id}?project=123456789012",
+      f"vertex_ai: build {build_id} WORKING"]
+  line = error_line(failed)
+  assert re.match(f"error: the build of {re.escape(uri)} ended FAILURE after [0-9]+m[0-9]{{2}}s: ",
+                  line)
+  assert line.endswith(': Build step failure: build step 0 "gcr.io/cloud-builders/docker" '
+                       "failed: step exited with non-zero status: 1 (log: https://"
+                       "console.cloud.google.com/cloud-build/builds;region=us-central1/"
+                       f"{build_id}?project=123456789012)")
+  assert uri not in cloud.docker_tags
+
+  cloud.build_working_polls = 0
+  cloud.build_result = "SUCCESS"
+  built = ok(vertex_ai(cloud, "build", "gpu", gcs=gcs,
+                       env={"STAGING_DIR": f"gs://{bucket}/staging/"}))
+  assert built.stdout.splitlines() == [f"image: {uri}"]
+  source = cloud.builds[max(cloud.builds)]["source"]["storageSource"]
+  assert source["bucket"] == bucket and source["object"].startswith("staging/source/")
+  assert len(cloud.find("POST", REPOSITORIES + "$")) == 1  # made by the first build
+  again = ok(vertex_ai(cloud, "build", "gpu"))
+  assert again.stdout.splitlines() == [f"image: {uri}"]
+  assert f"vertex_ai: image {uri} exists (built from {uri[-12:]}): not rebuilt" in again.stderr
+  assert len(cloud.builds) == 2
+
+
+def test_a_refused_job_is_one_line(cloud):
+  env = {**paths("b"), "IMAGE": "example.com/trainer:1"}
+  quota = ("The following quota metrics exceed quota limits: "
+           "aiplatform.googleapis.com/custom_model_training_cpus")
+  cloud.fail_next("aiplatform.customJobs.create", quota, http_status=429)
+  result = vertex_ai(cloud, "submit", env=env)
+  assert result.returncode == 2
+  assert error_line(result) == f"error: Vertex AI refused the job: RESOURCE_EXHAUSTED: {quota}"
+  assert "job:" not in result.stdout
+  cloud.fail_next("aiplatform.customJobs.create",
+                  'Invalid JSON payload received. Unknown name "tpuTopolgy": Cannot '
+                  'find field.\nInvalid JSON payload received. Unknown name "x".',
+                  status="INVALID_ARGUMENT", http_status=400)
+  result = vertex_ai(cloud, "submit", env=env)
+  assert error_line(result) == (
+      'error: Vertex AI refused the job: INVALID_ARGUMENT: Invalid JSON payload received. '
+      'Unknown name "tpuTopolgy": Cannot find field.; Invalid JSON payload received. '
+      'Unknown name "x".')
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["submit"], {"DATA_DIR": None}, "error: DATA_DIR is required for submit"),
+    (["submit"], {"DATA_DIR": "/data/arith"},
      "error: DATA_DIR must be a gs:// URL (a Vertex AI job cannot read this "
      "machine's disk), got '/data/arith'"),
-    ({"MODEL_DIR": "gs://"}, "error: MODEL_DIR must be a gs:// URL"),
-    ({"WORKERS": "0"}, "error: WORKERS must be a positive number of machines"),
-    ({"MACHINE_TYPE": "ct5lp-hightpu-4t", "TPU_TOPOLOGY": "2x2"},
-     "error: MACHINE_TYPE=ct5lp-hightpu-4t: Vertex AI's prebuilt TensorFlow "
-     "TPU image (tf-tpu.2-15) has Keras 2"),
-    ({"MACHINE_TYPE": "ct5lp-hightpu-4t", "IMAGE": "x"},
+    (["submit"], {"MODEL_DIR": "gs://"}, "error: MODEL_DIR must be a gs:// URL"),
+    (["submit"], {"WORKERS": "0"}, "error: WORKERS must be a positive number of machines"),
+    (["submit"], {"MACHINE_TYPE": "ct5lp-hightpu-4t"},
      "error: MACHINE_TYPE=ct5lp-hightpu-4t needs TPU_TOPOLOGY"),
-    ({"MACHINE_TYPE": "ct5lp-hightpu-4t", "TPU_TOPOLOGY": "2x2", "IMAGE": "x",
-      "WORKERS": "2"}, "error: WORKERS=2: a TPU job runs on one machine"),
-    ({"TPU_TOPOLOGY": "2x2"}, "error: TPU_TOPOLOGY=2x2 is for TPU machine types"),
-    ({"ACCELERATOR_COUNT": "2"}, "error: ACCELERATOR_COUNT=2 without "
-     "ACCELERATOR_TYPE"),
+    (["submit"], {"MACHINE_TYPE": "ct5lp-hightpu-4t", "TPU_TOPOLOGY": "2x2",
+                  "WORKERS": "2"}, "error: WORKERS=2: a TPU job runs on one machine"),
+    (["submit"], {"TPU_TOPOLOGY": "2x2"}, "error: TPU_TOPOLOGY=2x2 is for TPU machine types"),
+    (["submit"], {"ACCELERATOR_COUNT": "2"},
+     "error: ACCELERATOR_COUNT=2 without ACCELERATOR_TYPE"),
+    (["build", "arm"], {}, "error: unknown image variant 'arm': cpu, gpu or tpu"),
+    (["build", "cpu", "gpu"], {}, "error: usage: launch/vertex_ai.sh build [cpu|gpu|tpu]"),
+    (["build"], {"TPU_TOPOLOGY": "2x2"}, "error: TPU_TOPOLOGY=2x2 is for TPU machine types"),
+    (["build", "cpu"], {"STAGING_DIR": "/tmp/s"},
+     "error: STAGING_DIR must be a gs:// URL (Cloud Build reads the source from "
+     "Cloud Storage), got '/tmp/s'"),
+    (["build", "cpu"], {"POLL_SECONDS": "soon"},
+     "error: POLL_SECONDS must be a number of seconds, got 'soon'"),
 ])
-def test_submit_refuses_bad_settings_before_any_request(cloud, env, message):
+def test_bad_settings_are_refused_before_any_request(cloud, args, env, message):
   full = {**paths("b"), **env}
-  result = vertex_ai(cloud, "submit",
-                     env={k: v for k, v in full.items() if v is not None})
+  result = vertex_ai(cloud, *args, env={k: v for k, v in full.items() if v is not None})
   assert result.returncode == 2
   assert error_line(result).startswith(message)
   assert cloud.requests == []
 
 
-def test_status_and_cancel(cloud, gcs, bucket):
-  ok(vertex_ai(cloud, "submit", env=paths(bucket), gcs=gcs))
+def test_the_image_is_the_head_and_a_dirty_tree_is_said(cloud, tmp_path):
+  """A checkout's HEAD is what ships (tag: its commit); uncommitted changes
+  get a warning; without launch/Dockerfile at HEAD, one error line."""
+  repo = tmp_path / "repo"
+  (repo / "trainer").mkdir(parents=True)
+  (repo / "setup.py").write_text("# setup\n")
+  (repo / "trainer" / "task.py").write_text("# task\n")
+  git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+  for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "no Dockerfile"]):
+    subprocess.run(git + args, check=True, capture_output=True)
+  env = {"REPO_DIR": str(repo), "DRY_RUN": "1"}
+  missing = vertex_ai(cloud, "build", "cpu", env=env)
+  assert error_line(missing) == (f"error: launch/Dockerfile is not in the HEAD of {repo}: "
+                                 "commit it (the image is built from HEAD)")
+  (repo / "launch").mkdir()
+  (repo / "launch" / "Dockerfile").write_text("FROM scratch\n")
+  for args in (["add", "."], ["commit", "-qm", "Dockerfile"]):
+    subprocess.run(git + args, check=True, capture_output=True)
+  (repo / "trainer" / "task.py").write_text("# changed\n")
+  commit = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+  dirty = ok(vertex_ai(cloud, "build", "cpu", env=env))
+  assert dirty.stderr.splitlines()[0] == (
+      f"warning: uncommitted changes in {repo} are not in the image: it is built "
+      f"from HEAD ({commit})")
+  assert f'-t, "us-central1-docker.pkg.dev/PROJECT/masked-attention/trainer-cpu:{commit}"' \
+      in dirty.stdout
+  assert cloud.requests == []
+
+
+def test_status_and_cancel(cloud):
+  ok(vertex_ai(cloud, "submit", env={**paths("b"), "IMAGE": "example.com/trainer:1"}))
   (job_id,) = cloud.jobs
-  assert ok(vertex_ai(cloud, "status", job_id)).stdout.split() == [
-      "JOB_STATE_PENDING"]
+  assert ok(vertex_ai(cloud, "status", job_id)).stdout == "JOB_STATE_PENDING\n"
   cloud.set_job_state(job_id, "JOB_STATE_RUNNING")
-  assert "JOB_STATE_RUNNING" in ok(vertex_ai(cloud, "status", job_id)).stdout
   ok(vertex_ai(cloud, "cancel", job_id))
   assert cloud.find("POST", f"{JOBS}/{job_id}:cancel$")
-  assert "JOB_STATE_CANCELLING" in ok(vertex_ai(cloud, "status", job_id)).stdout
-  cloud.jobs[job_id]["state"] = "JOB_STATE_FAILED"
-  cloud.jobs[job_id]["error"] = {"code": 3, "message": "trainer exited 2"}
-  failed = ok(vertex_ai(cloud, "status", job_id)).stdout.split("\t")
-  assert [f.strip() for f in failed] == ["JOB_STATE_FAILED", "trainer exited 2"]
+  assert ok(vertex_ai(cloud, "status", job_id)).stdout == "JOB_STATE_CANCELLING\n"
+  cloud.fail_job(job_id, "The replica workerpool0-0 exited with a non-zero status of 2.")
+  assert ok(vertex_ai(cloud, "status", job_id)).stdout == (
+      "JOB_STATE_FAILED: The replica workerpool0-0 exited with a non-zero status of 2.\n")
   missing = vertex_ai(cloud, "status", "42")
-  assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr
+  assert missing.returncode == 2
+  assert error_line(missing) == (
+      "error: cannot read job 42: NOT_FOUND: CustomJob "
+      "'projects/test-project/locations/us-central1/customJobs/42' was not found")
 
 
 def test_job_id_arguments_and_logs_command(cloud):
@@ -171,41 +322,3 @@ def test_job_id_arguments_and_logs_command(cloud):
       "gcloud", "ai", "custom-jobs", "stream-logs", "123",
       "--region=us-central1", "--project=PROJECT"]
   assert cloud.requests == []
-
-
-def test_the_job_runs_the_trainer_as_vertex_ai_would(cloud, gcs, bucket,
-                                                     smoke_data, tmp_path):
-  """The submitted package and args, run the way Vertex AI runs a Python
-  package job: installed elsewhere than the working directory, AIP_*
-  variables from baseOutputDirectory, data and outputs on gs://."""
-  ok(subprocess.run([sys.executable, "-m", "trainer.data", "upload",
-                     f"--src={smoke_data}", f"--dst=gs://{bucket}/arith"],
-                    capture_output=True, text=True, cwd=ROOT))
-  ok(vertex_ai(cloud, "submit", "--config.train.num_steps=20",
-               env={**paths(bucket), "CONFIG": "configs/smoke.py"}, gcs=gcs))
-  (pool,) = submitted(cloud)["jobSpec"]["workerPoolSpecs"]
-  (uri,) = pool["pythonPackageSpec"]["packageUris"]
-  from google.cloud import storage  # pylint: disable=g-import-not-at-top
-  blob = storage.Client().bucket(bucket).blob(uri.split("/", 3)[3])
-  package = tmp_path / "package"
-  with tarfile.open(fileobj=io.BytesIO(blob.download_as_bytes())) as t:
-    t.extractall(package)
-  base = submitted(cloud)["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-         "PYTHONPATH": str(package / "masked-attention-trainer"),
-         "AIP_MODEL_DIR": f"{base}/model/",
-         "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
-         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
-  workdir = tmp_path / "workdir"
-  workdir.mkdir()
-  result = subprocess.run(
-      [sys.executable, "-m", pool["pythonPackageSpec"]["pythonModule"],
-       *pool["pythonPackageSpec"]["args"]], capture_output=True, text=True,
-      env=env, cwd=workdir, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  assert tf.io.gfile.exists(f"{base}/model/saved_model.pb")
-  metrics = json.loads(tf.io.gfile.GFile(f"{base}/model/metrics.json").read())
-  assert metrics["step"] == 20
-  assert tf.train.latest_checkpoint(f"{base}/checkpoints").endswith("ckpt-20")
-  assert tf.io.gfile.glob(f"{base}/logs/train/events.out.tfevents.*")
