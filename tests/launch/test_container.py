@@ -1,0 +1,182 @@
+"""launch/Dockerfile, built and run for real with podman, as Vertex AI runs
+it: the trainer's flags as the container's args, AIP_* directories set
+(mounted, or on the GCS emulator) and a chief + worker TF_CONFIG.
+
+The image is built once per session on a local Debian base (see
+tests/helpers/containers.py); podman's layer cache keeps a rebuild to the
+layers whose files changed (the code, not TensorFlow). Without podman the
+tests skip, and fail under CI=true.
+"""
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+from google.cloud import storage as gcs_client
+
+from bench_soak import reserve_ports  # benchmarks/: see conftest
+from tests.helpers import containers
+from tests.helpers.workers import fingerprint
+
+pytestmark = pytest.mark.slow
+
+SMOKE = "configs/smoke.py"  # the image's copy, relative to its WORKDIR
+# One evaluation and one checkpoint, at the end: the smallest whole run.
+TINY = ["--config.train.num_steps=20", "--config.train.eval_every_steps=20",
+        "--config.train.checkpoint_every_steps=20"]
+
+
+@pytest.fixture(scope="session")
+def image():
+  """The cpu image of launch/Dockerfile on BASE_IMAGE, built once."""
+  missing = containers.missing_tools()
+  if missing:
+    message = (f"{', '.join(missing)} not installed: the container tests "
+               "build launch/Dockerfile with podman (apt-get install podman "
+               "runc debootstrap)")
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  try:
+    containers.ensure_base_image()
+    containers.build_image()
+  except containers.ContainerError as e:
+    pytest.fail(str(e))
+  return containers.IMAGE
+
+
+def vertex_env(base):
+  """What Vertex AI sets for a job whose baseOutputDirectory is `base`."""
+  return {"AIP_MODEL_DIR": f"{base}/model",
+          "AIP_CHECKPOINT_DIR": f"{base}/checkpoints",
+          "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs"}
+
+
+def writable_dir(path):
+  """A host directory the image's unprivileged user may write in."""
+  path.mkdir()
+  path.chmod(0o777)
+  return path
+
+
+@pytest.fixture
+def data_dir(smoke_data):
+  """The smoke data set, readable by the image's user (pytest makes its
+  temporary directories private to root), mounted read-only."""
+  os.chmod(smoke_data, 0o755)
+  return smoke_data
+
+
+def container_name(what):
+  return f"trainer-test-{what}-{uuid.uuid4().hex[:8]}"
+
+
+def test_image_runs_as_a_user_and_ignores_the_checkout(image):
+  config = json.loads(containers.podman(
+      "image", "inspect", "--format", "{{json .Config}}", image).stdout)
+  assert config["Entrypoint"] == ["python", "-m", "trainer.task"]
+  assert config["User"] == "trainer"
+  assert "PYTHONUNBUFFERED=1" in config["Env"]
+  assert config["WorkingDir"] == "/app"
+  listed = containers.run_container(
+      image, "-c", "import os; print(sorted(os.listdir('.')))",
+      name=container_name("ls"), extra=["--entrypoint", "python"])
+  assert listed.returncode == 0, listed.stderr[-2000:]
+  # .dockerignore lets in setup.py, configs/ and trainer/ only.
+  assert listed.stdout.split() == ["['configs',", "'setup.py',", "'trainer']"]
+
+
+def test_container_trains_into_vertex_directories(image, data_dir, tmp_path):
+  out = writable_dir(tmp_path / "out")
+  result = containers.run_container(
+      image, f"--config={SMOKE}", "--data_dir=/data", *TINY,
+      name=container_name("vertex"), env=vertex_env("/out"),
+      volumes=[(data_dir, "/data", "ro"), (out, "/out", "rw")])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "model_dir: /out/model" in result.stdout
+  model = out / "model"
+  assert (model / "saved_model.pb").is_file()
+  assert (model / "variables" / "variables.index").is_file()
+  assert json.loads((model / "metrics.json").read_text())["step"] == 20
+  assert (out / "checkpoints" / "ckpt-20.index").is_file()
+  for split in ("train", "eval"):
+    assert any(n.startswith("events.out.tfevents")
+               for n in os.listdir(out / "logs" / split)), split
+  # Written by the image's own user, not by root.
+  assert (model / "saved_model.pb").stat().st_uid != 0
+
+
+def test_container_trains_from_gcs_into_gcs(image, gcs, smoke_data):
+  gcs.create_bucket("container")
+  bucket = gcs_client.Client().bucket("container")
+  for name in os.listdir(smoke_data):
+    bucket.blob(f"data/{name}").upload_from_filename(
+        os.path.join(smoke_data, name))
+  ca_bundle = gcs.env["CURL_CA_BUNDLE"]
+  # The emulator's proxy listens on the host's 127.0.0.1 (--network host);
+  # TensorFlow in the container trusts the proxy's test CA, mounted.
+  env = {k: v for k, v in gcs.env.items() if k != "CLOUDSDK_CONFIG"}
+  result = containers.run_container(
+      image, f"--config={SMOKE}", "--data_dir=gs://container/data", *TINY,
+      name=container_name("gcs"),
+      env={**env, **vertex_env("gs://container/job")},
+      volumes=[(ca_bundle, ca_bundle, "ro")])
+  assert result.returncode == 0, result.stderr[-3000:]
+  names = {b.name for b in bucket.client.list_blobs("container",
+                                                     prefix="job/")}
+  assert "job/model/saved_model.pb" in names
+  assert "job/checkpoints/ckpt-20.index" in names
+  for split in ("train", "eval"):
+    assert any(n.startswith(f"job/logs/{split}/events.out.tfevents")
+               for n in names), (split, sorted(names))
+  metrics = bucket.blob("job/model/metrics.json").download_as_bytes()
+  assert json.loads(metrics)["step"] == 20
+
+
+def test_chief_and_worker_containers_train_together(image, data_dir,
+                                                    tmp_path):
+  out = writable_dir(tmp_path / "out")
+  # Held until both containers run: TensorFlow's gRPC server binds them with
+  # SO_REUSEPORT (TF_GRPC_REUSE_PORT), which Linux allows only to the same
+  # user as the holder (root here), so these two containers run as root.
+  held = reserve_ports(2)
+  chief, worker = (f"127.0.0.1:{s.getsockname()[1]}" for s in held)
+  cluster = {"chief": [chief], "worker": [worker]}
+  runs = []
+  try:
+    for task in ("chief", "worker"):
+      tf_config = json.dumps({"cluster": cluster,
+                              "task": {"type": task, "index": 0}})
+      log = open(tmp_path / f"{task}.log", "w")
+      command = containers.run_command(
+          image, f"--config={SMOKE}", "--data_dir=/data",
+          "--strategy=multi_worker_mirrored", *TINY,
+          name=container_name(task),
+          env={**vertex_env("/out"), "TF_CONFIG": tf_config,
+               "TF_GRPC_REUSE_PORT": "1"},
+          volumes=[(data_dir, "/data", "ro"), (out, "/out", "rw")],
+          extra=["--user", "root"])
+      runs.append((task, command, subprocess.Popen(
+          command, env=containers.podman_env(), stdout=log,
+          stderr=subprocess.STDOUT), log))
+    codes = {task: process.wait(timeout=300)
+             for task, _, process, _ in runs}
+  finally:
+    for task, command, process, log in runs:
+      if process.poll() is None:
+        containers.podman("rm", "--force", command[command.index("--name") + 1],
+                          check=False)
+        process.wait()
+      log.close()
+    for socket in held:
+      socket.close()
+  logs = {task: (tmp_path / f"{task}.log").read_text() for task in codes}
+  assert codes == {"chief": 0, "worker": 0}, {t: l[-2000:]
+                                             for t, l in logs.items()}
+  # One model: both replicas end on the same weights.
+  assert fingerprint(logs["chief"]) == fingerprint(logs["worker"])
+  assert (out / "model" / "saved_model.pb").is_file()
+  assert (out / "checkpoints" / "ckpt-20.index").is_file()
+  assert json.loads((out / "model" / "metrics.json").read_text())["step"] == 20
