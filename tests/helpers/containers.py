@@ -29,6 +29,7 @@ import fcntl
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -229,3 +230,36 @@ def run_container(image: str, *args, name: str, timeout=300, **kwargs):
   except subprocess.TimeoutExpired:
     podman("rm", "--force", name, check=False)
     raise
+
+
+@contextlib.contextmanager
+def held_ports(count: int, uid: int):
+  """`count` 127.0.0.1 ports held for processes of user `uid`; yields them.
+
+  As benchmarks/bench_soak.reserve_ports does for local workers: TensorFlow's
+  gRPC server (with TF_GRPC_REUSE_PORT=1) binds a held port with
+  SO_REUSEPORT, and no other process can take it in between. Linux allows
+  that only to the user that created the holding socket, so the sockets are
+  created under the containers' uid (the effective uid of this process for
+  that moment; root can switch back).
+  """
+  held = []
+  try:
+    os.seteuid(uid)
+    try:
+      for _ in range(count):
+        held.append(socket.socket())
+    finally:
+      os.seteuid(0)
+    for s in held:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      s.bind(("127.0.0.1", 0))
+    yield [s.getsockname()[1] for s in held]
+  finally:
+    for s in held:
+      s.close()
+
+
+def image_uid(image: str) -> int:
+  """The uid `image` runs as (its USER)."""
+  return int(podman("run", "--rm", "--entrypoint", "id", image, "-u").stdout)

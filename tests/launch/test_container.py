@@ -16,7 +16,6 @@ import uuid
 import pytest
 from google.cloud import storage as gcs_client
 
-from bench_soak import reserve_ports  # benchmarks/: see conftest
 from tests.helpers import containers
 from tests.helpers.workers import fingerprint
 
@@ -47,6 +46,11 @@ def image():
   return containers.IMAGE
 
 
+@pytest.fixture(scope="session")
+def image_user(image):
+  return containers.image_uid(image)
+
+
 def vertex_env(base):
   """What Vertex AI sets for a job whose baseOutputDirectory is `base`."""
   return {"AIP_MODEL_DIR": f"{base}/model",
@@ -73,11 +77,11 @@ def container_name(what):
   return f"trainer-test-{what}-{uuid.uuid4().hex[:8]}"
 
 
-def test_image_runs_as_a_user_and_ignores_the_checkout(image):
+def test_image_runs_as_a_user_and_ignores_the_checkout(image, image_user):
   config = json.loads(containers.podman(
       "image", "inspect", "--format", "{{json .Config}}", image).stdout)
   assert config["Entrypoint"] == ["python", "-m", "trainer.task"]
-  assert config["User"] == "trainer"
+  assert config["User"] == "trainer" and image_user != 0
   assert "PYTHONUNBUFFERED=1" in config["Env"]
   assert config["WorkingDir"] == "/app"
   listed = containers.run_container(
@@ -86,26 +90,6 @@ def test_image_runs_as_a_user_and_ignores_the_checkout(image):
   assert listed.returncode == 0, listed.stderr[-2000:]
   # .dockerignore lets in setup.py, configs/ and trainer/ only.
   assert listed.stdout.split() == ["['configs',", "'setup.py',", "'trainer']"]
-
-
-def test_container_trains_into_vertex_directories(image, data_dir, tmp_path):
-  out = writable_dir(tmp_path / "out")
-  result = containers.run_container(
-      image, f"--config={SMOKE}", "--data_dir=/data", *TINY,
-      name=container_name("vertex"), env=vertex_env("/out"),
-      volumes=[(data_dir, "/data", "ro"), (out, "/out", "rw")])
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "model_dir: /out/model" in result.stdout
-  model = out / "model"
-  assert (model / "saved_model.pb").is_file()
-  assert (model / "variables" / "variables.index").is_file()
-  assert json.loads((model / "metrics.json").read_text())["step"] == 20
-  assert (out / "checkpoints" / "ckpt-20.index").is_file()
-  for split in ("train", "eval"):
-    assert any(n.startswith("events.out.tfevents")
-               for n in os.listdir(out / "logs" / split)), split
-  # Written by the image's own user, not by root.
-  assert (model / "saved_model.pb").stat().st_uid != 0
 
 
 def test_container_trains_from_gcs_into_gcs(image, gcs, smoke_data):
@@ -135,48 +119,50 @@ def test_container_trains_from_gcs_into_gcs(image, gcs, smoke_data):
   assert json.loads(metrics)["step"] == 20
 
 
-def test_chief_and_worker_containers_train_together(image, data_dir,
-                                                    tmp_path):
+def test_chief_and_worker_containers_train_together(image, image_user,
+                                                    data_dir, tmp_path):
+  """Vertex AI's multi-worker job (--strategy=multi_worker_mirrored) on a
+  mounted base output directory, data mounted read-only."""
   out = writable_dir(tmp_path / "out")
-  # Held until both containers run: TensorFlow's gRPC server binds them with
-  # SO_REUSEPORT (TF_GRPC_REUSE_PORT), which Linux allows only to the same
-  # user as the holder (root here), so these two containers run as root.
-  held = reserve_ports(2)
-  chief, worker = (f"127.0.0.1:{s.getsockname()[1]}" for s in held)
-  cluster = {"chief": [chief], "worker": [worker]}
   runs = []
-  try:
-    for task in ("chief", "worker"):
-      tf_config = json.dumps({"cluster": cluster,
-                              "task": {"type": task, "index": 0}})
-      log = open(tmp_path / f"{task}.log", "w")
-      command = containers.run_command(
-          image, f"--config={SMOKE}", "--data_dir=/data",
-          "--strategy=multi_worker_mirrored", *TINY,
-          name=container_name(task),
-          env={**vertex_env("/out"), "TF_CONFIG": tf_config,
-               "TF_GRPC_REUSE_PORT": "1"},
-          volumes=[(data_dir, "/data", "ro"), (out, "/out", "rw")],
-          extra=["--user", "root"])
-      runs.append((task, command, subprocess.Popen(
-          command, env=containers.podman_env(), stdout=log,
-          stderr=subprocess.STDOUT), log))
-    codes = {task: process.wait(timeout=300)
-             for task, _, process, _ in runs}
-  finally:
-    for task, command, process, log in runs:
-      if process.poll() is None:
-        containers.podman("rm", "--force", command[command.index("--name") + 1],
-                          check=False)
-        process.wait()
-      log.close()
-    for socket in held:
-      socket.close()
+  with containers.held_ports(2, image_user) as ports:
+    chief, worker = (f"127.0.0.1:{port}" for port in ports)
+    cluster = {"chief": [chief], "worker": [worker]}
+    try:
+      for task in ("chief", "worker"):
+        tf_config = json.dumps({"cluster": cluster,
+                                "task": {"type": task, "index": 0}})
+        name = container_name(task)
+        command = containers.run_command(
+            image, f"--config={SMOKE}", "--data_dir=/data",
+            "--strategy=multi_worker_mirrored", *TINY, name=name,
+            env={**vertex_env("/out"), "TF_CONFIG": tf_config,
+                 "TF_GRPC_REUSE_PORT": "1"},
+            volumes=[(data_dir, "/data", "ro"), (out, "/out", "rw")])
+        with open(tmp_path / f"{task}.log", "w") as log:
+          runs.append((task, name, subprocess.Popen(
+              command, env=containers.podman_env(), stdout=log,
+              stderr=subprocess.STDOUT)))
+      codes = {task: process.wait(timeout=300) for task, _, process in runs}
+    finally:
+      for _, name, process in runs:
+        if process.poll() is None:
+          containers.podman("rm", "--force", name, check=False)
+          process.wait()
   logs = {task: (tmp_path / f"{task}.log").read_text() for task in codes}
   assert codes == {"chief": 0, "worker": 0}, {t: l[-2000:]
                                              for t, l in logs.items()}
+  assert "model_dir: /out/model" in logs["chief"]
   # One model: both replicas end on the same weights.
   assert fingerprint(logs["chief"]) == fingerprint(logs["worker"])
-  assert (out / "model" / "saved_model.pb").is_file()
+  model = out / "model"
+  assert (model / "saved_model.pb").is_file()
+  assert (model / "variables" / "variables.index").is_file()
+  assert json.loads((model / "metrics.json").read_text())["step"] == 20
   assert (out / "checkpoints" / "ckpt-20.index").is_file()
-  assert json.loads((out / "model" / "metrics.json").read_text())["step"] == 20
+  for split in ("train", "eval"):
+    assert any(n.startswith("events.out.tfevents")
+               for n in os.listdir(out / "logs" / split)), split
+  # Only the chief wrote there (the worker writes to its own temp dir), as
+  # the image's user, not as root.
+  assert {p.stat().st_uid for p in out.rglob("*")} == {image_user}
