@@ -54,9 +54,13 @@ class ContainerError(RuntimeError):
 
 
 def missing_tools() -> list[str]:
-  """The programs these helpers need that are not on PATH."""
-  return [tool for tool in ("podman", "runc")
-          if shutil.which(tool) is None]
+  """The programs these helpers need that are not on PATH (debootstrap
+  only while BASE_IMAGE is not made yet)."""
+  missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
+  if (not missing and shutil.which("debootstrap") is None
+      and not image_exists(BASE_IMAGE)):
+    missing.append("debootstrap")
+  return missing
 
 
 def _containers_conf() -> str:
@@ -194,14 +198,28 @@ def _debootstrap(rootfs: str) -> None:
 
 def build_image(tag: str = IMAGE, tf_extra: str = "cpu",
                 base_image: str = BASE_IMAGE) -> float:
-  """Builds launch/Dockerfile (context: the checkout) as `tag`; seconds."""
+  """Builds launch/Dockerfile (context: the checkout) as `tag`; seconds.
+
+  The image `tag` named before is removed when the build moved the tag (its
+  layers stay while the new image uses them): a TensorFlow layer left
+  behind by each change of setup.py would fill the disk.
+  """
   with _machine_lock():
     start = time.monotonic()
+    before = _image_id(tag)
     podman("build", "--network", "host", "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
            "--build-arg", f"BASE_IMAGE={base_image}",
            "--build-arg", f"TF_EXTRA={tf_extra}",
            "-f", DOCKERFILE, "-t", tag, ROOT, timeout=1800)
+    if before and before != _image_id(tag):
+      podman("rmi", before, check=False)  # fails while a container uses it
     return time.monotonic() - start
+
+
+def _image_id(name: str) -> str | None:
+  result = podman("image", "inspect", "--format", "{{.Id}}", name,
+                  check=False)
+  return result.stdout.strip() if result.returncode == 0 else None
 
 
 def run_command(image: str, *args, name: str, env=None, volumes=(),

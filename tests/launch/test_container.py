@@ -16,7 +16,7 @@ import uuid
 import pytest
 from google.cloud import storage as gcs_client
 
-from tests.helpers import containers
+from tests.helpers import ROOT, containers
 from tests.helpers.workers import fingerprint
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,15 @@ def image():
 @pytest.fixture(scope="session")
 def image_user(image):
   return containers.image_uid(image)
+
+
+# Every file below the working directory but compiled bytecode, sorted.
+LIST_FILES = """
+import json, os
+print(json.dumps(sorted(os.path.relpath(os.path.join(d, n))
+                        for d, _, names in os.walk(".")
+                        if "__pycache__" not in d for n in names)))
+"""
 
 
 def vertex_env(base):
@@ -85,11 +94,17 @@ def test_image_runs_as_a_user_and_ignores_the_checkout(image, image_user):
   assert "PYTHONUNBUFFERED=1" in config["Env"]
   assert config["WorkingDir"] == "/app"
   listed = containers.run_container(
-      image, "-c", "import os; print(sorted(os.listdir('.')))",
-      name=container_name("ls"), extra=["--entrypoint", "python"])
+      image, "-c", LIST_FILES, name=container_name("ls"),
+      extra=["--entrypoint", "python"])
   assert listed.returncode == 0, listed.stderr[-2000:]
-  # .dockerignore lets in setup.py, configs/ and trainer/ only.
-  assert listed.stdout.split() == ["['configs',", "'setup.py',", "'trainer']"]
+  # The package's files, all of them (.dockerignore drops none of what the
+  # image needs) and nothing else of the checkout.
+  expected = ["setup.py"] + [
+      os.path.relpath(os.path.join(d, n), ROOT)
+      for top in ("configs", "trainer")
+      for d, dirs, names in os.walk(os.path.join(ROOT, top))
+      if "__pycache__" not in d for n in names]
+  assert json.loads(listed.stdout) == sorted(expected)
 
 
 def test_container_trains_from_gcs_into_gcs(image, gcs, smoke_data):
