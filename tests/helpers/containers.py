@@ -74,9 +74,24 @@ def _containers_conf() -> str:
   return path
 
 
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
 def podman_env() -> dict[str, str]:
-  """This process's environment plus the containers.conf podman needs."""
-  return {**os.environ, "CONTAINERS_CONF": _containers_conf()}
+  """This process's environment for podman, plus the containers.conf it
+  needs, less any proxy on 127.0.0.1.
+
+  Podman hands the proxy variables on to every build step and container,
+  and the `gcs` fixture's (tests/conftest.py) stay in os.environ for the
+  rest of a session: pip in a build would send PyPI's requests to the GCS
+  emulator's proxy, which refuses them. A loopback proxy is a test's own.
+  """
+  env = {**os.environ, "CONTAINERS_CONF": _containers_conf()}
+  for key in list(env):
+    if (key.lower() in _PROXY_VARIABLES
+        and re.match(r"(\w+://)?(127\.|localhost[:/]|\[::1\])", env[key])):
+      del env[key]
+  return env
 
 
 def podman(*args, timeout=600, check=True, **kwargs):
