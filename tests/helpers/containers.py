@@ -39,6 +39,7 @@ from tests.helpers import ROOT
 # The tag names the recipe's version: change the recipe, bump it.
 BASE_IMAGE = "localhost/trainer-test-base:bookworm-1"
 IMAGE = "localhost/trainer-test:cpu"
+STALE_S = 3600  # build_image: a replaced image this old is removed
 DOCKERFILE = os.path.join(ROOT, "launch", "Dockerfile")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # python-is-python3: the Dockerfile's ENTRYPOINT runs `python`, which the
@@ -212,23 +213,30 @@ def _debootstrap(rootfs: str) -> None:
 
 
 def build_image(tag: str = IMAGE, tf_extra: str = "cpu",
-                base_image: str = BASE_IMAGE) -> float:
-  """Builds launch/Dockerfile (context: the checkout) as `tag`; seconds.
+                base_image: str = BASE_IMAGE) -> str:
+  """Builds launch/Dockerfile (context: the checkout) as `tag`; its image
+  id, which the tests run: another checkout's session may move the tag.
 
-  The image `tag` named before is removed when the build moved the tag (its
-  layers stay while the new image uses them): a TensorFlow layer left
-  behind by each change of setup.py would fill the disk.
+  The image the tag named before is removed when the tag moved and that
+  image is over STALE_S old (a session running it now built it lately):
+  otherwise a TensorFlow layer left behind by each change of setup.py
+  would fill the disk. Its layers stay while the new image uses them.
   """
   with _machine_lock():
-    start = time.monotonic()
     before = _image_id(tag)
-    podman("build", "--network", "host", "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
-           "--build-arg", f"BASE_IMAGE={base_image}",
-           "--build-arg", f"TF_EXTRA={tf_extra}",
-           "-f", DOCKERFILE, "-t", tag, ROOT, timeout=1800)
-    if before and before != _image_id(tag):
-      podman("rmi", before, check=False)  # fails while a container uses it
-    return time.monotonic() - start
+    with tempfile.NamedTemporaryFile("r") as iidfile:
+      podman("build", "--network", "host",
+             "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+             "--build-arg", f"BASE_IMAGE={base_image}",
+             "--build-arg", f"TF_EXTRA={tf_extra}", "--iidfile", iidfile.name,
+             "--file", DOCKERFILE, "--tag", tag, ROOT, timeout=1800)
+      built = iidfile.read().strip().removeprefix("sha256:")
+    if before and before != built:
+      created = podman("image", "inspect", "--format", "{{.Created.Unix}}",
+                       before, check=False).stdout.strip()
+      if created.isdigit() and time.time() - int(created) > STALE_S:
+        podman("rmi", before, check=False)  # fails while a container uses it
+    return built
 
 
 def _image_id(name: str) -> str | None:

@@ -23,13 +23,13 @@ pytestmark = pytest.mark.slow
 
 SMOKE = "configs/smoke.py"  # the image's copy, relative to its WORKDIR
 # One evaluation and one checkpoint, at the end: the smallest whole run.
-TINY = ["--config.train.num_steps=20", "--config.train.eval_every_steps=20",
-        "--config.train.checkpoint_every_steps=20"]
+TINY = ["--config.train.num_steps=10", "--config.train.eval_every_steps=10",
+        "--config.train.checkpoint_every_steps=10"]
 
 
 @pytest.fixture(scope="session")
 def image():
-  """The cpu image of launch/Dockerfile on BASE_IMAGE, built once."""
+  """The id of launch/Dockerfile's cpu image on BASE_IMAGE, built once."""
   missing = containers.missing_tools()
   if missing:
     message = (f"{', '.join(missing)} not installed: the container tests "
@@ -40,10 +40,9 @@ def image():
     pytest.skip(message)
   try:
     containers.ensure_base_image()
-    containers.build_image()
+    return containers.build_image()
   except containers.ContainerError as e:
     pytest.fail(str(e))
-  return containers.IMAGE
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +125,12 @@ def test_container_trains_from_gcs_into_gcs(image, gcs, smoke_data):
   names = {b.name for b in bucket.client.list_blobs("container",
                                                      prefix="job/")}
   assert "job/model/saved_model.pb" in names
-  assert "job/checkpoints/ckpt-20.index" in names
+  assert "job/checkpoints/ckpt-10.index" in names
   for split in ("train", "eval"):
     assert any(n.startswith(f"job/logs/{split}/events.out.tfevents")
                for n in names), (split, sorted(names))
   metrics = bucket.blob("job/model/metrics.json").download_as_bytes()
-  assert json.loads(metrics)["step"] == 20
+  assert json.loads(metrics)["step"] == 10
 
 
 def test_chief_and_worker_containers_train_together(image, image_user,
@@ -173,8 +172,8 @@ def test_chief_and_worker_containers_train_together(image, image_user,
   model = out / "model"
   assert (model / "saved_model.pb").is_file()
   assert (model / "variables" / "variables.index").is_file()
-  assert json.loads((model / "metrics.json").read_text())["step"] == 20
-  assert (out / "checkpoints" / "ckpt-20.index").is_file()
+  assert json.loads((model / "metrics.json").read_text())["step"] == 10
+  assert (out / "checkpoints" / "ckpt-10.index").is_file()
   for split in ("train", "eval"):
     assert any(n.startswith("events.out.tfevents")
                for n in os.listdir(out / "logs" / split)), split
