@@ -39,7 +39,7 @@ from tests.helpers import ROOT
 # The tag names the recipe's version: change the recipe, bump it.
 BASE_IMAGE = "localhost/trainer-test-base:bookworm-1"
 IMAGE = "localhost/trainer-test:cpu"
-STALE_S = 3600  # build_image: a replaced image this old is removed
+LABEL = "trainer-test=1"  # on every image (and layer) build_image makes
 DOCKERFILE = os.path.join(ROOT, "launch", "Dockerfile")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # python-is-python3: the Dockerfile's ENTRYPOINT runs `python`, which the
@@ -217,32 +217,23 @@ def build_image(tag: str = IMAGE, tf_extra: str = "cpu",
   """Builds launch/Dockerfile (context: the checkout) as `tag`; its image
   id, which the tests run: another checkout's session may move the tag.
 
-  The image the tag named before is removed when the tag moved and that
-  image is over STALE_S old (a session running it now built it lately):
-  otherwise a TensorFlow layer left behind by each change of setup.py
-  would fill the disk. Its layers stay while the new image uses them.
+  Then removes this helper's images (LABEL) that no tag names any more and
+  that are over an hour old (a session running one now built it lately):
+  otherwise each change of setup.py would leave a TensorFlow layer behind
+  and fill the disk.
   """
   with _machine_lock():
-    before = _image_id(tag)
     with tempfile.NamedTemporaryFile("r") as iidfile:
       podman("build", "--network", "host",
              "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
              "--build-arg", f"BASE_IMAGE={base_image}",
-             "--build-arg", f"TF_EXTRA={tf_extra}", "--iidfile", iidfile.name,
-             "--file", DOCKERFILE, "--tag", tag, ROOT, timeout=1800)
+             "--build-arg", f"TF_EXTRA={tf_extra}", "--label", LABEL,
+             "--iidfile", iidfile.name, "--file", DOCKERFILE, "--tag", tag,
+             ROOT, timeout=1800)
       built = iidfile.read().strip().removeprefix("sha256:")
-    if before and before != built:
-      created = podman("image", "inspect", "--format", "{{.Created.Unix}}",
-                       before, check=False).stdout.strip()
-      if created.isdigit() and time.time() - int(created) > STALE_S:
-        podman("rmi", before, check=False)  # fails while a container uses it
+    podman("image", "prune", "--force", "--filter", f"label={LABEL}",
+           "--filter", "until=1h", check=False)
     return built
-
-
-def _image_id(name: str) -> str | None:
-  result = podman("image", "inspect", "--format", "{{.Id}}", name,
-                  check=False)
-  return result.stdout.strip() if result.returncode == 0 else None
 
 
 def run_command(image: str, *args, name: str, env=None, volumes=(),

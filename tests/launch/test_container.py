@@ -180,3 +180,15 @@ def test_chief_and_worker_containers_train_together(image, image_user,
   # Only the chief wrote there (the worker writes to its own temp dir), as
   # the image's user, not as root.
   assert {p.stat().st_uid for p in out.rglob("*")} == {image_user}
+
+
+def test_unknown_tf_extra_is_one_line(image):
+  del image  # built: every layer before the check is cached
+  result = containers.podman(
+      "build", "--build-arg", f"BASE_IMAGE={containers.BASE_IMAGE}",
+      "--build-arg", "TF_EXTRA=rocm", "--file", containers.DOCKERFILE,
+      containers.ROOT, check=False)
+  assert result.returncode != 0
+  assert [line for line in result.stderr.splitlines()
+          if line.startswith("error:")] == [
+              "error: --build-arg TF_EXTRA=rocm: choose cpu, gpu or tpu"]
