@@ -19,7 +19,8 @@ Facts this rests on (measured, podman 4.3 on Debian 12 in this VM):
   removed from the base, as the Dockerfile expects of any base.
 
 Builds of one machine are serialized with a lock file (two test processes
-may ask at once; the second then finds every layer cached).
+may ask at once; the second then finds every layer cached). Podman runs as
+root here (rootful), as the tests do.
 """
 
 from __future__ import annotations
@@ -54,24 +55,42 @@ class ContainerError(RuntimeError):
   """A podman or debootstrap command failed; the message names it."""
 
 
-def missing_tools() -> list[str]:
-  """The programs these helpers need that are not on PATH (debootstrap
-  only while BASE_IMAGE is not made yet)."""
+def unavailable() -> str | None:
+  """Why these helpers cannot work on this machine (one line), or None.
+
+  They run podman as root (rootful: runc, host network, ports held under the
+  image's uid); debootstrap is needed only while BASE_IMAGE is not made.
+  """
   missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
   if (not missing and shutil.which("debootstrap") is None
       and not image_exists(BASE_IMAGE)):
     missing.append("debootstrap")
-  return missing
+  if missing:
+    return (f"{', '.join(missing)} not installed: the container tests build "
+            "launch/Dockerfile with podman (apt-get install podman runc "
+            "debootstrap)")
+  if os.geteuid() != 0:
+    return "the container tests run podman as root: run them as root"
+  return None
+
+
+# Containers get no ulimits of podman's own (runc cannot set RLIMIT_NOFILE
+# in this VM; crun cannot start at all).
+_CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\n"
 
 
 def _containers_conf() -> str:
   os.makedirs(_STATE_DIR, exist_ok=True)
   path = os.path.join(_STATE_DIR, "containers.conf")
-  text = "[containers]\n# crun/runc cannot set RLIMIT_NOFILE in this VM\ndefault_ulimits = []\n"
-  if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      current = f.read()
+  except FileNotFoundError:
+    current = None
+  if current != _CONTAINERS_CONF:
+    with open(f"{path}.{os.getpid()}", "w", encoding="utf-8") as f:
+      f.write(_CONTAINERS_CONF)
+    os.replace(f"{path}.{os.getpid()}", path)  # whole, for a parallel reader
   return path
 
 

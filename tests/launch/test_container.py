@@ -30,14 +30,11 @@ TINY = ["--config.train.num_steps=10", "--config.train.eval_every_steps=10",
 @pytest.fixture(scope="session")
 def image():
   """The id of launch/Dockerfile's cpu image on BASE_IMAGE, built once."""
-  missing = containers.missing_tools()
-  if missing:
-    message = (f"{', '.join(missing)} not installed: the container tests "
-               "build launch/Dockerfile with podman (apt-get install podman "
-               "runc debootstrap)")
+  reason = containers.unavailable()
+  if reason:
     if os.environ.get("CI") == "true":
-      pytest.fail(message)
-    pytest.skip(message)
+      pytest.fail(reason)
+    pytest.skip(reason)
   try:
     containers.ensure_base_image()
     return containers.build_image()
