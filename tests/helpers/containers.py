@@ -9,9 +9,10 @@ and podman's layer cache: only layers whose inputs changed are rebuilt.
 
 Facts this rests on (measured, podman 4.3 on Debian 12 in this VM):
 
-* crun cannot start a container here (setting RLIMIT_NOFILE fails): podman
-  runs with `--runtime runc` and a containers.conf whose `default_ulimits` is
-  empty (CONTAINERS_CONF).
+* Podman's default ulimits cannot be set in this VM (runc: "error setting
+  rlimit type 7", RLIMIT_NOFILE; crun fails too): podman runs with
+  `--runtime runc` and a containers.conf whose `default_ulimits` is empty
+  (CONTAINERS_CONF).
 * pip inside a build reaches PyPI only with the host's network and its CA
   bundle mounted into the build (`--network host`, `-v CA:CA:ro`).
 * Debian's python3 refuses system-wide pip installs (PEP 668's
