@@ -1,13 +1,20 @@
 """masked-attention-trainer: a distributed TensorFlow trainer for the masked
 self-attention model, from one CPU to a Cloud TPU pod with the same command."""
 
+import os
+
 from setuptools import find_packages, setup
+
+# The container build (launch/Dockerfile) installs the dependencies from
+# setup.py alone, before any other file is there: README.md is optional.
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
 
 setup(
     name="masked-attention-trainer",
     version="0.1.0",
     description=__doc__.replace("\n", " ").strip(),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(open(README, encoding="utf-8").read()
+                      if os.path.exists(README) else ""),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["trainer", "trainer.*", "configs"]),
     python_requires=">=3.10",
