@@ -27,8 +27,10 @@ setup(
         # default and mirrored train, export, predict) passed on
         # tensorflow-cpu 2.18.0 (the newest Cloud TPU VM runtime's,
         # tpu-vm-tf-2.18.0), 2.18.1, 2.19.0, 2.19.1, 2.20.0 and 2.21.0 (the
-        # newest), each with the Keras pip resolves (3.15.1). .ci/run runs
-        # it on the lower bound here; the cap is the first untested minor.
+        # newest), each with the Keras pip resolves (3.15.1), and on 2.18.0
+        # with Keras 3.5.0 too (the oldest it accepts: a runtime's own).
+        # .ci/run runs it on the lower bound here; the cap is the first
+        # untested minor.
         "cpu": ["tensorflow-cpu>=2.18.0,<2.22"],
         # The same TensorFlow releases, CUDA build (run here on the CPU).
         "gpu": ["tensorflow[and-cuda]>=2.18.0,<2.22"],
