@@ -32,7 +32,7 @@ setup(
         # .ci/run runs it on the lower bound here; the cap is the first
         # untested minor.
         "cpu": ["tensorflow-cpu>=2.18.0,<2.22"],
-        # The same TensorFlow releases, CUDA build (run here on the CPU).
+        # The same TensorFlow releases, CUDA build (their CPU builds ran).
         "gpu": ["tensorflow[and-cuda]>=2.18.0,<2.22"],
         # A TPU VM created without a TensorFlow runtime (tpu-ubuntu2204-base,
         # v2-alpha-*): TensorFlow's TPU build, which brings libtpu from PyPI.
