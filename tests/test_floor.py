@@ -27,7 +27,8 @@ pytestmark = pytest.mark.floor
 
 # Problems of the smoke data (|x|, |y| < 100), one per operation.
 PROBLEMS = ["x=3,y=4:x*y", "y=-12,x=5:x-y", "x=-98,y=97:y+x"]
-# A progress line of the training loop: "train: ... 10/40 steps, ..., loss 2.9484, ...".
+# A progress line of the training loop:
+# "train: ... 10/40 steps, ..., loss 2.9484, ...".
 PROGRESS = re.compile(r"^train: .* (?P<step>\d+)/(?P<total>\d+) steps, "
                       r".*, loss (?P<loss>[^,]+),", re.MULTILINE)
 ANSWER = re.compile(r"^(?P<problem>\S+) -> (?P<token>\S|' ') "
