@@ -4,15 +4,19 @@
 tensorflow-cpu pinned to the lower bound of setup.py's `cpu` extra, and runs
 these tests there:
 
-  .venv-floor/bin/pytest -m floor
+  pytest -m floor tests/test_floor.py
+
+(the file named: collecting the whole tree would import TensorFlow in
+pytest's own processes too, ~10 s more).
 
 The real entry points, as a user runs them: the smoke config trains on the
 default strategy and on `mirrored` over 2 logical CPU devices, exports, and
 `python -m trainer.predict` answers from each export. The main suite does
 not run them (pytest.ini deselects the `floor` marker: the newest
 TensorFlow's runs of the same commands are in tests/test_task.py,
-tests/model/test_predict.py and tests/launch/): `pytest -m floor` runs them
-in any virtualenv.
+tests/model/test_predict.py, tests/launch/ and
+tests/training/test_equivalence.py): `pytest -m floor` runs them in any
+virtualenv.
 """
 
 import json
