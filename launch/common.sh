@@ -120,12 +120,29 @@ strategy_for() {
   fi
 }
 
-# Number of NVIDIA GPUs visible (0 without nvidia-smi or a driver).
-count_gpus() {
+# The GPUs a script may hand the trainer, in the array `gpus`: the entries
+# of CUDA_VISIBLE_DEVICES when the caller set it (a scheduler's allocation),
+# else the indices of the NVIDIA GPUs nvidia-smi lists; none without
+# nvidia-smi or a driver. `gpus_none` says why there are none; `gpus_set`
+# is " (CUDA_VISIBLE_DEVICES=...)" for the caller's set, for messages.
+# Exports CUDA_DEVICE_ORDER=PCI_BUS_ID: otherwise CUDA numbers the devices
+# fastest first, not in nvidia-smi's (PCI bus) order.
+# shellcheck disable=SC2034  # gpus, gpus_none, gpus_set: the caller's
+visible_gpus() {
+  local count=0
   if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
-  else
-    echo 0
+    count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  fi
+  export CUDA_DEVICE_ORDER=PCI_BUS_ID
+  gpus=()
+  gpus_none="nvidia-smi finds none"
+  gpus_set=""
+  if ((count > 0)) && [[ -v CUDA_VISIBLE_DEVICES ]]; then
+    IFS=, read -ra gpus <<<"$CUDA_VISIBLE_DEVICES"
+    gpus_none="CUDA_VISIBLE_DEVICES is empty"
+    gpus_set=" (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)"
+  elif ((count > 0)); then
+    mapfile -t gpus < <(seq 0 $((count - 1)))
   fi
 }
 

@@ -16,7 +16,9 @@ usage: launch/single_gpu.sh [trainer flags...]
 Runs `python -m trainer.task --strategy=one_device [trainer flags]` on one GPU.
 
 Environment:
-  GPU      index of the GPU to use (default 0); sets CUDA_VISIBLE_DEVICES
+  GPU      index of the GPU to use (default 0) as nvidia-smi numbers them,
+           or its position in the CUDA_VISIBLE_DEVICES you set; the trainer
+           gets CUDA_VISIBLE_DEVICES=<that GPU> and CUDA_DEVICE_ORDER=PCI_BUS_ID
   PYTHON   Python interpreter (default python3)
   DRY_RUN  1: print the command instead of running it
 USAGE
@@ -25,15 +27,17 @@ fi
 gpu=${GPU:-0}
 python=${PYTHON:-python3}
 [[ "$gpu" =~ ^[0-9]+$ ]] || die "GPU must be a GPU index (0, 1, ...), got '$gpu'"
-num_gpus=$(count_gpus)
+gpu=$((10#$gpu))  # 08 is 8, not an octal error
+visible_gpus
+num_gpus=${#gpus[@]}
 echo "single_gpu: GPU=$gpu PYTHON=$python ($num_gpus GPU(s) visible)" >&2
 if ((num_gpus == 0)); then
-  warn "no GPU visible (nvidia-smi finds none): training on the CPU"
+  warn "no GPU visible ($gpus_none): training on the CPU"
   export CUDA_VISIBLE_DEVICES=""
 elif ((gpu >= num_gpus)); then
-  die "GPU=$gpu but only $num_gpus GPU(s) are visible (0..$((num_gpus - 1)))"
+  die "GPU=$gpu but only $num_gpus GPU(s) are visible (0..$((num_gpus - 1)))$gpus_set"
 else
-  export CUDA_VISIBLE_DEVICES=$gpu
+  export CUDA_VISIBLE_DEVICES=${gpus[gpu]}
 fi
 strategy_for one_gpu 1
 run "$python" -m trainer.task "--strategy=$strategy" "$@"
