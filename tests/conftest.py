@@ -137,8 +137,9 @@ def _cloud_server(tmp_path_factory):
 
 @pytest.fixture
 def cloud(_cloud_server):
-  """tests/cloud_fake.CloudFake, reset: fake Cloud TPU, Compute and Vertex AI
-  APIs plus ssh/scp stand-ins, for the real gcloud.
+  """tests/helpers/cloud_fake.CloudFake, reset: fake Cloud TPU, Compute,
+  Vertex AI, Cloud Build and Artifact Registry APIs (request bodies read
+  with the Cloud SDK's messages) plus ssh/scp stand-ins, for the real gcloud.
 
   Run gcloud (or a launch/ script) with env {**os.environ, **cloud.env}:
   cloud.env must come after os.environ, because the `gcs` fixture puts its

@@ -122,7 +122,8 @@ SETTINGS = ("TPU_NAME", "ZONE", "PROJECT", "DRY_RUN", "QUEUED", "SPOT",
             "ACCELERATOR_TYPE", "RUNTIME_VERSION", "DATA_DIR", "MODEL_DIR",
             "STAGING_DIR", "CONFIG", "REGION", "MACHINE_TYPE",
             "ACCELERATOR_COUNT", "WORKERS", "TPU_TOPOLOGY", "IMAGE",
-            "JOB_NAME", "REPO_DIR", "LOG_DIR", "GPU", "NUM_GPUS")
+            "JOB_NAME", "REPO_DIR", "LOG_DIR", "GPU", "NUM_GPUS",
+            "REPOSITORY", "POLL_SECONDS")
 
 
 def run_clean(script, *args, env=None):
