@@ -192,9 +192,9 @@ def takes_target(checkout: str) -> bool:
     return TARGET_FIELD in f.read()
 
 
-def spread(values: list[float], form: str = "{:.1f}") -> str:
-  return (f"median of {len(values)}; min {form.format(min(values))}, max "
-          f"{form.format(max(values))}")
+def spread(values: list[float], noun: str, form: str = "{:.1f}") -> str:
+  return (f"median of {len(values)} {noun}; min {form.format(min(values))}, "
+          f"max {form.format(max(values))}")
 
 
 def summary(label: str, runs: list[Run]) -> str:
@@ -203,13 +203,15 @@ def summary(label: str, runs: list[Run]) -> str:
   if not times:
     return f"{label}: no run reached the target"
   line = (f"{label}: time to target {statistics.median(times):.1f} s "
-          f"({spread(times)}; {len(times)} of {len(runs)} runs reached it)")
+          f"({spread(times, 'runs')})")
   exits = [r.exit_seconds for r in runs if r.reached and
            r.exit_seconds is not None]
   if exits:
     line += (f"; start to exit {statistics.median(exits):.1f} s "
-             f"({spread(exits)})")
-  return line
+             f"({spread(exits, 'runs')})")
+  missed = len(runs) - len(times)
+  return line + (f"; {missed} of {len(runs)} runs did not reach it"
+                 if missed else "")
 
 
 def main():
@@ -291,14 +293,14 @@ def main():
       if pairs:
         ratios = [a.reached[0] / b.reached[0] for a, b in pairs]
         print(f"time to target, this checkout / {other_label}: "
-              f"{statistics.median(ratios):.2f}x ({spread(ratios, '{:.2f}')}"
-              " pairs)")
+              f"{statistics.median(ratios):.2f}x "
+              f"({spread(ratios, 'pairs', '{:.2f}')})")
         exit_ratios = [a.exit_seconds / b.reached[0] for a, b in pairs
                        if a.exit_seconds is not None]
         if exit_ratios:
           print(f"this checkout's start to exit / {other_label}'s time to "
                 f"target: {statistics.median(exit_ratios):.2f}x "
-                f"({spread(exit_ratios, '{:.2f}')} pairs)")
+                f"({spread(exit_ratios, 'pairs', '{:.2f}')})")
     missed = sum(not r.reached for side in runs.values() for r in side)
     if missed:
       sys.exit(f"error: {missed} run(s) did not reach accuracy "

@@ -159,7 +159,8 @@ def _lost_peer(error: tf.errors.OpError) -> str:
 def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
          paths: run_dir.Paths, signals: stop_lib.StopSignals,
          start_over: bool) -> dict[str, Any]:
-  """Restores, trains to num_steps (or a stop), then evaluates and exports."""
+  """Restores, trains to num_steps (or a stop, or the target), then
+  evaluates and exports."""
   started = time.perf_counter()
   config = run_plan.config
   trainer = train_lib.Trainer(config, strategy)
