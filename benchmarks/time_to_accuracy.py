@@ -164,24 +164,31 @@ def generate_data(config_path: str, trainer_flags: list[str],
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
                                   lock_config=True)
+  overrides = [f for f in trainer_flags if f.startswith("--config.")]
   try:
-    flag_values(["time_to_accuracy", f"--config={config_path}",
-                 *(f for f in trainer_flags if f.startswith("--config."))])
+    flag_values(["time_to_accuracy", f"--config={config_path}", *overrides])
     config = flag_values.config
-  except (flags.Error, OSError) as e:
-    sys.exit(f"error: {' '.join(str(e).split())}")
+    config.keys()  # a file that failed to load raises on first use
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError,
+          ValueError) as e:  # a bad file, field or value
+    sys.exit(f"error: cannot load --config={config_path}"
+             + (f" with {' '.join(overrides)}" if overrides else "")
+             + f": {type(e).__name__}: {' '.join(str(e).split())}")
   data_dir = data_dir or datasets.default_data_dir(config.data, config.seed)
   print(f"data: {data_dir} (generated before the clock starts, if missing)",
         flush=True)
   return datasets.ensure_dataset(data_dir, config.data, config.seed)
 
 
-def git(*args: str) -> str:
+def git(*args: str, error: str | None = None) -> str:
+  """git's output in this checkout; exits with `error` (default: the command
+  and git's message) if it fails."""
   result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True,
                           text=True, check=False)
   if result.returncode:
-    sys.exit(f"error: git {' '.join(args)}: "
-             f"{(result.stderr.strip() or result.stdout.strip())}")
+    said = " ".join((result.stderr or result.stdout).split())
+    sys.exit(f"error: {error or 'git ' + ' '.join(args)}"
+             + (f": {said}" if said else ""))
   return result.stdout.strip()
 
 
@@ -241,6 +248,8 @@ def main():
   if args.repeats < 1:
     sys.exit(f"error: --repeats={args.repeats} must be >= 1")
 
+  if not os.path.isfile(os.path.join(ROOT, args.config)):
+    sys.exit(f"error: --config={args.config}: no such file in {ROOT}")
   data_dir = generate_data(os.path.join(ROOT, args.config),
                            args.trainer_flags, args.data_dir)
   work_dir = tempfile.mkdtemp(prefix="time_to_accuracy_")
@@ -250,7 +259,9 @@ def main():
             ROOT)]
   try:
     if args.against:
-      commit = git("rev-parse", "--short", f"{args.against}^{{commit}}")
+      commit = git("rev-parse", "--short", "--verify", "--quiet",
+                   f"{args.against}^{{commit}}",
+                   error=f"--against={args.against} is not a commit here")
       checkout = os.path.join(work_dir, "against")
       git("worktree", "add", "--detach", checkout, commit)
       sides.append((f"{args.against} ({commit})", checkout))
