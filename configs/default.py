@@ -47,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.min_learning_rate_ratio = 0.05  # cosine decay ends at peak * this
   config.train.eval_every_steps = 5_000  # evaluate on the eval split this often
   config.train.eval_steps = 0  # eval batches per evaluation; 0 = one full pass
+  # End the run, finished (checkpoint, export, metrics.json), at the first
+  # evaluation (needs eval_steps=0) with accuracy >= target_accuracy or loss
+  # <= target_loss; set one of them; 0.0 = off (train to num_steps).
+  config.train.target_accuracy = 0.0
+  config.train.target_loss = 0.0
   config.train.checkpoint_every_steps = 5_000  # save a checkpoint this often
   config.train.keep_checkpoints = 3  # checkpoints kept in model_dir
   # A resumed run replays the data order exactly (skips the batches already

@@ -7,6 +7,12 @@ checkpointing where the schedule (trainer/training/schedule.py) says; at the
 end evaluate, export the SavedModel and write the metrics. The config comes
 checked, as a RunPlan (trainer/training/plan.py).
 
+A target (config.train.target_accuracy or target_loss) ends the run early:
+the first evaluation that reaches it is the run's last; the run saves,
+exports and writes its metrics as at num_steps. The eval metrics are
+all-reduced and the workers vote on the target (like the stop vote below),
+so every worker ends at the same step.
+
 Only the chief writes to the run's directories (`run_dir`); other workers
 write the same files to a temporary directory they delete (every worker must
 take part in saving).
@@ -22,6 +28,7 @@ record in the input (trainer/data/records.py names the file).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -79,7 +86,9 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
     The final metrics (also written to metrics.json in dirs.files), with
     "stopped": the stop.StopReason that ended the run early (a str:
     "SIGTERM", "SIGHUP", "SIGINT", or "another worker" for a worker that
-    another worker's signal stopped), else None.
+    another worker's signal stopped), else None; with a target
+    (config.train.target_*), "target": {"metric", "value", "reached": the
+    value reached or False, "step", "seconds" since the process started}.
   Raises:
     UserError: data or model_dir off gs:// on a TPU, missing or
       inconsistent data, a model_dir
@@ -150,7 +159,8 @@ def _lost_peer(error: tf.errors.OpError) -> str:
 def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
          paths: run_dir.Paths, signals: stop_lib.StopSignals,
          start_over: bool) -> dict[str, Any]:
-  """Restores, trains to num_steps (or a stop), then evaluates and exports."""
+  """Restores, trains to num_steps (or a stop, or the target), then
+  evaluates and exports."""
   started = time.perf_counter()
   config = run_plan.config
   trainer = train_lib.Trainer(config, strategy)
@@ -159,10 +169,14 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
   finished = start_step >= config.train.num_steps
-  if finished and _complete(paths.read, trainer, start_step):
-    say(f"{paths.read.checkpoints} is already at step {start_step} of "
-        f"{config.train.num_steps}, and the export and metrics.json in "
-        f"{paths.read.files} are of that checkpoint: nothing to do")
+  reached = not finished and _reached_before(paths.read, run_plan.target,
+                                             start_step)
+  if (finished or reached) and _complete(paths.read, trainer, start_step):
+    at = (f"at step {start_step}, where an evaluation reached "
+          f"{run_plan.target.field}={run_plan.target.value}" if reached else
+          f"already at step {start_step} of {config.train.num_steps}")
+    say(f"{paths.read.checkpoints} is {at}, and the export and metrics.json "
+        f"in {paths.read.files} are of that checkpoint: nothing to do")
     return {"step": start_step, "stopped": None}
 
   out = paths.write
@@ -193,7 +207,14 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
     run.any_worker(False)  # a barrier: none ends while another still works
     return {"step": run.step, "stopped": stopped, "train": run.train_metrics}
 
-  eval_metrics = run.evaluate()
+  at_target = run.reached is not None  # train() ended at the target
+  if at_target:  # that evaluation was of this step, and the run's last
+    run.save()
+    eval_metrics = run.last_eval
+  else:
+    eval_metrics = run.evaluate()
+    if run_plan.target and run_plan.target.reached_by(eval_metrics):
+      run.reach(eval_metrics)
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
   export.export_saved_model(trainer.model, out.export,
@@ -204,13 +225,30 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
              "trace_counts": trainer.trace_counts(),
              "checkpoint": run.saver.latest,
              "weights_sha256": trainer.weights_sha256()}
+  if run_plan.target:
+    results["target"] = run.target_record()
   # Every worker prints it: workers of one run must agree.
   say(f"final weights sha256: {results['weights_sha256']}")
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
+  if run_plan.target and not at_target:  # the run's last line
+    say(summaries.target_line(results["target"], run.step, stopping=False))
   run.any_worker(False)  # a barrier: none ends while another still writes
   return results
+
+
+def _reached_before(dirs: run_dir.RunDirs, target: plan_lib.Target | None,
+                    step: int) -> bool:
+  """Whether metrics.json in `dirs` is of `step` and its evaluation reaches
+  `target` (a run that ended there at its target)."""
+  if not target:
+    return False
+  metrics = run_dir.read_metrics(dirs) or {}
+  eval_metrics = metrics.get("eval")
+  return (metrics.get("step") == step and isinstance(eval_metrics, dict) and
+          isinstance(eval_metrics.get(target.metric), (int, float)) and
+          target.reached_by(eval_metrics))
 
 
 def _complete(dirs: run_dir.RunDirs, trainer: train_lib.Trainer,
@@ -246,12 +284,20 @@ class _Run:
     self.profile = summaries.Profile(
         run_plan.profile if strategy_lib.is_chief(strategy) else None,
         out.logs)
+    self.target = run_plan.target
+    # The target's clock (metrics.json's target.seconds): from the start of
+    # this process, as MLPerf's time to train (evaluations on the clock).
+    self.clock_start = time.perf_counter() - _process_age(started)
+    self.last_eval: dict[str, Any] | None = None  # the latest eval metrics
+    # (step, value) of the target's metric at each evaluation of this run.
+    self.target_values: list[tuple[int, float]] = []
+    self.reached: dict[str, Any] | None = None  # metrics.json's "target"
 
   def train(self, signals: stop_lib.StopSignals
             ) -> stop_lib.StopReason | None:
-    """Host loops until num_steps or a stop request; what stopped training
-    early, or None. A stop requested during the last host loop lets the run
-    finish."""
+    """Host loops until num_steps, a stop request or an evaluation that
+    reaches the target (self.reached); what stopped training early, or None.
+    A stop requested during the last host loop lets the run finish."""
     Action = schedule_lib.Action  # pylint: disable=invalid-name
     num_steps = self.schedule.num_steps
     bar = progress.Progress(total=num_steps, unit="steps", desc="train",
@@ -261,7 +307,12 @@ class _Run:
       self._host_loop(self.schedule.next_boundary(self.step), bar)
       due = self.schedule.due(self.step)
       if Action.EVALUATE in due:
-        self.evaluate()
+        metrics = self.evaluate()
+        # Every worker votes, on the same all-reduced metrics: all end here.
+        if self.target and self.any_worker(self.target.reached_by(metrics)):
+          self.reach(metrics)
+          say(summaries.target_line(self.reached, self.step, stopping=True))
+          break
       # Every worker takes part, once per host loop, so all stop together.
       if self.any_worker(signals.requested) and self.step < num_steps:
         stopped = signals.reason or stop_lib.StopReason.PEER
@@ -355,7 +406,43 @@ class _Run:
     self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
     say(summaries.eval_line(self.step, metrics,
                             self.feeds.eval_split_examples))
+    self.last_eval = metrics
+    if self.target:
+      self.target_values.append((self.step, metrics[self.target.metric]))
     return metrics
+
+  def reach(self, metrics: dict[str, Any]) -> None:
+    """Records that `metrics`, this step's evaluation, reached the target:
+    the value, the step, and the seconds since the process started."""
+    self.reached = {"metric": self.target.metric, "value": self.target.value,
+                    "reached": metrics[self.target.metric], "step": self.step,
+                    "seconds": time.perf_counter() - self.clock_start}
+
+  def target_record(self) -> dict[str, Any]:
+    """metrics.json's "target": as `reach` recorded it, or reached False
+    with the best value of this run's evaluations and its step."""
+    if self.reached:
+      return self.reached
+    pick = max if self.target.metric == "accuracy" else min
+    best_step, best = pick(self.target_values, key=lambda sv: sv[1])
+    return {"metric": self.target.metric, "value": self.target.value,
+            "reached": False, "step": None, "seconds": None, "best": best,
+            "best_step": best_step}
+
+
+def _process_age(started: float) -> float:
+  """Seconds since this process started (Linux: its start time in /proc,
+  10 ms ticks), else since `started` (a time.perf_counter())."""
+  try:
+    with open("/proc/self/stat", encoding="ascii") as f:
+      # Field 22, starttime, in clock ticks after boot; the command name
+      # (field 2, in parentheses) may hold spaces.
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime", encoding="ascii") as f:
+      uptime = float(f.read().split()[0])
+    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+  except (OSError, ValueError, IndexError):
+    return time.perf_counter() - started
 
 
 def say(message: str) -> None:

@@ -2,7 +2,7 @@
 
   run_plan = plan.for_strategy(config, strategy, data_dir)  # UserError if bad
   run_plan.patterns["training"], run_plan.per_replica_batch_size,
-  run_plan.profile, run_plan.seed(training=True, start_step=...), ...
+  run_plan.profile, run_plan.target, run_plan.seed(training=True, ...), ...
 
 Each bad field is one line naming it, before any graph is built. Nothing
 else reads a config string (profile_steps, data paths) or re-derives a
@@ -49,6 +49,28 @@ class ProfileWindow:
 
 
 @dataclasses.dataclass(frozen=True)
+class Target:
+  """config.train.target_accuracy or target_loss: the eval value that ends
+  the run (an evaluation over the whole eval split reaching it)."""
+  metric: str  # "accuracy" (reached at >= value) or "loss" (at <= value)
+  value: float
+
+  @property
+  def field(self) -> str:
+    return f"config.train.target_{self.metric}"
+
+  @property
+  def comparison(self) -> str:
+    return ">=" if self.metric == "accuracy" else "<="
+
+  def reached_by(self, eval_metrics: Mapping[str, float]) -> bool:
+    """Whether an eval pass's metrics ({"accuracy", "loss", ...}) reach it."""
+    measured = eval_metrics[self.metric]
+    return (measured >= self.value if self.metric == "accuracy"
+            else measured <= self.value)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
   """A checked config and what follows from it for one strategy and data
   directory; see the module docstring. Frozen: made once per run.
@@ -65,6 +87,7 @@ class RunPlan:
       flag or config field to name in errors.
     per_replica_batch_size: global_batch_size / num_replicas.
     profile: the traced window, or None.
+    target: the eval value that ends the run, or None (train to num_steps).
   """
   config: ml_collections.ConfigDict
   num_replicas: int
@@ -74,6 +97,7 @@ class RunPlan:
   pattern_sources: Mapping[str, str]
   per_replica_batch_size: int
   profile: ProfileWindow | None
+  target: Target | None = None
 
   @property
   def replicas_per_pipeline(self) -> int:
@@ -117,6 +141,7 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
   """
   _check_fields(config)
   profile = _profile_window(config)
+  target = _target(config)
   _check_replicas(config, num_replicas, on_tpu)
   patterns, sources = {}, {}
   for split, pattern in ((record_format.TRAIN, config.data.train_files),
@@ -133,7 +158,7 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                  pattern_sources=types.MappingProxyType(sources),
                  per_replica_batch_size=(config.train.global_batch_size //
                                          num_replicas),
-                 profile=profile)
+                 profile=profile, target=target)
 
 
 def for_strategy(config: ml_collections.ConfigDict, strategy,
@@ -240,6 +265,43 @@ def _profile_window(config: ml_collections.ConfigDict) -> ProfileWindow | None:
         f"config.train.profile_steps={value!r} starts at or after "
         f"config.train.num_steps={config.train.num_steps}: nothing to trace")
   return ProfileWindow(start, count)
+
+
+def _target(config: ml_collections.ConfigDict) -> Target | None:
+  """config.train.target_accuracy or target_loss (0.0: off), or None.
+
+  Raises:
+    UserError: a value out of range, both set, or evaluations that cannot
+      tell (not over the whole eval split, or none before num_steps).
+  """
+  train = config.train
+  accuracy, loss = train.target_accuracy, train.target_loss
+  if not 0 <= accuracy <= 1:  # False for nan too
+    raise errors.UserError(
+        f"config.train.target_accuracy={accuracy} must be in [0, 1] (0: off)")
+  if not (math.isfinite(loss) and loss >= 0):
+    raise errors.UserError(
+        f"config.train.target_loss={loss} must be a finite number >= 0 "
+        "(0: off)")
+  if accuracy and loss:
+    raise errors.UserError(
+        f"config.train.target_accuracy={accuracy} and config.train."
+        f"target_loss={loss} are both set: set one of them (the other 0)")
+  if not (accuracy or loss):
+    return None
+  target = (Target("accuracy", float(accuracy)) if accuracy else
+            Target("loss", float(loss)))
+  if train.eval_steps:
+    raise errors.UserError(
+        f"{target.field}={target.value} is judged on evaluations over the "
+        f"whole eval split, but config.train.eval_steps={train.eval_steps} "
+        "reads part of it: set config.train.eval_steps=0")
+  if not train.eval_every_steps:
+    raise errors.UserError(
+        f"{target.field}={target.value} needs evaluations during the run, "
+        "but config.train.eval_every_steps=0: set it to how often to "
+        "evaluate (e.g. 1000)")
+  return target
 
 
 def check_tpu_paths(run_plan: RunPlan, dirs) -> None:

@@ -66,6 +66,23 @@ def eval_line(step: int, metrics: dict[str, Any],
           f"{metrics['accuracy']:.4f} over {over}; {by_op}")
 
 
+def target_line(target: dict[str, Any], last_step: int,
+                stopping: bool) -> str:
+  """The line of config.train.target_*, of metrics.json's "target":
+  "target: eval accuracy 0.9912 >= 0.99 at step 12000 after 301.4 s:
+  stopping", or that no evaluation up to `last_step` reached it, and the
+  best value."""
+  metric, value = target["metric"], target["value"]
+  comparison = ">=" if metric == "accuracy" else "<="
+  if target["reached"] is False:
+    return (f"target: not reached: no evaluation up to step {last_step} had "
+            f"{metric} {comparison} {value:g} (the best: {target['best']:.4f}"
+            f" at step {target['best_step']})")
+  return (f"target: eval {metric} {target['reached']:.4f} {comparison} "
+          f"{value:g} at step {target['step']} after {target['seconds']:.1f} "
+          f"s{': stopping' if stopping else ''}")
+
+
 # TensorBoard's scalar format, written with TensorFlow's own summary op.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),

@@ -1,0 +1,329 @@
+r"""Prints the trainer's time to an eval accuracy, start to target, N runs.
+
+  python benchmarks/time_to_accuracy.py --config=configs/scaled.py \
+      --target=0.99 [--repeats=3] [--against=COMMIT] [-- TRAINER FLAGS...]
+
+Each run is `python -m trainer.task --config=C --data_dir=D --model_dir=M`
+(plus the flags after `--`), as a user runs it, in a subprocess with a fresh
+--model_dir. The data set is generated beforehand (the config's data section,
+into --data_dir or the trainer's own cache directory), so the clock does not
+include it; the clock starts when the process starts and evaluation is on it
+(MLPerf Training's "time to train").
+
+Time to target: from the process's start to the first eval line ("eval at
+step N: loss L, accuracy A ...", trainer/training/summaries.eval_line) on
+its output with A >= --target. A checkout whose trainer has
+config.train.target_accuracy gets --config.train.target_accuracy=TARGET and
+ends by itself (its start-to-exit time, checkpoint and export included, is
+printed too); an older one is killed once its target line appears. A run
+that ends (or hits --timeout) without reaching the target is reported with
+its best accuracy, and the script exits with status 1 at the end.
+
+--against=COMMIT checks COMMIT out (`git worktree add`, removed at the end)
+and runs it and this checkout alternately (this, COMMIT, this, COMMIT, ...)
+on the same data; the ratio of each pair's times is printed, then the median
+and min-max of those ratios: the machine's speed drifts too much for ratios
+of separate runs. The config path and trainer flags are passed to both
+checkouts as given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# This checkout's code, not whichever copy of the package is installed.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# The trainer's eval line, as every version of it prints it (an absl prefix
+# allowed): the step and the accuracy.
+EVAL_LINE = re.compile(r"eval at step (\d+): loss [^,]+, accuracy (\d+\.\d+)")
+# How a checkout shows that its trainer takes a target (configs/default.py).
+TARGET_FIELD = "config.train.target_accuracy"
+
+
+def parse_eval_line(line: str) -> tuple[int, float] | None:
+  """(step, accuracy) of a trainer eval line, else None."""
+  found = EVAL_LINE.search(line)
+  return (int(found.group(1)), float(found.group(2))) if found else None
+
+
+@dataclasses.dataclass
+class Run:
+  """One trainer run: what its output said, and when (seconds since its
+  process started)."""
+  label: str
+  evals: list[tuple[float, int, float]] = dataclasses.field(
+      default_factory=list)  # (seconds, step, accuracy)
+  reached: tuple[float, int, float] | None = None  # the first at the target
+  exit_seconds: float | None = None  # when it ended by itself
+  status: int | None = None  # its exit status; None: killed here
+  timed_out: bool = False
+
+  def best(self) -> tuple[float, int, float] | None:
+    return max(self.evals, key=lambda e: e[2], default=None)
+
+  def describe(self, target: float) -> str:
+    """The run's result line."""
+    if self.reached:
+      seconds, step, accuracy = self.reached
+      line = (f"{self.label}: time to target {seconds:.1f} s (step {step}, "
+              f"accuracy {accuracy:.4f})")
+      if self.exit_seconds is not None:
+        line += f"; start to exit {self.exit_seconds:.1f} s"
+      return line
+    why = ("timed out" if self.timed_out else
+           f"exited with status {self.status} after {self.exit_seconds:.1f} s")
+    best = self.best()
+    return (f"{self.label}: target {target:g} NOT reached ({why}); best "
+            + (f"accuracy {best[2]:.4f} at step {best[1]}" if best else
+               "accuracy: none (no eval line)"))
+
+
+def trainer_command(config: str, data_dir: str, model_dir: str,
+                    target: float, takes_target: bool,
+                    trainer_flags: list[str]) -> list[str]:
+  command = [sys.executable, "-m", "trainer.task", f"--config={config}",
+             f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
+  if takes_target:
+    command.append(f"--{TARGET_FIELD}={target}")
+  return command + trainer_flags
+
+
+def run_once(label: str, checkout: str, command: list[str], target: float,
+             timeout: float, log_path: str) -> Run:
+  """Runs `command` in `checkout` until its exit, or until its first eval
+  line at the target when the command does not end there by itself
+  (`--config.train.target_accuracy` not in it), or `timeout`; its output
+  goes to `log_path`."""
+  run = Run(label)
+  ends_by_itself = any(arg.startswith(f"--{TARGET_FIELD}=")
+                       for arg in command)
+  with open(log_path, "w", encoding="utf-8") as log:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=checkout, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               errors="replace")
+
+    def read():
+      for line in process.stdout:
+        seconds = time.perf_counter() - start
+        log.write(line)
+        parsed = parse_eval_line(line)
+        if not parsed:
+          continue
+        run.evals.append((seconds, *parsed))
+        at_target = parsed[1] >= target and run.reached is None
+        print(f"  {label}: eval at step {parsed[0]}: accuracy "
+              f"{parsed[1]:.4f} at {seconds:.1f} s"
+              + (" (target)" if at_target else ""), flush=True)
+        if at_target:
+          run.reached = run.evals[-1]
+          if not ends_by_itself:
+            process.kill()  # the time is taken: no need for the rest
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+      process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      run.timed_out = True
+      process.kill()
+      process.wait()
+    ended = time.perf_counter() - start
+    reader.join()
+  killed_here = run.timed_out or (run.reached and not ends_by_itself)
+  if not killed_here:
+    run.status, run.exit_seconds = process.returncode, ended
+    if process.returncode:
+      with open(log_path, encoding="utf-8") as f:
+        tail = f.read()[-3000:]
+      sys.exit(f"error: {label}: {' '.join(command)} (in {checkout}) exited "
+               f"with status {process.returncode}; its output ends:\n{tail}")
+  return run
+
+
+def generate_data(config_path: str, trainer_flags: list[str],
+                  data_dir: str | None) -> str:
+  """The config's data set (with the --config.* overrides among
+  `trainer_flags`), generated unless present; returns its directory."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True)
+  overrides = [f for f in trainer_flags if f.startswith("--config.")]
+  try:
+    flag_values(["time_to_accuracy", f"--config={config_path}", *overrides])
+    config = flag_values.config
+    config.keys()  # a file that failed to load raises on first use
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError,
+          ValueError) as e:  # a bad file, field or value
+    sys.exit(f"error: cannot load --config={config_path}"
+             + (f" with {' '.join(overrides)}" if overrides else "")
+             + f": {type(e).__name__}: {' '.join(str(e).split())}")
+  data_dir = data_dir or datasets.default_data_dir(config.data, config.seed)
+  print(f"data: {data_dir} (generated before the clock starts, if missing)",
+        flush=True)
+  return datasets.ensure_dataset(data_dir, config.data, config.seed)
+
+
+def git(*args: str, error: str | None = None) -> str:
+  """git's output in this checkout; exits with `error` (default: the command
+  and git's message) if it fails."""
+  result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True,
+                          text=True, check=False)
+  if result.returncode:
+    said = " ".join((result.stderr or result.stdout).split())
+    sys.exit(f"error: {error or 'git ' + ' '.join(args)}"
+             + (f": {said}" if said else ""))
+  return result.stdout.strip()
+
+
+def takes_target(checkout: str) -> bool:
+  """Whether the checkout's trainer has config.train.target_accuracy."""
+  with open(os.path.join(checkout, "configs", "default.py"),
+            encoding="utf-8") as f:
+    return TARGET_FIELD in f.read()
+
+
+def spread(values: list[float], noun: str, form: str = "{:.1f}") -> str:
+  return (f"median of {len(values)} {noun}; min {form.format(min(values))}, "
+          f"max {form.format(max(values))}")
+
+
+def summary(label: str, runs: list[Run]) -> str:
+  """The median times to target (and start to exit) of `runs`."""
+  times = [r.reached[0] for r in runs if r.reached]
+  if not times:
+    return f"{label}: no run reached the target"
+  line = (f"{label}: time to target {statistics.median(times):.1f} s "
+          f"({spread(times, 'runs')})")
+  exits = [r.exit_seconds for r in runs if r.reached and
+           r.exit_seconds is not None]
+  if exits:
+    line += (f"; start to exit {statistics.median(exits):.1f} s "
+             f"({spread(exits, 'runs')})")
+  missed = len(runs) - len(times)
+  return line + (f"; {missed} of {len(runs)} runs did not reach it"
+                 if missed else "")
+
+
+def main():
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      usage="%(prog)s --config=C --target=A [options] [-- trainer flags]")
+  parser.add_argument("--config", required=True,
+                      help="config file, relative to the checkout (e.g. "
+                      "configs/scaled.py)")
+  parser.add_argument("--target", type=float, required=True,
+                      help="eval accuracy to reach, e.g. 0.99")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="runs (pairs with --against)")
+  parser.add_argument("--against", metavar="COMMIT",
+                      help="also time COMMIT's trainer, alternating")
+  parser.add_argument("--data_dir", help="where the data set is (generated "
+                      "there if missing); default: the trainer's cache")
+  parser.add_argument("--timeout", type=float, default=3600,
+                      help="seconds a run may take")
+  parser.add_argument("--keep", action="store_true",
+                      help="keep the runs' directories and logs")
+  parser.add_argument("trainer_flags", nargs="*",
+                      help="after --: flags for every trainer run")
+  args = parser.parse_args()
+  if not 0 < args.target <= 1:
+    sys.exit(f"error: --target={args.target} must be an accuracy in (0, 1]")
+  if args.repeats < 1:
+    sys.exit(f"error: --repeats={args.repeats} must be >= 1")
+
+  if not os.path.isfile(os.path.join(ROOT, args.config)):
+    sys.exit(f"error: --config={args.config}: no such file in {ROOT}")
+  data_dir = generate_data(os.path.join(ROOT, args.config),
+                           args.trainer_flags, args.data_dir)
+  work_dir = tempfile.mkdtemp(prefix="time_to_accuracy_")
+  sides = [(f"this checkout ({git('rev-parse', '--short', 'HEAD')}"
+            + (", with changes" if git("status", "--porcelain",
+                                       "--untracked-files=no") else "") + ")",
+            ROOT)]
+  try:
+    if args.against:
+      commit = git("rev-parse", "--short", "--verify", "--quiet",
+                   f"{args.against}^{{commit}}",
+                   error=f"--against={args.against} is not a commit here")
+      checkout = os.path.join(work_dir, "against")
+      git("worktree", "add", "--detach", checkout, commit)
+      sides.append((f"{args.against} ({commit})", checkout))
+    for label, checkout in sides:
+      if not os.path.exists(os.path.join(checkout, args.config)):
+        sys.exit(f"error: {label} has no {args.config}")
+      print(f"{label}: {checkout}; "
+            + ("ends at the target by itself" if takes_target(checkout) else
+               f"has no {TARGET_FIELD}: killed at its target eval line"),
+            flush=True)
+    runs: dict[str, list[Run]] = {label: [] for label, _ in sides}
+    for i in range(args.repeats):
+      for label, checkout in sides:
+        name = f"{'this' if checkout == ROOT else 'against'}{i + 1}"
+        model_dir = os.path.join(work_dir, name)
+        command = trainer_command(args.config, data_dir, model_dir,
+                                  args.target, takes_target(checkout),
+                                  args.trainer_flags)
+        print(f"run {i + 1}/{args.repeats}, {label}: started", flush=True)
+        run = run_once(f"{label}, run {i + 1}", checkout, command,
+                       args.target, args.timeout,
+                       os.path.join(work_dir, f"{name}.log"))
+        runs[label].append(run)
+        print(run.describe(args.target), flush=True)
+        if not args.keep:
+          shutil.rmtree(model_dir, ignore_errors=True)
+      if len(sides) == 2:
+        this, other = (runs[label][-1] for label, _ in sides)
+        if this.reached and other.reached:
+          print(f"pair {i + 1}/{args.repeats}: time to target "
+                f"{this.reached[0]:.1f} s vs {other.reached[0]:.1f} s: "
+                f"{this.reached[0] / other.reached[0]:.2f}x", flush=True)
+
+    for label, _ in sides:
+      print(summary(label, runs[label]))
+    if len(sides) == 2:
+      (this_label, _), (other_label, _) = sides
+      pairs = [(a, b) for a, b in zip(runs[this_label], runs[other_label])
+               if a.reached and b.reached]
+      if pairs:
+        ratios = [a.reached[0] / b.reached[0] for a, b in pairs]
+        print(f"time to target, this checkout / {other_label}: "
+              f"{statistics.median(ratios):.2f}x "
+              f"({spread(ratios, 'pairs', '{:.2f}')})")
+        exit_ratios = [a.exit_seconds / b.reached[0] for a, b in pairs
+                       if a.exit_seconds is not None]
+        if exit_ratios:
+          print(f"this checkout's start to exit / {other_label}'s time to "
+                f"target: {statistics.median(exit_ratios):.2f}x "
+                f"({spread(exit_ratios, 'pairs', '{:.2f}')})")
+    missed = sum(not r.reached for side in runs.values() for r in side)
+    if missed:
+      sys.exit(f"error: {missed} run(s) did not reach accuracy "
+               f"{args.target:g}")
+  finally:
+    if len(sides) == 2:
+      git("worktree", "remove", "--force", sides[1][1])
+    if args.keep:
+      print(f"kept {work_dir}")
+    else:
+      shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
