@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"
+  # TensorBoard: weight histograms and the gradient norm every this many
+  # steps (0 = off); a multiple of steps_per_loop adds no host-loop ends.
+  config.train.histogram_every_steps = 1_000
   # "START,COUNT": trace the COUNT steps after step START with tf.profiler,
   # into the TensorBoard logs (plugins/profile/); "" = off.
   config.train.profile_steps = ""

@@ -263,8 +263,8 @@ def _complete(dirs: run_dir.RunDirs, trainer: train_lib.Trainer,
 
 class _Run:
   """One run's host loops and what happens between them: the schedule's
-  evaluations and checkpoints, the stop vote, TensorBoard scalars and the
-  progress line."""
+  evaluations, checkpoints and histograms, the stop vote, TensorBoard
+  summaries and the progress line."""
 
   def __init__(self, run_plan: plan_lib.RunPlan, trainer: train_lib.Trainer,
                feeds: feeds_lib.Feeds, out: run_dir.RunDirs, start_step: int,
@@ -280,6 +280,8 @@ class _Run:
     self.saver = checkpoints.Saver(trainer.checkpoint, out.checkpoints,
                                    self.config.train.keep_checkpoints)
     self.scalars = summaries.Scalars(out.logs)
+    self.is_chief = strategy_lib.is_chief(strategy)
+    self.logs = out.logs
     # The chief's trace (is_chief: every TPU host is one), into its logs.
     self.profile = summaries.Profile(
         run_plan.profile if strategy_lib.is_chief(strategy) else None,
@@ -303,9 +305,16 @@ class _Run:
     bar = progress.Progress(total=num_steps, unit="steps", desc="train",
                             initial=self.step)
     stopped = None
+    if self.is_chief:  # once per run: the graph, the config as hparams
+      self.scalars.write_graph(self.trainer.model_graph())
+      summaries.write_hparams(self.logs, self.config)
     while self.step < num_steps:
       self._host_loop(self.schedule.next_boundary(self.step), bar)
       due = self.schedule.due(self.step)
+      if Action.HISTOGRAMS in due and self.is_chief:
+        self.scalars.write_histograms(
+            self.step, self.trainer.model.trainable_variables,
+            float(self.trainer.gradient_norm.numpy()))
       if Action.EVALUATE in due:
         metrics = self.evaluate()
         # Every worker votes, on the same all-reduced metrics: all end here.

@@ -27,6 +27,7 @@ class Action(enum.Enum):
   EVALUATE = "evaluate"      # an eval pass (the final one is the loop's)
   CHECKPOINT = "checkpoint"  # a checkpoint (always at num_steps)
   PROFILE = "profile"        # a bound of the traced window (start or end)
+  HISTOGRAMS = "histograms"  # weight histograms and the gradient norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Schedule:
             # workers run the same loops).
             Row(Action.PROFILE,
                 also=(profile.start, profile.end) if profile else ()),
+            Row(Action.HISTOGRAMS, train.histogram_every_steps),
         ))
 
   def next_boundary(self, step: int) -> int:

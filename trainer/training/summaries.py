@@ -1,5 +1,14 @@
-"""What a run reports: TensorBoard scalars of train and eval, the eval
-line, and profiler traces of chosen host loops."""
+"""What a run reports: TensorBoard scalars of train and eval, the model's
+graph, weight histograms and the gradient norm, the config as hparams, the
+eval line, and profiler traces of chosen host loops.
+
+TensorBoard's layout of a run's logs (`logdir`):
+  train/  scalars of each host loop; the graph; histograms and gradient_norm
+  eval/   scalars of each evaluation
+  .       the hparams (the config) of the session: its metrics are the last
+          eval/loss and eval/accuracy, so runs of a recipe search under one
+          --logdir compare in the HParams dashboard.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,8 @@ import contextlib
 from typing import Any
 
 from absl import logging
+import ml_collections
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -16,7 +27,8 @@ from trainer.training import plan as plan_lib
 
 
 class Scalars:
-  """The run's train/ and eval/ scalar writers under `logdir`."""
+  """The run's train/ and eval/ summary writers under `logdir`: scalars,
+  and into train/ the graph and the histograms."""
 
   def __init__(self, logdir: str):
     self._writers = {
@@ -32,6 +44,70 @@ class Scalars:
         tf.summary.write(tag, tf.constant(value, tf.float32),
                          metadata=_SCALAR_METADATA)
     writer.flush()
+
+  def write_graph(self, graph: tf.Graph) -> None:
+    """Writes `graph` for TensorBoard's Graphs dashboard (train/)."""
+    writer = self._writers["train"]
+    with writer.as_default():
+      tf.summary.graph(graph)
+    writer.flush()
+
+  def write_histograms(self, step: int, variables,
+                       gradient_norm: float) -> None:
+    """Writes a histogram of each of `variables` (tagged by its path, as
+    "dense/kernel") and the scalar gradient_norm unless it is NaN (not known
+    on this path: train.Trainer._step_results) at `step` to train/."""
+    writer = self._writers["train"]
+    with writer.as_default(step=step):
+      for variable in variables:
+        # On the host: a TPU variable's values are copied here first.
+        tf.summary.histogram(variable.path, np.asarray(variable.value))
+      if not np.isnan(gradient_norm):
+        tf.summary.write("gradient_norm",
+                         tf.constant(gradient_norm, tf.float32),
+                         metadata=_SCALAR_METADATA)
+    writer.flush()
+
+
+# The eval/ scalars the HParams dashboard shows as a session's metrics (the
+# last value of each: the final evaluation's).
+HPARAMS_METRICS = ("accuracy", "loss")
+
+
+def config_hparams(config: ml_collections.ConfigDict
+                   ) -> dict[str, bool | int | float | str]:
+  """The config flattened for the HParams dashboard: {"model.hidden_size":
+  15, "train.learning_rate": 0.003, "seed": 0, ...}; a value of another type
+  (None, a list) as its str()."""
+  flat = {}
+
+  def add(prefix: str, section: ml_collections.ConfigDict) -> None:
+    for name, value in section.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        add(f"{prefix}{name}.", value)
+      elif isinstance(value, (bool, int, float, str)):
+        flat[prefix + name] = value
+      else:
+        flat[prefix + name] = str(value)
+
+  add("", config)
+  return flat
+
+
+def write_hparams(logdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the config as the hparams of the session at `logdir` (its root:
+  train/ and eval/ are below it), with the eval/ metrics named."""
+  # TensorBoard's hparams API; imported here: only the chief writes them.
+  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+  hparams = config_hparams(config)
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    hp.hparams_config(
+        hparams=[hp.HParam(name) for name in hparams],
+        metrics=[hp.Metric(tag, group="eval", display_name=f"eval {tag}")
+                 for tag in HPARAMS_METRICS])
+    hp.hparams(hparams)
+  writer.close()
 
 
 def eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:

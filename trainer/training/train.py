@@ -115,6 +115,11 @@ class Trainer:
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, step=self.step)
+    # The mean over the last host loop's steps of the global norm of the
+    # gradient each step applied (NaN: not known on this path; see
+    # _step_results); TensorBoard's train/gradient_norm. Not checkpointed.
+    self.gradient_norm = tf.Variable(float("nan"), trainable=False,
+                                     name="gradient_norm")
 
     self.forward_backward = tf.function(self._forward_backward,
                                         jit_compile=self.use_xla)
@@ -184,20 +189,35 @@ class Trainer:
     gradients = tape.gradient(scaled_loss, trainable)
     return loss, correct, gradients, non_trainable
 
-  def _step_results(self, loss, correct, gradients):
+  def _step_results(self, loss, correct, gradients, gradient_norm):
     """What one replica's step reports, as one vector (one all-reduce):
-    [loss, correct count, 1 when the step diverged else 0].
+    [loss, correct count, 1 when the step diverged else 0, gradient norm
+    share].
 
     Diverged: the loss is not finite, or the gradient norm is not (except
     under float16 loss scaling, whose optimizer skips such steps itself and
     lowers the scale).
+
+    `gradient_norm`: the global norm of the gradient the update applies
+    (summed over replicas; _gradient_norm), or NaN where this path does not
+    see that gradient; reported divided by the replicas, so that the sum over
+    replicas is the norm.
     """
     diverged = tf.logical_not(tf.math.is_finite(loss))
     if self.config.train.mixed_precision != "float16":
       diverged |= tf.logical_not(
           tf.math.is_finite(tf.linalg.global_norm(gradients)))
     return tf.stack([loss, tf.cast(correct, tf.float32),
-                     tf.cast(diverged, tf.float32)])
+                     tf.cast(diverged, tf.float32),
+                     gradient_norm / self.num_replicas])
+
+  def _gradient_norm(self, gradients) -> tf.Tensor:
+    """The global norm of `gradients`, unscaled under float16 loss scaling
+    (the gradients are of the scaled loss there)."""
+    norm = tf.linalg.global_norm(gradients)
+    if self.config.train.mixed_precision == "float16":
+      norm /= tf.cast(self.optimizer.dynamic_scale, norm.dtype)
+    return norm
 
   def _fused_step(self, x, y):
     """One replica's whole step, compiled as one XLA function."""
@@ -208,7 +228,9 @@ class Trainer:
                                           gradients))
     optimizer_lib.assign_variables(self.model.non_trainable_variables,
                                    non_trainable)
-    return self._step_results(loss, correct, gradients)
+    # One replica: its gradient is the one applied.
+    return self._step_results(loss, correct, gradients,
+                              self._gradient_norm(gradients))
 
   def _replica_train_step(self, x, y):
     if self.fused_step is not None:
@@ -220,14 +242,21 @@ class Trainer:
                                    non_trainable)
     if self.update is None:  # TPU (compiled whole by TPUStrategy), or
       # Keras's apply_gradients chosen (jit_compile or xla_update False).
+      # apply_gradients sums the replicas' gradients inside: with several
+      # replicas the norm of that sum is not seen here (another all-reduce
+      # per step just for it would cost every run).
+      gradient_norm = (self._gradient_norm(gradients)
+                       if self.num_replicas == 1 else
+                       tf.constant(np.nan, tf.float32))
       self.optimizer.apply_gradients(
           zip(gradients, self.model.trainable_variables))
-      return self._step_results(loss, correct, gradients)
-    results = self._step_results(loss, correct, gradients)
-    gradients = tf.distribute.get_replica_context().all_reduce(
+      return self._step_results(loss, correct, gradients, gradient_norm)
+    summed = tf.distribute.get_replica_context().all_reduce(
         tf.distribute.ReduceOp.SUM, gradients)
+    results = self._step_results(loss, correct, gradients,
+                                 self._gradient_norm(summed))
     self.update.assign(*self.apply_update(self.update.values(), trainable,
-                                          gradients))
+                                          summed))
     return results
 
   def _forward(self, trainable, non_trainable, x, y):
@@ -256,25 +285,31 @@ class Trainer:
     Returns:
       The mean loss and accuracy, and the step counter's value after the
       first step that diverged (a non-finite loss or gradient norm on any
-      replica), or -1: one flag per host loop, read by the host once.
+      replica), or -1: one flag per host loop, read by the host once. The
+      mean gradient norm goes to self.gradient_norm (read when wanted).
     """
     loss_sum = tf.constant(0.0)
     correct = tf.constant(0, tf.int64)
     first_diverged = tf.constant(-1, tf.int64)
+    gradient_norm_sum = tf.constant(0.0)
     for i in tf.range(num_steps):
       x, y = next(iterator)
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
-      # [loss, correct, diverged] summed over replicas: one all-reduce.
-      loss, step_correct, diverged = tf.unstack(self.strategy.reduce(
-          tf.distribute.ReduceOp.SUM, replica_results, axis=None))
+      # [loss, correct, diverged, gradient norm] summed over replicas: one
+      # all-reduce.
+      loss, step_correct, diverged, gradient_norm = tf.unstack(
+          self.strategy.reduce(tf.distribute.ReduceOp.SUM, replica_results,
+                               axis=None))
       loss_sum += loss
       correct += tf.cast(step_correct, tf.int64)
+      gradient_norm_sum += gradient_norm
       first_diverged = tf.where(
           (first_diverged < 0) & (diverged > 0),
           self.step + tf.cast(i, tf.int64) + 1, first_diverged)
     self.step.assign_add(tf.cast(num_steps, tf.int64))
     steps = tf.cast(num_steps, tf.float32)
+    self.gradient_norm.assign(gradient_norm_sum / steps)
     return (loss_sum / steps,
             tf.cast(correct, tf.float32) / (steps * self.global_batch_size),
             first_diverged)
@@ -323,6 +358,17 @@ class Trainer:
             OPERATION_NAMES, sums["op_loss_sum"], sums["op_correct"],
             sums["op_count"])}
     return metrics
+
+  def model_graph(self) -> tf.Graph:
+    """The model's forward pass (int32 token ids [batch, len_max_input] to
+    logits), traced and never run: the graph of TensorBoard's Graphs
+    dashboard. The compiled train step's graph would show the host loop (a
+    while loop, the iterator, a call into XLA) with the model's layers out
+    of sight in its function library."""
+    forward = tf.function(lambda tokens: self.model(tokens, training=False))
+    return forward.get_concrete_function(tf.TensorSpec(
+        [None, self.config.model.len_max_input], tf.int32,
+        name="tokens")).graph
 
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""
