@@ -5,7 +5,6 @@ TensorBoard server through its HTTP API, shared by the module's tests."""
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
