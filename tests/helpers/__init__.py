@@ -31,3 +31,14 @@ def closed_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+# A stand-in `nvidia-smi -L` listing FAKE_GPUS (environment, default 0) GPUs,
+# for the launch/ GPU scripts' tests.
+FAKE_NVIDIA_SMI = """#!/bin/sh
+i=0
+while [ "$i" -lt "${FAKE_GPUS:-0}" ]; do
+  echo "GPU $i: Fake GPU (UUID: GPU-$i)"
+  i=$((i + 1))
+done
+"""

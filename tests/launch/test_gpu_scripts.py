@@ -15,16 +15,9 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import FAKE_NVIDIA_SMI, ROOT
 
 LAUNCH = os.path.join(ROOT, "launch")
-FAKE_NVIDIA_SMI = """#!/bin/sh
-i=0
-while [ "$i" -lt "${FAKE_GPUS:-0}" ]; do
-  echo "GPU $i: Fake GPU (UUID: GPU-$i)"
-  i=$((i + 1))
-done
-"""
 # Records what it was started with, as the trainer would receive it.
 RECORDING_PYTHON = """#!{python}
 import json, os, sys

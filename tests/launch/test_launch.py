@@ -14,18 +14,11 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import FAKE_NVIDIA_SMI, ROOT
 
 LAUNCH = os.path.join(ROOT, "launch")
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 
-FAKE_NVIDIA_SMI = """#!/bin/sh
-i=0
-while [ "$i" -lt "${FAKE_GPUS:-0}" ]; do
-  echo "GPU $i: Fake GPU (UUID: GPU-$i)"
-  i=$((i + 1))
-done
-"""
 
 
 @pytest.fixture
