@@ -400,9 +400,15 @@ def cache_size(files: Sequence[str], len_max_input: int,
                   "(seed-format or foreign shards)")
   size = num_examples * cached_bytes_per_example(len_max_input)
   if size > memory_cache_mb * 1e6:
-    return None, (f"{size / 1e6:,.0f} MB > memory_cache_mb="
+    return None, (f"{megabytes(size)} MB > memory_cache_mb="
                   f"{memory_cache_mb}")
   return num_examples, ""
+
+
+def megabytes(num_bytes: int) -> str:
+  """MB (10^6 bytes), for a log line: "17", "2", "0.042"."""
+  size = num_bytes / 1e6
+  return f"{size:,.0f}" if size >= 10 else f"{size:.2g}"
 
 
 @dataclasses.dataclass(frozen=True)

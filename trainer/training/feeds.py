@@ -145,16 +145,20 @@ class Feeds:
     which = ("" if context.num_input_pipelines == 1 else
              f" (input pipeline {context.input_pipeline_id} of "
              f"{context.num_input_pipelines})")
+    if num_examples is not None and not training:
+      # The streamed pass's examples: its last partial batch left out.
+      num_examples = num_examples // per_replica * per_replica
+    if num_examples is not None and num_examples < per_replica:
+      num_examples, why_not = None, f"fewer than a batch of {per_replica}"
     if num_examples is None:
       logging.info(f"{split.noun} split{which}: streamed from files: "
                    f"{why_not}")
       return None
-    if not training:  # the streamed pass's examples: all but a last part
-      num_examples = num_examples // per_replica * per_replica
     cache = input_pipeline.fill_cache(
         files, num_examples, len_max_input=len_max_input,
         stream_batch_size=None if training else per_replica)
     logging.info(f"{split.noun} split{which}: {num_examples:,} examples "
-                 f"cached in memory ({cache.num_bytes / 1e6:,.0f} MB) in "
+                 f"cached in memory "
+                 f"({input_pipeline.megabytes(cache.num_bytes)} MB) in "
                  f"{cache.seconds:.1f} s")
     return cache
