@@ -85,11 +85,14 @@ def test_the_remainder_left_out_differs_between_epochs(cache):
   assert sum(left_out[0].values()) == 32 and left_out[0] != left_out[1]
 
 
-def test_the_order_is_a_function_of_the_seed(cache):
-  def first_batches(seed):
-    return batches(input_pipeline.cached_dataset(cache, 16, training=True,
+def test_the_order_is_a_function_of_the_seed(cache, train_files):
+  refilled = input_pipeline.fill_cache(train_files, 2_000, len_max_input=LEN)
+
+  def first_batches(seed, examples=cache):
+    return batches(input_pipeline.cached_dataset(examples, 16, training=True,
                                                  seed=seed), 3)
-  same, again, other = first_batches(7), first_batches(7), first_batches(8)
+  same, again, other = (first_batches(7), first_batches(7, refilled),
+                        first_batches(8))
   assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
              for a, b in zip(same, again))
   assert not np.array_equal(same[0][0], other[0][0])

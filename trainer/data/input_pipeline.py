@@ -438,8 +438,9 @@ def fill_cache(files: Sequence[str], num_examples: int, *, len_max_input: int,
     files: one input pipeline's files.
     num_examples: the examples they yield (from their manifests).
     len_max_input: the padded input length.
-    stream_batch_size: None: every record, in whatever order the parallel
-      reads give (training draws its own order from the cache). A batch
+    stream_batch_size: None: every record, the files read in parallel in
+      a fixed interleaved order (training permutes the rows, so its order
+      is a function of the files and the seed alone). A batch
       size: the examples of the streamed one-pass pipeline
       (`make_dataset(training=False)`), in its order, its last partial batch
       left out as there (evaluation); `num_examples` must count those.
@@ -457,7 +458,7 @@ def fill_cache(files: Sequence[str], num_examples: int, *, len_max_input: int,
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path).batch(FILL_BATCH),
         cycle_length=min(8, len(files)),
-        num_parallel_calls=tf.data.AUTOTUNE)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.map(
         lambda serialized: _parse_batch(serialized, None, len_max_input),
         num_parallel_calls=tf.data.AUTOTUNE)
