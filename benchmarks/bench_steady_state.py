@@ -28,7 +28,9 @@ Each measurement runs one host loop (execution) as warm-up, then `--loops`
 timed ones, waiting for each loop's loss as the trainer's own loop does. A and
 B alternate (A, B, A, B, ...) `--repeats` times in one process; the ratio of
 each pair is taken, and the median and the min-max of those ratios printed:
-the machine's speed drifts too much for ratios of separate runs.
+the machine's speed drifts too much for ratios of separate runs. The CPU
+time of the whole process per example is printed too (A, S, B): other work on
+the machine moves it far less than the wall-clock rates.
 
 --pipeline_only: the training input pipeline alone (no model), streamed and
 cached, in a tf.data private thread pool of one thread, iterated in the graph
@@ -87,10 +89,10 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
 
   def measure(loops):
     float(trainer.train_loop(iterator, num_steps)[0])  # warm-up loop
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(loops):
       float(trainer.train_loop(iterator, num_steps)[0])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
   return measure, run_feeds.files, feeds_seconds
 
@@ -164,7 +166,7 @@ def compute_bound_side(config, files, num_batches):
 
     def on_train_batch_end(self, batch, logs=None):
       float(logs["loss"])
-      self.ends.append(time.perf_counter())
+      self.ends.append((time.perf_counter(), time.process_time()))
 
   timer = Timer()
 
@@ -174,7 +176,8 @@ def compute_bound_side(config, files, num_batches):
               train.steps_per_loop, shuffle=False, verbose=0,
               callbacks=[timer])
     assert len(timer.ends) == loops + 1, len(timer.ends)
-    return timer.ends[-1] - timer.ends[0]  # after the warm-up execution
+    (start, cpu), (end, end_cpu) = timer.ends[0], timer.ends[-1]
+    return end - start, end_cpu - cpu  # after the warm-up execution
 
   return measure
 
@@ -234,20 +237,33 @@ def main():
                      if args.keras_update else None)
     trainer_rates, bound_rates, ratios, update_ratios = [], [], [], []
     streamed_ratios = []
+    # CPU seconds of the whole process per example (us): robust to other
+    # work on the machine, which wall-clock rates are not.
+    cpu_us = {"trainer": [], "streamed": [], "bound": []}
+
+    def rate(name, measure):
+      seconds, cpu = measure(args.loops)
+      if name in cpu_us:
+        cpu_us[name].append(cpu / examples * 1e6)
+      return examples / seconds
+
     for i in range(args.repeats):
-      trainer_rates.append(examples / trainer_measure(args.loops))
-      bound_rates.append(examples / bound_measure(args.loops))
+      trainer_rates.append(rate("trainer", trainer_measure))
+      bound_rates.append(rate("bound", bound_measure))
       ratios.append(trainer_rates[-1] / bound_rates[-1])
       line = (f"pair {i + 1}/{args.repeats}: trainer {trainer_rates[-1]:,.0f}, "
               f"compute bound {bound_rates[-1]:,.0f} examples/s: "
               f"{ratios[-1]:.2f}x")
       if streamed_measure:
-        streamed_rate = examples / streamed_measure(args.loops)
+        streamed_rate = rate("streamed", streamed_measure)
         streamed_ratios.append(streamed_rate / bound_rates[-1])
         line += (f"; streamed {streamed_rate:,.0f} examples/s: "
                  f"{streamed_ratios[-1]:.2f}x")
+      line += "; CPU us/example " + ", ".join(
+          f"{name} {values[-1]:.2f}" for name, values in cpu_us.items()
+          if values)
       if keras_measure:
-        keras_rate = examples / keras_measure(args.loops)
+        keras_rate = rate("keras", keras_measure)
         update_ratios.append(trainer_rates[-1] / keras_rate)
         line += (f"; with Keras's apply_gradients {keras_rate:,.0f} "
                  f"examples/s: {update_ratios[-1]:.2f}x")
@@ -265,6 +281,9 @@ def main():
       print(f"streamed from the files: trainer / compute bound = "
             f"{statistics.median(streamed_ratios):.2f}x "
             f"({spread(streamed_ratios)})")
+    print("CPU time per example (whole process, us): " + "; ".join(
+        f"{name} {statistics.median(values):.2f} ({spread(values)})"
+        for name, values in cpu_us.items() if values))
     if update_ratios:
       print(f"Adam in XLA / Keras's apply_gradients = "
             f"{statistics.median(update_ratios):.2f}x "
