@@ -247,18 +247,28 @@ def main():
         cpu_us[name].append(cpu / examples * 1e6)
       return examples / seconds
 
+    cached_over_streamed = []
     for i in range(args.repeats):
-      trainer_rates.append(rate("trainer", trainer_measure))
-      bound_rates.append(rate("bound", bound_measure))
+      # The trainer and its streamed twin swap places every other pair, so
+      # neither always runs first after the compute bound's turn.
+      sides = [("trainer", trainer_measure), ("bound", bound_measure)]
+      if streamed_measure:
+        sides.append(("streamed", streamed_measure))
+      if i % 2:
+        sides.reverse()
+      rates = {name: rate(name, measure) for name, measure in sides}
+      trainer_rates.append(rates["trainer"])
+      bound_rates.append(rates["bound"])
       ratios.append(trainer_rates[-1] / bound_rates[-1])
       line = (f"pair {i + 1}/{args.repeats}: trainer {trainer_rates[-1]:,.0f}, "
               f"compute bound {bound_rates[-1]:,.0f} examples/s: "
               f"{ratios[-1]:.2f}x")
       if streamed_measure:
-        streamed_rate = rate("streamed", streamed_measure)
-        streamed_ratios.append(streamed_rate / bound_rates[-1])
-        line += (f"; streamed {streamed_rate:,.0f} examples/s: "
-                 f"{streamed_ratios[-1]:.2f}x")
+        streamed_ratios.append(rates["streamed"] / bound_rates[-1])
+        cached_over_streamed.append(rates["trainer"] / rates["streamed"])
+        line += (f"; streamed {rates['streamed']:,.0f} examples/s: "
+                 f"{streamed_ratios[-1]:.2f}x (cached / streamed "
+                 f"{cached_over_streamed[-1]:.2f}x)")
       line += "; CPU us/example " + ", ".join(
           f"{name} {values[-1]:.2f}" for name, values in cpu_us.items()
           if values)
@@ -280,7 +290,9 @@ def main():
     if streamed_ratios:
       print(f"streamed from the files: trainer / compute bound = "
             f"{statistics.median(streamed_ratios):.2f}x "
-            f"({spread(streamed_ratios)})")
+            f"({spread(streamed_ratios)}); cached / streamed = "
+            f"{statistics.median(cached_over_streamed):.2f}x "
+            f"({spread(cached_over_streamed)})")
     print("CPU time per example (whole process, us): " + "; ".join(
         f"{name} {statistics.median(values):.2f} ({spread(values)})"
         for name, values in cpu_us.items() if values))
