@@ -118,14 +118,16 @@ def pipeline_rates(config, files, num_batches):
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
   options.threading.max_intra_op_parallelism = 1
+  def count(dataset, n):
+    return int(dataset.take(n).reduce(tf.constant(0, tf.int64),
+                                      lambda total, batch: total + 1))
+
   rates = {}
   for name, dataset in datasets.items():
     dataset = dataset.with_options(options)
-    count = lambda n: dataset.take(n).reduce(  # pylint: disable=cell-var-from-loop
-        tf.constant(0, tf.int64), lambda total, batch: total + 1)
-    int(count(10))  # warm-up: tracing, opening files
+    count(dataset, 10)  # warm-up: tracing, opening files
     start, cpu = time.perf_counter(), time.process_time()
-    assert int(count(num_batches)) == num_batches
+    assert count(dataset, num_batches) == num_batches
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     examples = num_batches * batch_size
     rates[name] = (examples / seconds, cpu / examples * 1e6)
