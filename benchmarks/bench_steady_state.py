@@ -1,10 +1,16 @@
 """Prints the trainer's steady-state throughput over its compute bound.
 
   python benchmarks/bench_steady_state.py [--repeats=5] [--loops=5]
+  python benchmarks/bench_steady_state.py --pipeline_only
 
 A (the trainer): `trainer.train.Trainer.train_loop` on the default strategy,
-fed by its own input pipeline (`trainer.training.feeds.Feeds`) from 8 local shards, at
-global batch 256, in host loops of the default config's `steps_per_loop`.
+fed by its own input pipeline (`trainer.training.feeds.Feeds`) from 8 local
+shards of 50,000 examples, at global batch 256, in host loops of the default
+config's `steps_per_loop`; the split parsed once into memory (the default
+config.data.memory_cache_mb), its fill timed and printed.
+
+S (with --streamed, the default): A with config.data.memory_cache_mb=0, every
+batch read and parsed from the files; printed as S / B beside A / B.
 
 B (the compute bound): Keras `model.fit` with `jit_compile=True` on the same
 model (`trainer.model.build_model` with the default config), Adam with the
@@ -22,7 +28,14 @@ Each measurement runs one host loop (execution) as warm-up, then `--loops`
 timed ones, waiting for each loop's loss as the trainer's own loop does. A and
 B alternate (A, B, A, B, ...) `--repeats` times in one process; the ratio of
 each pair is taken, and the median and the min-max of those ratios printed:
-the machine's speed drifts too much for ratios of separate runs.
+the machine's speed drifts too much for ratios of separate runs. The CPU
+time of the whole process per example is printed too (A, S, B): other work on
+the machine moves it far less than the wall-clock rates.
+
+--pipeline_only: the training input pipeline alone (no model), streamed and
+cached, in a tf.data private thread pool of one thread, iterated in the graph
+(`Dataset.reduce`): examples/s on one core, and the process's CPU time per
+example (all threads).
 """
 
 import argparse
@@ -53,10 +66,13 @@ def make_config(batch_size):
   return config
 
 
-def trainer_side(config, data_dir, xla_update=True):
-  """The trainer and its file-fed iterator; returns a measuring function."""
+def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
+  """The trainer and its iterator; returns a measuring function, the files
+  and the seconds the Feeds took to build (the cache's fill)."""
   config = config.copy_and_resolve_references()
   config.train.xla_update = xla_update
+  if memory_cache_mb is not None:
+    config.data.memory_cache_mb = memory_cache_mb
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.training import feeds  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
@@ -64,19 +80,58 @@ def trainer_side(config, data_dir, xla_update=True):
   from trainer.training import train  # pylint: disable=g-import-not-at-top
   strategy = strategy_lib.make_strategy("default")
   trainer = train.Trainer(config, strategy)
+  start = time.perf_counter()
   run_feeds = feeds.Feeds.of(plan.for_strategy(config, strategy, data_dir),
                              strategy)
+  feeds_seconds = time.perf_counter() - start
   iterator = run_feeds.train_iterator
   num_steps = tf.constant(config.train.steps_per_loop)
 
   def measure(loops):
     float(trainer.train_loop(iterator, num_steps)[0])  # warm-up loop
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(loops):
       float(trainer.train_loop(iterator, num_steps)[0])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
-  return measure, run_feeds.files
+  return measure, run_feeds.files, feeds_seconds
+
+
+def pipeline_rates(config, files, num_batches):
+  """{"streamed"|"cached": (examples/s, CPU us per example)} of the training
+  input pipeline alone, on a one-thread tf.data pool."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  batch_size = config.train.global_batch_size
+  length = config.model.len_max_input
+  share = input_pipeline.pipeline_files(files["training"], training=True,
+                                        seed=config.seed)
+  cache = input_pipeline.fill_cache(
+      share, manifest.count_examples(share), len_max_input=length)
+  datasets = {
+      "streamed": input_pipeline.make_dataset(
+          share, batch_size, len_max_input=length, training=True,
+          seed=config.seed),
+      "cached": input_pipeline.cached_dataset(
+          cache, batch_size, training=True, seed=config.seed)}
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  options.threading.max_intra_op_parallelism = 1
+  def count(dataset, n):
+    return int(dataset.take(n).reduce(tf.constant(0, tf.int64),
+                                      lambda total, batch: total + 1))
+
+  rates = {}
+  for name, dataset in datasets.items():
+    dataset = dataset.with_options(options)
+    count(dataset, 10)  # warm-up: tracing, opening files
+    start, cpu = time.perf_counter(), time.process_time()
+    assert count(dataset, num_batches) == num_batches
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    examples = num_batches * batch_size
+    rates[name] = (examples / seconds, cpu / examples * 1e6)
+  return rates, cache.seconds, len(cache.y)
 
 
 def compute_bound_side(config, files, num_batches):
@@ -113,7 +168,7 @@ def compute_bound_side(config, files, num_batches):
 
     def on_train_batch_end(self, batch, logs=None):
       float(logs["loss"])
-      self.ends.append(time.perf_counter())
+      self.ends.append((time.perf_counter(), time.process_time()))
 
   timer = Timer()
 
@@ -123,7 +178,8 @@ def compute_bound_side(config, files, num_batches):
               train.steps_per_loop, shuffle=False, verbose=0,
               callbacks=[timer])
     assert len(timer.ends) == loops + 1, len(timer.ends)
-    return timer.ends[-1] - timer.ends[0]  # after the warm-up execution
+    (start, cpu), (end, end_cpu) = timer.ends[0], timer.ends[-1]
+    return end - start, end_cpu - cpu  # after the warm-up execution
 
   return measure
 
@@ -143,8 +199,16 @@ def main():
   parser.add_argument("--keras_update", action=argparse.BooleanOptionalAction,
                       default=True, help="also time the trainer with Keras's "
                       "apply_gradients (xla_update=False)")
+  parser.add_argument("--streamed", action=argparse.BooleanOptionalAction,
+                      default=True, help="also time the trainer streaming "
+                      "from the files (memory_cache_mb=0)")
   parser.add_argument("--memory_batches", type=int, default=64,
                       help="distinct in-memory batches of the compute bound")
+  parser.add_argument("--pipeline_only", action="store_true",
+                      help="time the input pipeline alone, streamed and "
+                      "cached, on one tf.data thread; no training")
+  parser.add_argument("--pipeline_batches", type=int, default=1_000,
+                      help="batches per --pipeline_only measurement")
   args = parser.parse_args()
   config = make_config(args.batch_size)
   steps = args.loops * config.train.steps_per_loop
@@ -152,25 +216,72 @@ def main():
   data_dir = tempfile.mkdtemp(prefix="bench_steady_state_")
   try:
     datasets.ensure_dataset(data_dir, config.data, config.seed)
-    trainer_measure, files = trainer_side(config, data_dir)
+    if args.pipeline_only:
+      from trainer.training import feeds  # pylint: disable=g-import-not-at-top
+      from trainer.training import plan  # pylint: disable=g-import-not-at-top
+      files = feeds.list_data_files(plan.resolve(config, data_dir=data_dir))
+      rates, fill_seconds, cached = pipeline_rates(config, files,
+                                                   args.pipeline_batches)
+      for name, (rate, cpu_us) in rates.items():
+        print(f"input pipeline alone, {name}: {rate:,.0f} examples/s on one "
+              f"tf.data thread; {cpu_us:.2f} us of CPU per example (batch "
+              f"{args.batch_size}, {args.pipeline_batches} batches)")
+      print(f"fill: {cached:,} examples parsed into memory in "
+            f"{fill_seconds:.2f} s")
+      return
+    trainer_measure, files, fill_seconds = trainer_side(config, data_dir)
+    print(f"trainer's feeds built (training split parsed into memory) in "
+          f"{fill_seconds:.2f} s", flush=True)
     bound_measure = compute_bound_side(config, files, args.memory_batches)
+    streamed_measure = (trainer_side(config, data_dir, memory_cache_mb=0)[0]
+                        if args.streamed else None)
     keras_measure = (trainer_side(config, data_dir, xla_update=False)[0]
                      if args.keras_update else None)
     trainer_rates, bound_rates, ratios, update_ratios = [], [], [], []
+    streamed_ratios = []
+    # CPU seconds of the whole process per example (us): robust to other
+    # work on the machine, which wall-clock rates are not.
+    cpu_us = {"trainer": [], "streamed": [], "bound": []}
+
+    def rate(name, measure):
+      seconds, cpu = measure(args.loops)
+      if name in cpu_us:
+        cpu_us[name].append(cpu / examples * 1e6)
+      return examples / seconds
+
+    cached_over_streamed = []
     for i in range(args.repeats):
-      trainer_rates.append(examples / trainer_measure(args.loops))
-      bound_rates.append(examples / bound_measure(args.loops))
+      # The trainer and its streamed twin swap places every other pair, so
+      # neither always runs first after the compute bound's turn.
+      sides = [("trainer", trainer_measure), ("bound", bound_measure)]
+      if streamed_measure:
+        sides.append(("streamed", streamed_measure))
+      if i % 2:
+        sides.reverse()
+      rates = {name: rate(name, measure) for name, measure in sides}
+      trainer_rates.append(rates["trainer"])
+      bound_rates.append(rates["bound"])
       ratios.append(trainer_rates[-1] / bound_rates[-1])
       line = (f"pair {i + 1}/{args.repeats}: trainer {trainer_rates[-1]:,.0f}, "
               f"compute bound {bound_rates[-1]:,.0f} examples/s: "
               f"{ratios[-1]:.2f}x")
+      if streamed_measure:
+        streamed_ratios.append(rates["streamed"] / bound_rates[-1])
+        cached_over_streamed.append(rates["trainer"] / rates["streamed"])
+        line += (f"; streamed {rates['streamed']:,.0f} examples/s: "
+                 f"{streamed_ratios[-1]:.2f}x (cached / streamed "
+                 f"{cached_over_streamed[-1]:.2f}x)")
+      line += "; CPU us/example " + ", ".join(
+          f"{name} {values[-1]:.2f}" for name, values in cpu_us.items()
+          if values)
       if keras_measure:
-        keras_rate = examples / keras_measure(args.loops)
+        keras_rate = rate("keras", keras_measure)
         update_ratios.append(trainer_rates[-1] / keras_rate)
         line += (f"; with Keras's apply_gradients {keras_rate:,.0f} "
                  f"examples/s: {update_ratios[-1]:.2f}x")
       print(line, flush=True)
-    print(f"trainer (8 local shards): {statistics.median(trainer_rates):,.0f} "
+    print(f"trainer (8 local shards, cached): "
+          f"{statistics.median(trainer_rates):,.0f} "
           f"examples/s ({spread(trainer_rates, '{:,.0f}')})")
     print(f"compute bound (fit + XLA, in memory): "
           f"{statistics.median(bound_rates):,.0f} examples/s "
@@ -178,6 +289,15 @@ def main():
     print(f"steady state: trainer / compute bound = "
           f"{statistics.median(ratios):.2f}x ({spread(ratios)}; batch "
           f"{args.batch_size}, {steps} steps each; target >= 1.0x)")
+    if streamed_ratios:
+      print(f"streamed from the files: trainer / compute bound = "
+            f"{statistics.median(streamed_ratios):.2f}x "
+            f"({spread(streamed_ratios)}); cached / streamed = "
+            f"{statistics.median(cached_over_streamed):.2f}x "
+            f"({spread(cached_over_streamed)})")
+    print("CPU time per example (whole process, us): " + "; ".join(
+        f"{name} {statistics.median(values):.2f} ({spread(values)})"
+        for name, values in cpu_us.items() if values))
     if update_ratios:
       print(f"Adam in XLA / Keras's apply_gradients = "
             f"{statistics.median(update_ratios):.2f}x "

@@ -17,6 +17,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_files = "train-*-of-*.tfrecord"  # training split
   config.data.eval_files = "eval-*-of-*.tfrecord"  # evaluation split
   config.data.shuffle_buffer_size = 16_384  # examples shuffled per pipeline
+  # Parse a split's share once and serve its batches from memory when it
+  # fits: at most this many MB (10^6 bytes) per input pipeline and split,
+  # len_max_input + 1 bytes per example (800k: 17 MB); needs the manifest's
+  # example counts. 0 = always stream from the files.
+  config.data.memory_cache_mb = 512
   # The data set generated when --data_dir is not given (user cache dir).
   config.data.num_train_shards = 8  # training shard files
   config.data.train_examples_per_shard = 100_000  # 800k training examples

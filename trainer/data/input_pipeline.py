@@ -10,13 +10,20 @@ Files take one path, each step once per split:
 x = defs + [':'] + op, right-padded with 0 to `len_max_input`: int32
 [batch, len_max_input]; y = the first token of res: int32 [batch]. Every
 batch has the same shape (drop_remainder), so a step compiles once.
+
+A pipeline whose share fits config.data.memory_cache_mb is parsed once
+instead (`fill_cache`, with the same record checks) and every batch then
+comes from memory (`cached_dataset`); a share without manifest counts, or
+over the bound, streams from the files (`make_dataset`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import stat
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -29,6 +36,8 @@ from trainer.data import manifest
 from trainer.data import vocab
 
 RECORDS_PER_READ = 16
+# Records parsed at once when a training share is parsed into memory.
+FILL_BATCH = 8192
 _GENERATE_HINT = (" (generate them with python -m trainer.data generate "
                   "--out_dir=DATA_DIR, or fix --data_dir / config.data)")
 
@@ -244,16 +253,18 @@ def pipeline_files(
 # tf.data would convert it and every function it calls, the record format's
 # included, which cost a default run ~0.3 s of start-up (measured).
 @tf.autograph.experimental.do_not_convert
-def _parse_batch(serialized: tf.Tensor, batch_size: int,
+def _parse_batch(serialized: tf.Tensor, batch_size: int | None,
                  len_max_input: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Parses a batch of serialized Examples into static-shape (x, y), after
-  asserting the format's record checks (their failures carry its marker)."""
+  """Parses a batch of serialized Examples into (x, y) int32, after
+  asserting the format's record checks (their failures carry its marker).
+  The batch dimension is `batch_size`, static; None: as many as given."""
   parsed = tf.io.parse_example(serialized, record_format.parse_features())
   checks = record_format.record_assertions(parsed, len_max_input)
   defs, op, res = (tf.cast(parsed[key], tf.int32)
                    for key in record_format.FEATURES)
+  rows = tf.shape(serialized)[0] if batch_size is None else batch_size
   separator = tf.RaggedTensor.from_tensor(
-      tf.fill([batch_size, 1], vocab.SEP_ID), row_splits_dtype=tf.int32)
+      tf.fill([rows, 1], vocab.SEP_ID), row_splits_dtype=tf.int32)
   x = tf.concat([defs, separator, op], axis=1)  # ragged [batch, (length)]
   with tf.control_dependencies(checks):
     x = x.to_tensor(default_value=vocab.PAD_ID,
@@ -351,6 +362,175 @@ def make_dataset(
   # parallel steps then use as many calls as cores, prefetch keeps its own
   # buffer tuning, and steady state was the same (0.86x and 0.89x of the
   # compute bound without, 0.85x and 0.82x with; bench_steady_state.py).
+  return _no_autotuning(dataset)
+
+
+def _no_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Without tf.data's autotuning thread (why: the end of make_dataset)."""
   options = tf.data.Options()
   options.autotune.enabled = False
   return dataset.with_options(options)
+
+
+def cached_bytes_per_example(len_max_input: int) -> int:
+  """Memory one cached example takes: its token ids as uint8 (every id is
+  below vocab.VOCAB_SIZE) and its label."""
+  return len_max_input + 1
+
+
+def cache_size(files: Sequence[str], len_max_input: int,
+               memory_cache_mb: int) -> tuple[int | None, str]:
+  """Whether one input pipeline's share of a split fits in memory.
+
+  Args:
+    files: the pipeline's files (from `pipeline_files`).
+    len_max_input: the padded input length.
+    memory_cache_mb: the bound, in MB (10^6 bytes), per input pipeline and
+      split (config.data.memory_cache_mb); 0: never cache.
+
+  Returns:
+    (the examples to cache, "") when they fit; else (None, why they are
+    streamed from the files instead).
+  """
+  if memory_cache_mb <= 0:
+    return None, "memory_cache_mb=0"
+  num_examples = manifest.count_examples(files)
+  if num_examples is None:
+    return None, ("no example counts: the files have no manifest.json entry "
+                  "(seed-format or foreign shards)")
+  size = num_examples * cached_bytes_per_example(len_max_input)
+  if size > memory_cache_mb * 1e6:
+    return None, (f"{megabytes(size)} MB > memory_cache_mb="
+                  f"{memory_cache_mb}")
+  return num_examples, ""
+
+
+def megabytes(num_bytes: int) -> str:
+  """MB (10^6 bytes), for a log line: "17", "2", "0.042"."""
+  size = num_bytes / 1e6
+  return f"{size:,.0f}" if size >= 10 else f"{size:.2g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedExamples:
+  """One input pipeline's examples, parsed and checked once.
+
+  Attributes:
+    x: uint8 [examples, len_max_input], token ids right-padded with 0.
+    y: uint8 [examples], the labels.
+    seconds: how long reading and parsing them took.
+  """
+  x: np.ndarray
+  y: np.ndarray
+  seconds: float
+
+  @property
+  def num_bytes(self) -> int:
+    return self.x.nbytes + self.y.nbytes
+
+
+def fill_cache(files: Sequence[str], num_examples: int, *, len_max_input: int,
+               stream_batch_size: int | None = None) -> CachedExamples:
+  """Reads and parses `files` once, with the stream's record checks, into
+  arrays of exactly `num_examples` rows (allocated up front).
+
+  Args:
+    files: one input pipeline's files.
+    num_examples: the examples they yield (from their manifests).
+    len_max_input: the padded input length.
+    stream_batch_size: None: every record, the files read in parallel in
+      a fixed interleaved order (training permutes the rows, so its order
+      is a function of the files and the seed alone). A batch
+      size: the examples of the streamed one-pass pipeline
+      (`make_dataset(training=False)`), in its order, its last partial batch
+      left out as there (evaluation); `num_examples` must count those.
+
+  Raises:
+    DataLossError, InvalidArgumentError: a bad record (as the stream would
+      raise them; `records.describe_data_error` names the file).
+    UserError: the files hold another number of examples than expected.
+  """
+  start = time.perf_counter()
+  if stream_batch_size is None:
+    dataset = tf.data.Dataset.from_tensor_slices(list(files))
+    # Big batches, parsed in parallel: the per-batch cost is paid 100 times
+    # per 800k examples, not 6,000 times.
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path).batch(FILL_BATCH),
+        cycle_length=min(8, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(
+        lambda serialized: _parse_batch(serialized, None, len_max_input),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _no_autotuning(dataset.prefetch(2))
+  else:
+    dataset = make_dataset(files, stream_batch_size,
+                           len_max_input=len_max_input, training=False)
+  x = np.empty([num_examples, len_max_input], np.uint8)
+  y = np.empty([num_examples], np.uint8)
+  filled, more = 0, False
+  for batch_x, batch_y in dataset.as_numpy_iterator():
+    end = filled + len(batch_y)
+    if end > num_examples:
+      more = True
+      break
+    x[filled:end] = batch_x  # ids < VOCAB_SIZE: checked by the parse
+    y[filled:end] = batch_y
+    filled = end
+  if not more and filled == num_examples:
+    return CachedExamples(x, y, time.perf_counter() - start)
+  directories = " ".join(sorted({posixpath.dirname(f) for f in files}))
+  raise errors.UserError(
+      f"{len(files)} file(s) in {directories} hold "
+      f"{'more' if more else 'fewer'} examples than "
+      f"their manifest.json says ({num_examples:,} to read): regenerate "
+      "the data (python -m trainer.data generate), or set "
+      "--config.data.memory_cache_mb=0 to stream them")
+
+
+def cached_dataset(cache: CachedExamples, per_replica_batch_size: int, *,
+                   training: bool, seed: int = 0, skip_batches: int = 0,
+                   take_batches: int | None = None) -> tf.data.Dataset:
+  """Returns the batches of make_dataset, (x int32 [batch, len_max_input],
+  y int32 [batch]), from memory.
+
+  Training: each epoch is a fresh permutation of all the cached examples,
+  drawn from (seed, epoch) alone, cut into batches; the last partial batch
+  of each epoch is left out (other examples each epoch). So batch b of a
+  run is batch b % per_epoch of epoch b // per_epoch, and skip_batches
+  starts there without producing the batches before it. Evaluation: the
+  batches in the cache's order (the stream's, see fill_cache).
+
+  Only index batches flow through the pipeline: the arrays enter once, as
+  one element repeated, and each batch is one gather (no per-example op).
+  """
+  num_examples = len(cache.y)
+  per_epoch = num_examples // per_replica_batch_size
+  if per_epoch == 0:
+    raise ValueError(f"{num_examples} cached examples hold no batch of "
+                     f"{per_replica_batch_size}")
+  used = per_epoch * per_replica_batch_size
+  if training:
+    first_epoch, offset = divmod(skip_batches, per_epoch)
+
+    def epoch_batches(epoch):
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(num_examples, dtype=tf.int32),
+          seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+      batches = tf.reshape(order[:used], [per_epoch, per_replica_batch_size])
+      return tf.data.Dataset.from_tensor_slices(batches).skip(
+          tf.where(epoch == first_epoch, tf.constant(offset, tf.int64),
+                   tf.constant(0, tf.int64)))
+
+    indices = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches)
+  else:
+    indices = tf.data.Dataset.from_tensor_slices(np.arange(
+        used, dtype=np.int32).reshape(per_epoch, per_replica_batch_size))
+  if take_batches is not None:
+    indices = indices.take(take_batches)
+  arrays = tf.data.Dataset.from_tensors((cache.x, cache.y)).repeat()
+  dataset = tf.data.Dataset.zip((indices, arrays))
+  dataset = dataset.map(lambda index, xy: (
+      tf.cast(tf.gather(xy[0], index), tf.int32),
+      tf.cast(tf.gather(xy[1], index), tf.int32)))
+  return _no_autotuning(dataset.prefetch(tf.data.AUTOTUNE))

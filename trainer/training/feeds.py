@@ -2,7 +2,9 @@
 
 Each worker (or TPU host) builds one input pipeline per split from its share
 of the files (trainer/data/input_pipeline.py); the seeds and the batch
-counts to skip or take come from the run's plan.
+counts to skip or take come from the run's plan. A share that fits
+config.data.memory_cache_mb is parsed once into memory and served from
+there; the others stream from their files.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Feeds:
     self.files = files
     self.start_step = start_step
     self.train_iterator = iter(self._distribute(training=True))
-    self.eval_dataset = self._distribute(training=False)
+    self._eval_dataset = None
     # What a full eval pass (eval_steps=0) should count, from the manifests.
     self.eval_split_examples = None if run_plan.take_batches else (
         manifest.count_examples(files["evaluation"]))
@@ -72,6 +74,14 @@ class Feeds:
     (benchmarks and tests; the loop lists them before building anything
     else)."""
     return cls(run_plan, strategy, list_data_files(run_plan), start_step)
+
+  @property
+  def eval_dataset(self):
+    """The eval dataset, built (its cache filled) at the first evaluation:
+    a bad eval record fails that evaluation, as when it streams."""
+    if self._eval_dataset is None:
+      self._eval_dataset = self._distribute(training=False)
+    return self._eval_dataset
 
   def data_error(self, error: tf.errors.OpError,
                  split: str) -> errors.UserError:
@@ -100,15 +110,55 @@ class Feeds:
           f"{context.input_pipeline_id} of {context.num_input_pipelines} "
           f"reads {len(files)} file(s): {' '.join(names[:8])}"
           f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''}")
+      skip_batches = (run_plan.skip_batches(self.start_step) if training
+                      else 0)
+      take_batches = None if training else run_plan.take_batches
+      cache = self._fill_cache(files, split, context)
+      if cache is not None:
+        return input_pipeline.cached_dataset(
+            cache, run_plan.per_replica_batch_size, training=training,
+            seed=seed, skip_batches=skip_batches, take_batches=take_batches)
       return input_pipeline.make_dataset(
           files, run_plan.per_replica_batch_size,
           len_max_input=config.model.len_max_input, training=training,
           seed=seed, shuffle_buffer_size=config.data.shuffle_buffer_size,
-          skip_batches=run_plan.skip_batches(self.start_step) if training
-          else 0,
-          take_batches=None if training else run_plan.take_batches)
+          skip_batches=skip_batches, take_batches=take_batches)
 
     try:
       return self.strategy.distribute_datasets_from_function(dataset_fn)
     except errors.UserError as e:  # e.g. fewer files than workers
       raise errors.UserError(f"{split.noun} data: {e}", e.exit_status) from e
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise self.data_error(e, split.noun) from e  # filling the cache
+
+  def _fill_cache(self, files: list[str], split: record_format.Split,
+                  context: tf.distribute.InputContext
+                  ) -> input_pipeline.CachedExamples | None:
+    """This pipeline's share of `split` parsed into memory, or None (it
+    streams); says which in one line."""
+    run_plan = self.run_plan
+    len_max_input = run_plan.config.model.len_max_input
+    per_replica = run_plan.per_replica_batch_size
+    training = split is record_format.TRAIN
+    num_examples, why_not = input_pipeline.cache_size(
+        files, len_max_input, run_plan.config.data.memory_cache_mb)
+    which = ("" if context.num_input_pipelines == 1 else
+             f" (input pipeline {context.input_pipeline_id} of "
+             f"{context.num_input_pipelines})")
+    if num_examples is not None and not training:
+      # The streamed pass's examples: its last partial batch left out.
+      num_examples = num_examples // per_replica * per_replica
+    if num_examples is not None and num_examples < per_replica:
+      num_examples, why_not = None, f"fewer than a batch of {per_replica}"
+    if num_examples is None:
+      logging.info(f"{split.noun} split{which}: streamed from files: "
+                   f"{why_not}")
+      return None
+    cache = input_pipeline.fill_cache(
+        files, num_examples, len_max_input=len_max_input,
+        stream_batch_size=None if training else per_replica)
+    logging.info(f"{split.noun} split{which}: {num_examples:,} examples "
+                 f"cached in memory "
+                 f"({input_pipeline.megabytes(cache.num_bytes)} MB) in "
+                 f"{cache.seconds:.1f} s")
+    return cache

@@ -192,6 +192,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     if value <= 0:
       raise errors.UserError(
           f"config.{section}.{name}={value} must be positive")
+  if config.data.memory_cache_mb < 0:
+    raise errors.UserError(
+        f"config.data.memory_cache_mb={config.data.memory_cache_mb} must be "
+        ">= 0 (0: stream from the files)")
   model = config.model
   if model.hidden_size % model.num_heads:
     raise errors.UserError(
