@@ -43,11 +43,9 @@ of every pair.
 """
 
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +55,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import ROOT
+from tests.helpers.shared import once_per_session
 from tests.helpers.workers import SMOKE, Workers
 
 
@@ -64,7 +63,6 @@ NUM_STEPS = 30
 STEPS_PER_LOOP = 10
 HOST_LOOP_ENDS = [10, 20, 30]
 EXAMPLES = 64  # in each split: 2 shards of 32
-_DONE = "DONE"  # in a directory once_per_session filled
 
 # Every run's config: full-batch steps (see the module docstring), three
 # host loops, no mid-run evaluation or checkpoint, one full eval pass.
@@ -228,38 +226,6 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
     for _, started, _, _ in running.values():
       _kill(started)
   return runs
-
-
-def once_per_session(tmp_path_factory, name, produce):
-  """A directory that `produce(path)` fills once per pytest session.
-
-  Under pytest-xdist every worker process runs a module fixture itself, and
-  pytest.ini's `-n 2 --dist load` spreads this file's tests over both: the
-  first worker fills the directory, in the session's shared temporary
-  directory and under a lock, and the other waits for it and reads it (the
-  pattern of pytest-xdist's docs, with fcntl for filelock). A failure is
-  kept, and raised again in the other worker without a second attempt.
-  """
-  if not os.environ.get("PYTEST_XDIST_WORKER"):
-    path = tmp_path_factory.mktemp(name)
-    produce(path)
-    return path
-  path = tmp_path_factory.getbasetemp().parent / name
-  failed = path.with_name(f"{name}.failed")
-  with open(path.with_name(f"{name}.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-    if failed.exists():
-      pytest.fail(f"(in another worker) {failed.read_text()}")
-    if not (path / _DONE).exists():
-      shutil.rmtree(path, ignore_errors=True)
-      path.mkdir()
-      try:
-        produce(path)
-      except BaseException as e:
-        failed.write_text(str(e))
-        raise
-      (path / _DONE).touch()
-  return path
 
 
 def _generate_data(out_dir):
