@@ -45,8 +45,10 @@ SLOW_FILES = frozenset({
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
     "test_soak.py", "test_eval_pass.py", "test_equivalence.py",
     "test_fault_run_dir.py",
-    "test_run_lock.py", "test_target.py", "test_tensorboard.py"})
-SLOW_FIXTURES = frozenset({"gcs", "cloud", "run"})
+    "test_run_lock.py", "test_target.py", "test_tensorboard.py",
+    "test_package.py"})  # pip builds the wheel: ~20 s
+SLOW_FIXTURES = frozenset({"gcs", "cloud", "run", "smoke_run",
+                           "mirrored_smoke_run"})
 
 
 def pytest_collection_modifyitems(items):
@@ -67,6 +69,31 @@ def smoke_data(tmp_path_factory):
   config = smoke.get_config()
   return datasets.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
                                  config.data, config.seed, num_processes=1)
+
+
+# --- Trainer runs that several tests read ------------------------------------
+# One run each per session (under xdist too: tests/helpers/shared.py), so a
+# test that only reads a plain run's outputs costs no trainer start-up of
+# its own. None of these tests may write into the run's model_dir.
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_data, tmp_path_factory):
+  """The smoke config, default strategy, run as a user runs it
+  (TF_CPP_MIN_LOG_LEVEL unset): a tests.helpers.shared.FinishedRun."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  return shared.trainer_run_once(tmp_path_factory, "smoke_run", smoke_data,
+                                 env={"TF_CPP_MIN_LOG_LEVEL": None})
+
+
+@pytest.fixture(scope="session")
+def mirrored_smoke_run(smoke_data, tmp_path_factory):
+  """The smoke config under MirroredStrategy on 2 logical CPU devices: a
+  tests.helpers.shared.FinishedRun."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  return shared.trainer_run_once(tmp_path_factory, "mirrored_smoke_run",
+                                 smoke_data, "--strategy=mirrored",
+                                 "--num_cpu_devices=2")
 
 
 # --- GCS emulator -----------------------------------------------------------

@@ -36,11 +36,10 @@ def model_weights(model_dir):
   return {v.path: np.asarray(v) for v in model.weights}
 
 
-def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
-  model_dir = tmp_path / "run"
-  # As a user runs it: TF_CPP_MIN_LOG_LEVEL unset.
-  result = task(run, f"--data_dir={smoke_data}", f"--model_dir={model_dir}",
-                env={"TF_CPP_MIN_LOG_LEVEL": None})
+def test_smoke_run_writes_every_output(smoke_run):
+  # The session's plain smoke run (conftest), run as a user runs it:
+  # TF_CPP_MIN_LOG_LEVEL unset.
+  result, model_dir = smoke_run, smoke_run.model_dir
   assert result.returncode == 0, result.stderr[-3000:]
   # Only the trainer's own lines: none of TensorFlow's C++ log lines
   # (I0000 ..., "WARNING: All log messages before absl::InitializeLog()").
@@ -76,10 +75,9 @@ def test_smoke_run_writes_every_output(run, smoke_data, tmp_path):
   assert len(model_weights(str(model_dir))) == 8
 
 
-def test_mirrored_on_two_cpu_devices(run, smoke_data, tmp_path):
-  model_dir = tmp_path / "run"
-  result = task(run, "--strategy=mirrored", "--num_cpu_devices=2",
-                f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+def test_mirrored_on_two_cpu_devices(mirrored_smoke_run):
+  # The session's mirrored smoke run (conftest).
+  result, model_dir = mirrored_smoke_run, mirrored_smoke_run.model_dir
   assert result.returncode == 0, result.stderr[-3000:]
   assert "MirroredStrategy with 2 replica(s)" in result.stderr
   metrics = json.loads((model_dir / "metrics.json").read_text())

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.cloud_fake import HOSTS, error_line, ok
+from tests.helpers.cloud_fake import HOSTS, PROJECT, error_line, ok
 
 SCRIPT = os.path.join(ROOT, "launch", "tpu_vm.sh")
 ZONE = "us-central2-b"
@@ -59,11 +59,19 @@ def tpu(cloud):
   return cloud
 
 
-def tpu_vm(cloud, *args, env=None, timeout=240):
+def tpu_vm(cloud, *args, env=None, timeout=240, project=PROJECT):
+  """Runs launch/tpu_vm.sh. PROJECT is set to gcloud's configured project
+  (`project`): left unset (project=None), the script asks `gcloud config
+  get-value project` first, one more gcloud start-up (~1 s) per call, which
+  test_delete_asks_unless_yes keeps covering. A dry run asks gcloud nothing:
+  PROJECT stays unset there unless env sets it."""
+  defaults = {"POLL_SECONDS": "0"}
+  if project and not (env or {}).get("DRY_RUN"):
+    defaults["PROJECT"] = project
   return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=(
       "TPU_NAME", "ZONE", "PROJECT", "DRY_RUN", "QUEUED", "SPOT",
       "RUNTIME_VERSION", "ACCELERATOR_TYPE", "DATA_DIR", "MODEL_DIR", "CONFIG",
-      "LINES"), env={"POLL_SECONDS": "0", **(env or {})})
+      "LINES"), env={**defaults, **(env or {})})
 
 
 def created_node(cloud):
@@ -451,7 +459,10 @@ def test_delete_asks_unless_yes(tpu):
                                  "a terminal: pass --yes")
   ok(tpu_vm(tpu, "delete", "--yes"))
   assert tpu.find("DELETE", f"/nodes/{NAME}$") and not tpu.nodes
-  missing = tpu_vm(tpu, "status")
+  # PROJECT unset: the project is gcloud's configured one (the fake's
+  # CLOUDSDK_CORE_PROJECT), asked with `gcloud config get-value project`.
+  missing = tpu_vm(tpu, "status", project=None)
+  assert f"PROJECT={PROJECT} " in missing.stderr
   assert missing.returncode == 2
   assert error_line(missing) == (f"error: no TPU {NAME} in {ZONE} (test-project)"
                                  ": create it with `launch/tpu_vm.sh create`")

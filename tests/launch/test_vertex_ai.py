@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.cloud_fake import error_line, ok
+from tests.helpers.cloud_fake import PROJECT, error_line, ok
 
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
@@ -26,10 +26,17 @@ SETTINGS = ("PROJECT", "REGION", "REPOSITORY", "IMAGE", "STAGING_DIR",
             "CONFIG", "DRY_RUN", "JOB_NAME", "REPO_DIR")
 
 
-def vertex_ai(cloud, *args, env=None, gcs=None, timeout=120):
+def vertex_ai(cloud, *args, env=None, gcs=None, timeout=120, project=PROJECT):
+  """Runs launch/vertex_ai.sh. PROJECT is set to gcloud's configured project
+  (`project`): left unset (project=None), the script asks `gcloud config
+  get-value project` first, one more gcloud start-up (~1 s) per call, which
+  test_status_and_cancel keeps covering. A dry run asks gcloud nothing:
+  PROJECT stays unset there unless env sets it."""
+  defaults = {"POLL_SECONDS": "0"}
+  if project and not (env or {}).get("DRY_RUN"):
+    defaults["PROJECT"] = project
   return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=SETTINGS, env={
-      "POLL_SECONDS": "0", **(cloud.storage_env(gcs) if gcs else {}),
-      **(env or {})})
+      **defaults, **(cloud.storage_env(gcs) if gcs else {}), **(env or {})})
 
 
 def image(variant):
@@ -280,7 +287,9 @@ def test_status_and_cancel(cloud):
   cloud.fail_job(job_id, "The replica workerpool0-0 exited with a non-zero status of 2.")
   assert ok(vertex_ai(cloud, "status", job_id)).stdout == (
       "JOB_STATE_FAILED: The replica workerpool0-0 exited with a non-zero status of 2.\n")
-  missing = vertex_ai(cloud, "status", "42")
+  # PROJECT unset: the project is gcloud's configured one (the fake's
+  # CLOUDSDK_CORE_PROJECT), asked with `gcloud config get-value project`.
+  missing = vertex_ai(cloud, "status", "42", project=None)
   assert missing.returncode == 2
   assert error_line(missing) == (
       "error: cannot read job 42: NOT_FOUND: CustomJob "

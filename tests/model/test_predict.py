@@ -13,7 +13,6 @@ from trainer.data import vocab
 
 from tests.helpers import ROOT, error_lines
 
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # The longest problem of the data (|x|, |y| < 100) is 15 characters.
 GOOD = ["x=3,y=4:x*y", "y=-12,x=5:x-y", "x=0,y=0:x+y", "y=99,x=-99:y*x",
         "x=-98,y=-97:x-y"]
@@ -62,17 +61,12 @@ def assert_match(found, expected):
 
 
 @pytest.fixture(scope="module")
-def trained(smoke_data, tmp_path_factory):
-  """A smoke run's directory; its SavedModel is in export/."""
-  model_dir = tmp_path_factory.mktemp("predict") / "run"
-  result = subprocess.run(
-      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
-       f"--data_dir={smoke_data}", f"--model_dir={model_dir}"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert (model_dir / "export" / "saved_model.pb").exists()
-  return model_dir
+def trained(smoke_run):
+  """A smoke run's directory (the session's plain smoke run, conftest); its
+  SavedModel is in export/."""
+  assert smoke_run.returncode == 0, smoke_run.stderr[-3000:]
+  assert (smoke_run.model_dir / "export" / "saved_model.pb").exists()
+  return smoke_run.model_dir
 
 
 def test_arguments_and_stdin_answer_as_the_signature_does(trained):

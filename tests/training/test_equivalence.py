@@ -43,11 +43,9 @@ of every pair.
 """
 
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -56,8 +54,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_module
 from tests.helpers import ROOT
+from tests.helpers.shared import once_per_session
 from tests.helpers.workers import SMOKE, Workers
 
 
@@ -65,7 +63,6 @@ NUM_STEPS = 30
 STEPS_PER_LOOP = 10
 HOST_LOOP_ENDS = [10, 20, 30]
 EXAMPLES = 64  # in each split: 2 shards of 32
-_DONE = "DONE"  # in a directory once_per_session filled
 
 # Every run's config: full-batch steps (see the module docstring), three
 # host loops, no mid-run evaluation or checkpoint, one full eval pass.
@@ -177,22 +174,36 @@ def _kill(started):
       process.wait()
 
 
+def _next_to_start(pending, running, max_processes):
+  """The first pending spec whose processes fit beside the running ones
+  (any spec when nothing runs), or None."""
+  busy = sum(spec.processes for spec, *_ in running.values())
+  for spec in pending:
+    if not running or busy + spec.processes <= max_processes:
+      return spec
+  return None
+
+
 def run_all(specs, data_dir, root, max_processes=2, timeout=900):
   """Runs every spec, at most `max_processes` trainer processes at a time
   (the machine has 2 cores); returns {name: Run}.
 
+  The specs of several processes start first, on an idle machine; then a
+  freed slot takes the next spec that fits, so no slot waits behind a spec
+  that needs more of them.
+
   Fails naming the run and showing its log when a run exits non-zero or
   the whole takes longer than `timeout` seconds.
   """
-  pending = list(specs)
+  pending = sorted(specs, key=lambda spec: -spec.processes)  # stable
   running = {}  # name: (spec, started processes, start time, log_dir)
   runs = {}
   deadline = time.monotonic() + timeout
   try:
     while pending or running:
-      while pending and sum(s.processes for s, *_ in running.values()) + (
-          pending[0].processes) <= max(max_processes, pending[0].processes):
-        spec = pending.pop(0)
+      while pending and (spec := _next_to_start(pending, running,
+                                                max_processes)):
+        pending.remove(spec)
         log_dir = root / "logs" / spec.name
         log_dir.mkdir(parents=True)
         started = _start(spec, data_dir, root / spec.name, log_dir)
@@ -217,44 +228,15 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
   return runs
 
 
-def once_per_session(tmp_path_factory, name, produce):
-  """A directory that `produce(path)` fills once per pytest session.
-
-  Under pytest-xdist every worker process runs a module fixture itself, and
-  pytest.ini's `-n 2 --dist load` spreads this file's tests over both: the
-  first worker fills the directory, in the session's shared temporary
-  directory and under a lock, and the other waits for it and reads it (the
-  pattern of pytest-xdist's docs, with fcntl for filelock). A failure is
-  kept, and raised again in the other worker without a second attempt.
-  """
-  if not os.environ.get("PYTEST_XDIST_WORKER"):
-    path = tmp_path_factory.mktemp(name)
-    produce(path)
-    return path
-  path = tmp_path_factory.getbasetemp().parent / name
-  failed = path.with_name(f"{name}.failed")
-  with open(path.with_name(f"{name}.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-    if failed.exists():
-      pytest.fail(f"(in another worker) {failed.read_text()}")
-    if not (path / _DONE).exists():
-      shutil.rmtree(path, ignore_errors=True)
-      path.mkdir()
-      try:
-        produce(path)
-      except BaseException as e:
-        failed.write_text(str(e))
-        raise
-      (path / _DONE).touch()
-  return path
-
-
 def _generate_data(out_dir):
+  # In this process (TensorFlow is loaded already): the shards and manifest
+  # `python -m trainer.data generate --num_shards=2 --examples_per_shard=32
+  # --seed=0` writes, without two more TensorFlow start-ups.
+  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
   for split in ("train", "eval"):
-    result = run_module(
-        "trainer.data", "generate", f"--out_dir={out_dir}", f"--split={split}",
-        "--num_shards=2", "--examples_per_shard=32", "--seed=0")
-    assert result.returncode == 0, result.stderr[-3000:]
+    datasets.generate(datasets.GenerateSpec(
+        out_dir=str(out_dir), split=split, num_shards=2, examples_per_shard=32,
+        max_value=100, seed=0), num_processes=1, show_progress=False)
 
 
 @pytest.fixture(scope="module")

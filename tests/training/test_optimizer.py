@@ -109,18 +109,21 @@ def checkpoint_values(model_dir):
 
 
 def test_the_mirrored_xla_update_trains_as_apply_gradients(
-    run, smoke_data, tmp_path):
+    run, smoke_data, mirrored_smoke_run, tmp_path):
   """Two replicas (2 CPU devices, a subprocess each): Adam on tensors in XLA
-  after the gradient all-reduce, against Keras's apply_gradients."""
-  values = {}
-  for xla_update in (True, False):
-    model_dir = tmp_path / f"xla_update_{xla_update}"
-    result = run("trainer.task", f"--config={SMOKE}", "--strategy=mirrored",
-                 "--num_cpu_devices=2", f"--data_dir={smoke_data}",
-                 f"--model_dir={model_dir}",
-                 f"--config.train.xla_update={xla_update}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    values[xla_update] = checkpoint_values(model_dir)
+  after the gradient all-reduce, against Keras's apply_gradients. The XLA
+  side (config.train.xla_update=True, the default) is the session's mirrored
+  smoke run (conftest)."""
+  assert smoke.get_config().train.xla_update
+  assert mirrored_smoke_run.returncode == 0, (
+      mirrored_smoke_run.stderr[-3000:])
+  values = {True: checkpoint_values(mirrored_smoke_run.model_dir)}
+  model_dir = tmp_path / "xla_update_False"
+  result = run("trainer.task", f"--config={SMOKE}", "--strategy=mirrored",
+               "--num_cpu_devices=2", f"--data_dir={smoke_data}",
+               f"--model_dir={model_dir}", "--config.train.xla_update=False")
+  assert result.returncode == 0, result.stderr[-3000:]
+  values[False] = checkpoint_values(model_dir)
   assert sorted(values[True]) == sorted(values[False])
   assert len(values[True]) > 10
   for name, plain in values[False].items():
