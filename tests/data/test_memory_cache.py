@@ -154,7 +154,10 @@ def cache_lines(caplog):
 
 @pytest.fixture
 def log(caplog):
+  # The lines come through absl's logger, whose own level another test in
+  # the same process may have raised (absl's flags default to WARNING).
   caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   return caplog
 
 
