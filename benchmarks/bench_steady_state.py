@@ -6,8 +6,14 @@
 A (the trainer): `trainer.train.Trainer.train_loop` on the default strategy,
 fed by its own input pipeline (`trainer.training.feeds.Feeds`) from 8 local
 shards of 50,000 examples, at global batch 256, in host loops of the default
-config's `steps_per_loop`; the split parsed once into memory (the default
-config.data.memory_cache_mb), its fill timed and printed.
+config's `steps_per_loop` (its `steps_per_call` steps per XLA call); the
+split parsed once into memory (the default config.data.memory_cache_mb), its
+fill timed and printed.
+
+M (with --in_memory, the default): A's trainer fed the compute bound's
+in-memory batches (below) instead of its pipeline: A / M is what the input
+pipeline itself costs the trainer, A / B adds how the trainer's loop
+compares with Keras's.
 
 S (with --streamed, the default): A with config.data.memory_cache_mb=0, every
 batch read and parsed from the files; printed as S / B beside A / B.
@@ -97,6 +103,44 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
   return measure, run_feeds.files, feeds_seconds
 
 
+def in_memory_batches(config, files, num_batches):
+  """num_batches real training batches, read once by the trainer's pipeline,
+  as two static-shape tensors [num_batches, batch, ...] in memory."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  batches = list(input_pipeline.make_dataset(
+      input_pipeline.pipeline_files(files["training"], training=True,
+                                    seed=config.seed),
+      config.train.global_batch_size,
+      len_max_input=config.model.len_max_input, training=True,
+      seed=config.seed).take(num_batches).as_numpy_iterator())
+  return (tf.constant(np.stack([x for x, _ in batches])),  # [n, batch, len]
+          tf.constant(np.stack([y for _, y in batches])))  # [n, batch]
+
+
+def in_memory_trainer_side(config, files, num_batches):
+  """The trainer (as trainer_side) on in-memory batches, repeated."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer.training import train  # pylint: disable=g-import-not-at-top
+  xs, ys = in_memory_batches(config, files, num_batches)
+  strategy = strategy_lib.make_strategy("default")
+  trainer = train.Trainer(config, strategy)
+  iterator = iter(strategy.distribute_datasets_from_function(
+      lambda _: tf.data.Dataset.from_tensor_slices((xs, ys)).repeat()))
+  num_steps = tf.constant(config.train.steps_per_loop)
+
+  def measure(loops):
+    float(trainer.train_loop(iterator, num_steps)[0])  # warm-up loop
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(loops):
+      float(trainer.train_loop(iterator, num_steps)[0])
+    return time.perf_counter() - start, time.process_time() - cpu
+
+  return measure
+
+
 def pipeline_rates(config, files, num_batches):
   """{"streamed"|"cached": (examples/s, CPU us per example)} of the training
   input pipeline alone, on a one-thread tf.data pool."""
@@ -137,20 +181,11 @@ def pipeline_rates(config, files, num_batches):
 def compute_bound_side(config, files, num_batches):
   """Keras fit + XLA on in-memory batches; returns a measuring function."""
   import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.model import layers as model_lib  # pylint: disable=g-import-not-at-top
   train = config.train
-  # Real batches, read once by the trainer's pipeline, then held in memory.
-  batches = list(input_pipeline.make_dataset(
-      input_pipeline.pipeline_files(files["training"], training=True,
-                                    seed=config.seed),
-      train.global_batch_size, len_max_input=config.model.len_max_input,
-      training=True, seed=config.seed).take(num_batches).as_numpy_iterator())
-  xs = tf.constant(np.stack([x for x, _ in batches]))  # [n, batch, length]
-  ys = tf.constant(np.stack([y for _, y in batches]))  # [n, batch]
-  dataset = tf.data.Dataset.from_tensor_slices((xs, ys)).repeat()
+  dataset = tf.data.Dataset.from_tensor_slices(
+      in_memory_batches(config, files, num_batches)).repeat()
 
   keras.utils.set_random_seed(config.seed)
   model = model_lib.build_model(config.model)
@@ -202,8 +237,14 @@ def main():
   parser.add_argument("--streamed", action=argparse.BooleanOptionalAction,
                       default=True, help="also time the trainer streaming "
                       "from the files (memory_cache_mb=0)")
+  parser.add_argument("--in_memory", action=argparse.BooleanOptionalAction,
+                      default=True, help="also time the trainer on the "
+                      "compute bound's in-memory batches (no pipeline)")
   parser.add_argument("--memory_batches", type=int, default=64,
                       help="distinct in-memory batches of the compute bound")
+  parser.add_argument("--steps_per_call", type=int, default=None,
+                      help="config.train.steps_per_call of the trainer's "
+                      "sides (default: the default config's)")
   parser.add_argument("--pipeline_only", action="store_true",
                       help="time the input pipeline alone, streamed and "
                       "cached, on one tf.data thread; no training")
@@ -211,6 +252,8 @@ def main():
                       help="batches per --pipeline_only measurement")
   args = parser.parse_args()
   config = make_config(args.batch_size)
+  if args.steps_per_call is not None:
+    config.train.steps_per_call = args.steps_per_call
   steps = args.loops * config.train.steps_per_loop
   examples = steps * args.batch_size
   data_dir = tempfile.mkdtemp(prefix="bench_steady_state_")
@@ -233,15 +276,18 @@ def main():
     print(f"trainer's feeds built (training split parsed into memory) in "
           f"{fill_seconds:.2f} s", flush=True)
     bound_measure = compute_bound_side(config, files, args.memory_batches)
+    memory_measure = (in_memory_trainer_side(config, files,
+                                             args.memory_batches)
+                      if args.in_memory else None)
     streamed_measure = (trainer_side(config, data_dir, memory_cache_mb=0)[0]
                         if args.streamed else None)
     keras_measure = (trainer_side(config, data_dir, xla_update=False)[0]
                      if args.keras_update else None)
     trainer_rates, bound_rates, ratios, update_ratios = [], [], [], []
-    streamed_ratios = []
+    streamed_ratios, over_memory = [], []
     # CPU seconds of the whole process per example (us): robust to other
     # work on the machine, which wall-clock rates are not.
-    cpu_us = {"trainer": [], "streamed": [], "bound": []}
+    cpu_us = {"trainer": [], "streamed": [], "memory": [], "bound": []}
 
     def rate(name, measure):
       seconds, cpu = measure(args.loops)
@@ -256,6 +302,8 @@ def main():
       sides = [("trainer", trainer_measure), ("bound", bound_measure)]
       if streamed_measure:
         sides.append(("streamed", streamed_measure))
+      if memory_measure:
+        sides.append(("memory", memory_measure))
       if i % 2:
         sides.reverse()
       rates = {name: rate(name, measure) for name, measure in sides}
@@ -271,6 +319,10 @@ def main():
         line += (f"; streamed {rates['streamed']:,.0f} examples/s: "
                  f"{streamed_ratios[-1]:.2f}x (cached / streamed "
                  f"{cached_over_streamed[-1]:.2f}x)")
+      if memory_measure:
+        over_memory.append(rates["trainer"] / rates["memory"])
+        line += (f"; trainer on in-memory batches {rates['memory']:,.0f} "
+                 f"examples/s (trainer / it {over_memory[-1]:.2f}x)")
       line += "; CPU us/example " + ", ".join(
           f"{name} {values[-1]:.2f}" for name, values in cpu_us.items()
           if values)
@@ -288,7 +340,12 @@ def main():
           f"({spread(bound_rates, '{:,.0f}')})")
     print(f"steady state: trainer / compute bound = "
           f"{statistics.median(ratios):.2f}x ({spread(ratios)}; batch "
-          f"{args.batch_size}, {steps} steps each; target >= 1.0x)")
+          f"{args.batch_size}, {steps} steps each, "
+          f"{config.train.steps_per_call} per XLA call; target >= 1.0x)")
+    if over_memory:
+      print(f"the pipeline's own cost: trainer from shards / the same "
+            f"trainer on in-memory batches = "
+            f"{statistics.median(over_memory):.2f}x ({spread(over_memory)})")
     if streamed_ratios:
       print(f"streamed from the files: trainer / compute bound = "
             f"{statistics.median(streamed_ratios):.2f}x "

@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.global_batch_size = 128  # examples per step, all replicas
   config.train.num_steps = 15_000  # optimizer steps (~1 min on 2 CPU cores)
   config.train.steps_per_loop = 200  # steps per host loop (one tf.function call)
+  # Steps per XLA call on one replica: the host loop stacks this many batches
+  # and runs their steps in one compiled call (1 = a call per step; several
+  # replicas and TPUs run a call per step / per host loop whatever this is).
+  config.train.steps_per_call = 10
   config.train.learning_rate = 3e-3  # peak Adam learning rate
   config.train.warmup_steps = 300  # linear warm-up from 0 to the peak
   config.train.min_learning_rate_ratio = 0.05  # cosine decay ends at peak * this

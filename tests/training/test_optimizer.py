@@ -139,6 +139,8 @@ def test_one_replica_mirrored_variables_are_not_fused(smoke_data):
   strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
   trainer = run_steps(config, smoke_data, strategy, 10)
   assert trainer.fused_step is None and trainer.update is not None
+  # No fused step: one step per call whatever config.train.steps_per_call.
+  assert config.train.steps_per_call > 1 and trainer.steps_per_call == 1
   assert int(trainer.optimizer.iterations.numpy()) == 10
 
 
@@ -177,3 +179,49 @@ def test_a_non_finite_gradient_is_flagged_at_its_step(smoke_data, policy):
   weight.assign(tf.fill(weight.shape, float("inf")))
   _, _, diverged = trainer.train_loop(iterator, tf.constant(5))
   assert int(diverged) == 4  # the step counter after its first step
+
+
+def test_steps_per_call_trains_as_one_call_per_step(smoke_data):
+  """Host loops of 10 steps at 4 steps per XLA call (2 calls, then 2 single
+  steps) against a call per step: the same batches, the same weights and
+  Adam state, the same loop results."""
+  trainers, results = {}, {}
+  for per_call in (1, 4):
+    config = smoke.get_config()
+    config.train.steps_per_call = per_call
+    strategy = tf.distribute.get_strategy()
+    trainer = train.Trainer(config, strategy)
+    iterator = feeds.Feeds.of(plan.for_strategy(config, strategy, smoke_data),
+                              strategy).train_iterator
+    results[per_call] = [float(t) for _ in range(2) for t in
+                         trainer.train_loop(iterator, tf.constant(10))]
+    results[per_call].append(float(trainer.gradient_norm))
+    trainers[per_call] = trainer
+  assert trainers[1].fused_steps is None
+  assert trainers[4].trace_counts()["fused_steps"] == 1
+  assert int(trainers[4].step) == int(trainers[1].step) == 20
+  np.testing.assert_allclose(results[4], results[1], rtol=1e-5)
+  for fused, single in zip(*(
+      [np.asarray(v.value) for v in [*trainers[k].model.weights,
+                                     *trainers[k].optimizer.variables]]
+      for k in (4, 1))):
+    np.testing.assert_allclose(fused, single, rtol=1e-5, atol=1e-6)
+
+
+def test_a_divergence_inside_a_call_is_flagged_at_its_step(smoke_data):
+  # A learning rate so large that the loss turns non-finite a few steps in:
+  # at 3 steps per call the flag names the same step as a call per step.
+  diverged = {}
+  for per_call in (1, 3):
+    config = smoke.get_config()
+    config.train.learning_rate = 1e30
+    config.train.warmup_steps = 0
+    config.train.steps_per_call = per_call
+    strategy = tf.distribute.get_strategy()
+    trainer = train.Trainer(config, strategy)
+    iterator = feeds.Feeds.of(plan.for_strategy(config, strategy, smoke_data),
+                              strategy).train_iterator
+    # Calls of steps 1-3, 4-6, 7-9.
+    diverged[per_call] = int(trainer.train_loop(iterator, tf.constant(9))[2])
+  assert diverged[3] == diverged[1]
+  assert diverged[1] % 3 != 1, diverged  # not a call's first step

@@ -57,12 +57,12 @@ def test_a_plan_is_frozen():
     run_plan.patterns["training"] = "elsewhere"
 
 
-def test_each_bad_field_is_named_once_by_resolve():
+@pytest.mark.parametrize("field", ["steps_per_loop", "steps_per_call"])
+def test_each_bad_field_is_named_once_by_resolve(field):
   config = smoke.get_config()
-  config.train.steps_per_loop = 0
+  config.train[field] = 0
   with pytest.raises(errors.UserError,
-                     match=r"^config\.train\.steps_per_loop=0 must be "
-                     "positive$"):
+                     match=rf"^config\.train\.{field}=0 must be positive$"):
     plan.resolve(config)
 
 

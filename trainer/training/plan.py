@@ -187,6 +187,7 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
                         ("model", "num_layers"),
                         ("train", "global_batch_size"), ("train", "num_steps"),
                         ("train", "steps_per_loop"),
+                        ("train", "steps_per_call"),
                         ("train", "keep_checkpoints")):
     value = config[section][name]
     if value <= 0:

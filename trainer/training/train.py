@@ -138,6 +138,15 @@ class Trainer:
         self.fused_step = tf.function(self._fused_step, jit_compile=True)
       else:
         self.apply_update = tf.function(self.update.apply, jit_compile=True)
+    # Steps per XLA call (config.train.steps_per_call): on the fused path
+    # the host loop stacks this many batches and runs their steps in one
+    # compiled call (one dispatch, not one per step); elsewhere a call is a
+    # step (several replicas: each step's all-reduce and update are calls of
+    # their own; TPU: TPUStrategy compiles the whole host loop already).
+    self.steps_per_call = (train.steps_per_call if self.fused_step is not None
+                           else 1)
+    self.fused_steps = (tf.function(self._fused_steps, jit_compile=True)
+                        if self.steps_per_call > 1 else None)
     self.train_loop = tf.function(self._train_loop)
     self.eval_loop = tf.function(self._eval_loop)
 
@@ -232,6 +241,24 @@ class Trainer:
     return self._step_results(loss, correct, gradients,
                               self._gradient_norm(gradients))
 
+  def _fused_steps(self, xs, ys):
+    """steps_per_call whole steps (_fused_step) in one XLA call, on batches
+    stacked as xs [steps, batch, len_max_input] and ys [steps, batch].
+
+    Returns:
+      _step_results' vector summed over the steps, but for its diverged
+      entry: the 1-based index of the first step that diverged, 0 if none.
+    """
+    totals = tf.zeros([4])
+    for j in tf.range(tf.shape(xs)[0]):
+      loss, correct, diverged, gradient_norm = tf.unstack(
+          self._fused_step(xs[j], ys[j]))
+      first_diverged = tf.where((totals[2] == 0) & (diverged > 0),
+                                tf.cast(j + 1, tf.float32), totals[2])
+      totals = tf.stack([totals[0] + loss, totals[1] + correct,
+                         first_diverged, totals[3] + gradient_norm])
+    return totals
+
   def _replica_train_step(self, x, y):
     if self.fused_step is not None:
       return self.fused_step(x, y)
@@ -292,7 +319,28 @@ class Trainer:
     correct = tf.constant(0, tf.int64)
     first_diverged = tf.constant(-1, tf.int64)
     gradient_norm_sum = tf.constant(0.0)
-    for i in tf.range(num_steps):
+    per_call = self.steps_per_call
+    if per_call > 1:
+      # Whole calls of per_call steps, then single steps for the rest: the
+      # iterator still yields one batch at a time, so the data order, skips
+      # and resumes are the same whatever per_call is.
+      for i in tf.range(num_steps // per_call):
+        batches = [next(iterator) for _ in range(per_call)]
+        loss, step_correct, diverged_at, gradient_norm = tf.unstack(
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                 self.strategy.run(self.fused_steps, args=(
+                                     tf.stack([x for x, _ in batches]),
+                                     tf.stack([y for _, y in batches]))),
+                                 axis=None))
+        loss_sum += loss
+        correct += tf.cast(step_correct, tf.int64)
+        gradient_norm_sum += gradient_norm
+        first_diverged = tf.where(
+            (first_diverged < 0) & (diverged_at > 0),
+            self.step + tf.cast(i * per_call, tf.int64) +
+            tf.cast(diverged_at, tf.int64), first_diverged)
+    done = num_steps // per_call * per_call if per_call > 1 else 0
+    for i in tf.range(done, num_steps):
       x, y = next(iterator)
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
@@ -373,6 +421,8 @@ class Trainer:
   def trace_counts(self) -> dict[str, int]:
     """How often each compiled function was traced (1 each: static shapes)."""
     names = ["forward", "train_loop", "eval_loop"]
+    if self.fused_steps is not None:
+      names.append("fused_steps")
     if self.fused_step is not None:
       names.append("fused_step")
     else:
