@@ -79,7 +79,6 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
   config.train.xla_update = xla_update
   if memory_cache_mb is not None:
     config.data.memory_cache_mb = memory_cache_mb
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.training import feeds  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
@@ -90,8 +89,15 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
   run_feeds = feeds.Feeds.of(plan.for_strategy(config, strategy, data_dir),
                              strategy)
   feeds_seconds = time.perf_counter() - start
-  iterator = run_feeds.train_iterator
-  num_steps = tf.constant(config.train.steps_per_loop)
+  return (loop_measure(trainer, run_feeds.train_iterator), run_feeds.files,
+          feeds_seconds)
+
+
+def loop_measure(trainer, iterator):
+  """A function timing `loops` host loops of `trainer` on `iterator` (after
+  one warm-up loop): (seconds, CPU seconds of the process)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  num_steps = tf.constant(trainer.config.train.steps_per_loop)
 
   def measure(loops):
     float(trainer.train_loop(iterator, num_steps)[0])  # warm-up loop
@@ -100,7 +106,7 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
       float(trainer.train_loop(iterator, num_steps)[0])
     return time.perf_counter() - start, time.process_time() - cpu
 
-  return measure, run_feeds.files, feeds_seconds
+  return measure
 
 
 def in_memory_batches(config, files, num_batches):
@@ -127,18 +133,8 @@ def in_memory_trainer_side(config, files, num_batches):
   xs, ys = in_memory_batches(config, files, num_batches)
   strategy = strategy_lib.make_strategy("default")
   trainer = train.Trainer(config, strategy)
-  iterator = iter(strategy.distribute_datasets_from_function(
-      lambda _: tf.data.Dataset.from_tensor_slices((xs, ys)).repeat()))
-  num_steps = tf.constant(config.train.steps_per_loop)
-
-  def measure(loops):
-    float(trainer.train_loop(iterator, num_steps)[0])  # warm-up loop
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(loops):
-      float(trainer.train_loop(iterator, num_steps)[0])
-    return time.perf_counter() - start, time.process_time() - cpu
-
-  return measure
+  return loop_measure(trainer, iter(strategy.distribute_datasets_from_function(
+      lambda _: tf.data.Dataset.from_tensor_slices((xs, ys)).repeat())))
 
 
 def pipeline_rates(config, files, num_batches):

@@ -315,10 +315,9 @@ class Trainer:
       replica), or -1: one flag per host loop, read by the host once. The
       mean gradient norm goes to self.gradient_norm (read when wanted).
     """
-    loss_sum = tf.constant(0.0)
-    correct = tf.constant(0, tf.int64)
-    first_diverged = tf.constant(-1, tf.int64)
-    gradient_norm_sum = tf.constant(0.0)
+    # (loss, correct count, gradient norm) summed, the first diverged step.
+    sums = (tf.constant(0.0), tf.constant(0, tf.int64), tf.constant(0.0),
+            tf.constant(-1, tf.int64))
     per_call = self.steps_per_call
     if per_call > 1:
       # Whole calls of per_call steps, then single steps for the rest: the
@@ -326,19 +325,14 @@ class Trainer:
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
         batches = [next(iterator) for _ in range(per_call)]
-        loss, step_correct, diverged_at, gradient_norm = tf.unstack(
-            self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                 self.strategy.run(self.fused_steps, args=(
-                                     tf.stack([x for x, _ in batches]),
-                                     tf.stack([y for _, y in batches]))),
-                                 axis=None))
-        loss_sum += loss
-        correct += tf.cast(step_correct, tf.int64)
-        gradient_norm_sum += gradient_norm
-        first_diverged = tf.where(
-            (first_diverged < 0) & (diverged_at > 0),
-            self.step + tf.cast(i * per_call, tf.int64) +
-            tf.cast(diverged_at, tf.int64), first_diverged)
+        results = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM, self.strategy.run(
+                self.fused_steps, args=(tf.stack([x for x, _ in batches]),
+                                        tf.stack([y for _, y in batches]))),
+            axis=None)
+        # Its diverged entry is the index of the call's first diverged step.
+        sums = _add_results(sums, results, self.step + tf.cast(
+            i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
       x, y = next(iterator)
@@ -346,15 +340,10 @@ class Trainer:
                                           args=(x, y))
       # [loss, correct, diverged, gradient norm] summed over replicas: one
       # all-reduce.
-      loss, step_correct, diverged, gradient_norm = tf.unstack(
-          self.strategy.reduce(tf.distribute.ReduceOp.SUM, replica_results,
-                               axis=None))
-      loss_sum += loss
-      correct += tf.cast(step_correct, tf.int64)
-      gradient_norm_sum += gradient_norm
-      first_diverged = tf.where(
-          (first_diverged < 0) & (diverged > 0),
-          self.step + tf.cast(i, tf.int64) + 1, first_diverged)
+      sums = _add_results(sums, self.strategy.reduce(
+          tf.distribute.ReduceOp.SUM, replica_results, axis=None),
+                          self.step + tf.cast(i, tf.int64) + 1)
+    loss_sum, correct, gradient_norm_sum, first_diverged = sums
     self.step.assign_add(tf.cast(num_steps, tf.int64))
     steps = tf.cast(num_steps, tf.float32)
     self.gradient_norm.assign(gradient_norm_sum / steps)
@@ -443,6 +432,19 @@ class Trainer:
   def learning_rate(self) -> float:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
+
+
+def _add_results(sums, results, diverged_step):
+  """The host loop's sums (loss, correct count, gradient norm, first
+  diverged step or -1) with one step's or call's results added: [loss,
+  correct, diverged (> 0: it did), gradient norm], summed over replicas;
+  diverged_step: the step to record if it diverged and none did before."""
+  loss_sum, correct, gradient_norm_sum, first_diverged = sums
+  loss, step_correct, diverged, gradient_norm = tf.unstack(results)
+  return (loss_sum + loss, correct + tf.cast(step_correct, tf.int64),
+          gradient_norm_sum + gradient_norm,
+          tf.where((first_diverged < 0) & (diverged > 0), diverged_step,
+                   first_diverged))
 
 
 def _mean_metrics(loss_sum, correct, count) -> dict[str, Any]:
