@@ -1,5 +1,6 @@
 """masked-attention-trainer: a distributed TensorFlow trainer for the masked
-self-attention model, from one CPU to a Cloud TPU pod with the same command."""
+self-attention model, on CPUs, GPUs, several machines or Cloud TPUs through
+tf.distribute."""
 
 import os
 
@@ -16,8 +17,27 @@ setup(
     long_description=(open(README, encoding="utf-8").read()
                       if os.path.exists(README) else ""),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["trainer", "trainer.*", "configs"]),
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    # The configs ship inside the package as trainer.configs (trainer/configs
+    # is a link to configs/), not as a top-level `configs` package that would
+    # collide with other projects': `--config=configs/X.py` finds them from
+    # any directory (trainer/cli.py).
+    packages=find_packages(include=["trainer", "trainer.*"]),
     python_requires=">=3.10",
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "License :: OSI Approved :: Apache Software License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        # TensorFlow 2.18-2.21 has wheels for these; the suite runs on 3.11.
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     install_requires=[
         "absl-py",
         "ml-collections",

@@ -4,7 +4,7 @@
       --data_dir=gs://BUCKET/arith --model_dir=gs://BUCKET/runs/gpu
 """
 
-from configs import default
+from trainer.configs import default
 
 
 def get_config():

@@ -10,7 +10,7 @@ against the recipe before it (README, "A model that solves the task": the
 curve, and the time to 0.99 from benchmarks/time_to_accuracy.py).
 """
 
-from configs import default
+from trainer.configs import default
 
 
 def get_config():

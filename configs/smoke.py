@@ -3,7 +3,7 @@
   python -m trainer.task --config=configs/smoke.py --data_dir=DIR --model_dir=DIR
 """
 
-from configs import default
+from trainer.configs import default
 
 
 def get_config():

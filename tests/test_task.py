@@ -176,7 +176,8 @@ def test_missing_config_file(run, tmp_path):
   assert result.returncode == 2
   errors = error_lines(result)
   assert len(errors) == 1 and "nope.py" in errors[0]
-  assert "No such file or directory" in result.stderr.splitlines()[-1]
+  assert f"--config={tmp_path}/nope.py: no such file" in (
+      result.stderr.splitlines()[-1])
 
 
 def test_data_dir_without_shards(run, tmp_path):

@@ -7,6 +7,8 @@ exit status (2 for bad flags or arguments), never a traceback.
 from __future__ import annotations
 
 import atexit
+import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -14,6 +16,8 @@ import tempfile
 import time
 
 from absl import flags
+
+from trainer import errors
 
 # What `import tensorflow` writes to stderr before TensorFlow's C++ logging
 # honours TF_CPP_MIN_LOG_LEVEL (TF 2.21: printed once per shared library).
@@ -27,20 +31,34 @@ _IMPORT_NOISE = re.compile(
 tensorflow_import_times: tuple[float, float] | None = None
 
 
+# TensorFlow comes with an extra (setup.py): the package alone has none.
+NO_TENSORFLOW = (
+    "TensorFlow is not installed: install the package with the extra for "
+    "this machine, pip install 'masked-attention-trainer[cpu]' (or [gpu] "
+    "for NVIDIA GPUs, [tpu] on a TPU VM without TensorFlow; in a checkout: "
+    "pip install -e '.[cpu]')")
+
+
 def import_tensorflow():
   """Imports TensorFlow with its C++ start-up and log lines quieted.
 
   Unless the user set TF_CPP_MIN_LOG_LEVEL (0 brings every line back), it
   becomes 3, and the lines TensorFlow prints while it loads, before that
   setting applies, are dropped; anything else written then is passed on.
-  The import's start and end go to `tensorflow_import_times` (the trainer
+  Without TensorFlow installed, the process ends with one line naming the
+  extras (exit 2). The import's start and end go to `tensorflow_import_times` (the trainer
   logs its start-up time from there). Returns the `tensorflow` module.
   """
   global tensorflow_import_times
   if "tensorflow" in sys.modules:
     return sys.modules["tensorflow"]
   start = time.perf_counter()
-  tf = _import_tensorflow_quietly()
+  try:
+    tf = _import_tensorflow_quietly()
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow":
+      raise
+    sys.exit(fail(NO_TENSORFLOW))
   tensorflow_import_times = (start, time.perf_counter())
   return tf
 
@@ -101,32 +119,141 @@ def fail(message: str, status: int = 2) -> int:
   return status
 
 
+# The configs shipped with the package: configs/ in a checkout, which
+# trainer/configs links to, so an installed wheel holds them too.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "configs")
+CONFIG_DOCS = "docs/configuration.md"
+
+
 def resolve_config_flag(argv: list[str]) -> list[str]:
-  """`--config=configs/X.py` names the installed `configs` package's file
-  when no such file is in the working directory: an installed trainer (a
-  Vertex AI job, a TPU VM) takes the same flag as a checkout."""
+  """`--config=configs/X.py` names the package's own file when no such file
+  is in the working directory: an installed trainer (a Vertex AI job, a TPU
+  VM, any directory after a wheel install) takes the same flag as a
+  checkout.
+
+  Raises:
+    UserError: the --config file does not exist (with the near names).
+  """
   resolved = []
   for arg in argv:
     name, sep, path = arg.partition("=")
-    if (name in ("--config", "-config") and sep and path.startswith(
-        "configs/") and not os.path.exists(path)):
-      import configs  # pylint: disable=g-import-not-at-top
-      installed = os.path.join(os.path.dirname(configs.__file__),
-                               path[len("configs/"):])
-      if os.path.exists(installed):
-        arg = f"{name}={installed}"
+    if name in ("--config", "-config") and sep:
+      if path.startswith("configs/") and not os.path.exists(path):
+        installed = os.path.join(CONFIGS_DIR, path[len("configs/"):])
+        if os.path.exists(installed):
+          arg = f"{name}={installed}"
+          path = installed
+      if not os.path.isfile(path):
+        raise errors.UserError(_missing_config(path))
     resolved.append(arg)
   return resolved
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags parser for app.run: a bad flag is one error line, exit 2."""
+def _missing_config(path: str) -> str:
+  shipped = sorted(n for n in os.listdir(CONFIGS_DIR)
+                   if n.endswith(".py") and not n.startswith("_"))
+  stem = os.path.basename(path)
+  guess = difflib.get_close_matches(
+      stem if stem.endswith(".py") else stem + ".py", shipped, n=1)
+  hint = f"did you mean --config=configs/{guess[0]}? " if guess else ""
+  return (f"--config={path}: no such file ({hint}the package's configs: "
+          f"{', '.join('configs/' + n for n in shipped)})")
+
+
+def config_fields(config, prefix: str = "") -> list[str]:
+  """Every leaf field of a ConfigDict as a dotted path ("train.num_steps")."""
+  fields = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      fields += config_fields(value, f"{prefix}{key}.")
+    else:
+      fields.append(f"{prefix}{key}")
+  return fields
+
+
+def _config_overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """[(the argument, its dotted field)] of each `--config.FIELD[=VALUE]`."""
+  found = []
+  for arg in argv:
+    name = arg.partition("=")[0].lstrip("-")
+    if name.startswith("config."):
+      found.append((arg, name[len("config."):]))
+  return found
+
+
+def _load_config_file(path: str):
+  """The ConfigDict of a config file's get_config(), as --config loads it
+  (the file is run; configs import no TensorFlow)."""
+  spec = importlib.util.spec_from_file_location("_checked_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _config_path(argv: list[str]) -> str:
+  return next((a.partition("=")[2] for a in argv
+               if a.partition("=")[0] in ("--config", "-config")),
+              os.path.join(CONFIGS_DIR, "default.py"))
+
+
+def explain_config_error(argv: list[str], error: Exception) -> str:
+  """One line for a failed --config load or override: the field that does
+  not exist (with the nearest ones), else the config file's own error,
+  else the override's error; never the exception's repr."""
+  path = _config_path(argv)
   try:
-    return flags.FLAGS(resolve_config_flag(argv))
-  except flags.Error as e:
-    sys.exit(fail(f"{e} (see --helpfull)"))
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    # ml_collections' --config flags raise these: an unknown field
-    # (AttributeError), a missing config file, a value of the wrong type.
-    sys.exit(fail(f"cannot parse the flags: {type(e).__name__}: {e} "
-                  "(see --helpfull)"))
+    config = _load_config_file(path)
+  except Exception as e:  # pylint: disable=broad-except
+    return (f"cannot load --config={path}: {type(e).__name__}: "
+            f"{' '.join(str(e).split())}")
+  fields = config_fields(config)
+  nodes = {f.rsplit(".", n)[0]
+           for f in fields for n in range(1, f.count(".") + 1)}
+  for arg, field in _config_overrides(argv):
+    if field not in fields and field not in nodes:
+      guess = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
+      hint = (f"did you mean {' or '.join('--config.' + g for g in guess)}? "
+              if guess else "")
+      return (f"{arg.partition('=')[0]}: no such config field in {path} "
+              f"({hint}every field: {CONFIG_DOCS}, or --print_config)")
+  detail = " ".join(str(error).split()) or type(error).__name__
+  if isinstance(error, flags.Error):
+    return f"{detail} (see --helpfull; config fields: {CONFIG_DOCS})"
+  return f"bad --config override ({type(error).__name__}): {detail}"
+
+
+def define_config_file(name: str, default: str, help_text: str):
+  """config_flags.DEFINE_config_file(lock_config=True), but a field that
+  does not exist is one error line (exit 2): ml_collections resolves the
+  default config's --config.* overrides from sys.argv here, at definition
+  time, not at parse time."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_text,
+                                           lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    sys.exit(fail(explain_config_error(sys.argv, e)))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser for app.run: a bad flag, a missing config file or a
+  config field that does not exist is one error line, exit 2, before
+  TensorFlow loads (the config is loaded and overridden here)."""
+  try:
+    argv = resolve_config_flag(argv)
+  except errors.UserError as e:
+    sys.exit(fail(str(e), status=e.exit_status))
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      flags.FLAGS.config.keys()  # a default config loads lazily: now
+  except (AttributeError, KeyError, TypeError, ValueError, OSError,
+          flags.Error) as e:
+    # ml_collections' --config flags raise these: a field that does not
+    # exist (AttributeError, KeyError), a config file that fails to load,
+    # a value of the wrong type (flags.Error naming the flag).
+    if isinstance(e, flags.Error) and not _config_overrides(argv):
+      sys.exit(fail(f"{e} (see --helpfull)"))
+    sys.exit(fail(explain_config_error(argv, e)))
+  return rest

@@ -59,9 +59,11 @@ def first_line(error: BaseException) -> str:
   return next((l.strip() for l in message.splitlines() if l.strip()), "")
 
 
-def describe_io_error(error: BaseException) -> str:
+def describe_io_error(error: BaseException,
+                      resume_command: str = "the same command") -> str:
   """One line for a file system error (local or gs://), with a remedy for
-  the GCS ones: permission denied, missing credentials."""
+  the GCS ones: permission denied, missing credentials; a full disk names
+  `resume_command` as the way to resume."""
   message = strip_graph_decorations(
       getattr(error, "message", None) or str(error))
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
@@ -82,7 +84,7 @@ def describe_io_error(error: BaseException) -> str:
     path = found.group(1) if found else ""
     return (f"no space left on device{f' writing {path}' if path else ''}: "
             "free some space or choose another --model_dir; the checkpoints "
-            "already saved are complete, and the same command resumes from "
+            f"already saved are complete, and {resume_command} resumes from "
             "the latest")
   if where and where != first:
     first = f"{first} ... {where}"

@@ -10,25 +10,33 @@ directory on first use; with no --model_dir, the run writes where Vertex AI's
 AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR say, or else in
 a fresh run directory there, printed. Re-running with the same --model_dir
 resumes.
+
+Every config field is listed in docs/configuration.md; --print_config
+prints the resolved config (the file and its --config.* overrides) and
+exits without training.
 """
 
 import datetime
 import os
+import shlex
+import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-import configs
 from trainer import cli
 from trainer import errors
+from trainer.training import plan
 from trainer.training import run_dir
 from trainer.training import stop
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(configs.__file__), "default.py"),
-    "Config file (configs/*.py); override fields as --config.train.num_steps=N.",
-    lock_config=True)
+_CONFIG = cli.define_config_file(
+    "config", os.path.join(cli.CONFIGS_DIR, "default.py"),
+    "Config file (configs/*.py); override fields as "
+    f"--config.train.num_steps=N; every field: {cli.CONFIG_DOCS}.")
+_PRINT_CONFIG = flags.DEFINE_boolean(
+    "print_config", False, "Print the resolved config (--config with its "
+    "overrides) and exit without training.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", ["default", "one_device", "mirrored",
                             "multi_worker_mirrored", "tpu"],
@@ -65,6 +73,19 @@ def run_dirs(model_dir: str | None, cache_dir: str) -> run_dir.RunDirs:
                    datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
 
 
+def resume_command(args: list[str], model_dir: str | None) -> str:
+  """The command line that resumes this run, shell-quoted to paste: `args`
+  (the flags as given) without --start_over (it would start over again)
+  and with --model_dir=`model_dir` (a default run directory is new at each
+  start); `model_dir` None (Vertex AI's AIP_* directories, which the same
+  job's variables name again): without --model_dir."""
+  kept = [a for a in args
+          if a.partition("=")[0].lstrip("-") not in (
+              "model_dir", "start_over", "nostart_over")]
+  return shlex.join(["python", "-m", "trainer.task", *kept] + (
+      [f"--model_dir={model_dir}"] if model_dir else []))
+
+
 def main(argv):
   if len(argv) > 1:
     return cli.fail(f"unexpected arguments {argv[1:]}: every option is a flag")
@@ -84,21 +105,24 @@ def main(argv):
 
 
 def _main():
+  config = _CONFIG.value  # loaded and overridden by cli.parse_flags
+  if _PRINT_CONFIG.value:
+    print(config, end="")
+    return 0
+  try:
+    # The config's own fields, checked before TensorFlow loads (the
+    # strategy's replicas are checked again once it exists).
+    plan.resolve(config)
+  except errors.UserError as e:
+    return cli.fail(str(e), status=e.exit_status)
   # TensorFlow loads here, not at import: the data generator's spawned
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
+  resume = "the same command"  # until the run directory is known
   from trainer.data import datasets  # pylint: disable=g-import-not-at-top
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
-  from trainer.training import plan  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()
-  try:
-    config = _CONFIG.value
-    config.keys()  # a lazy placeholder raises on first use
-  except OSError as e:  # config_flags defers a failed load to here
-    return cli.fail(f"cannot load --config="
-                    f"{config_flags.get_config_filename(flags.FLAGS['config'])}"
-                    f": {' '.join(str(e).split())}")
   try:
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
@@ -106,18 +130,22 @@ def _main():
         num_cpu_devices=_NUM_CPU_DEVICES.value)
     data_dir = _DATA_DIR.value or datasets.default_data_dir(config.data,
                                                             config.seed)
-    # The config is checked here, once, before any data is generated.
+    # With the strategy's replicas, before any data is generated.
     run_plan = plan.for_strategy(config, distribution, data_dir)
     if not _DATA_DIR.value:
       datasets.ensure_dataset(data_dir, config.data, config.seed)
     dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
+    vertex = dirs.origin and dirs.origin[0][0] != "--model_dir"
+    resume = resume_command(sys.argv[1:], None if vertex else dirs.files)
     results = loop.train_and_evaluate(run_plan, distribution, dirs,
-                                      start_over=_START_OVER.value)
+                                      start_over=_START_OVER.value,
+                                      resume_command=resume)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
   except (OSError, tf.errors.OpError) as e:
-    return cli.fail(errors.describe_io_error(e), status=1)
+    return cli.fail(errors.describe_io_error(e, resume_command=resume),
+                    status=1)
   # Ctrl-C says "interrupted" to the shell; other stops are a clean end.
   return (stop.INTERRUPTED_STATUS
           if results["stopped"] is stop.StopReason.SIGINT else 0)

@@ -101,7 +101,7 @@ def _transfer(command: str, flag_values) -> int:
 def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   """`verify --deep`: the manifest check (if there is a manifest), then every
   record of every shard; prints each problem, returns the exit status."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from trainer.configs import default  # pylint: disable=g-import-not-at-top
   from trainer import progress  # pylint: disable=g-import-not-at-top
   from trainer.data import transfer  # pylint: disable=g-import-not-at-top
   from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
@@ -154,7 +154,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
 
 def _benchmark(flag_values) -> int:
   """`benchmark`: examples/s of the trainer's input pipeline alone."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from trainer.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   data_dir = flag_values.data_dir
   if not data_dir:

@@ -42,6 +42,7 @@ import tensorflow as tf
 from trainer import cli
 from trainer import errors
 from trainer import progress
+from trainer.cloud import storage
 from trainer.model import export
 from trainer.training import checkpoints
 from trainer.training import feeds as feeds_lib
@@ -70,7 +71,9 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 def train_and_evaluate(run_plan: plan_lib.RunPlan,
                        strategy: tf.distribute.Strategy,
                        dirs: run_dir.RunDirs,
-                       start_over: bool = False) -> dict[str, Any]:
+                       start_over: bool = False,
+                       resume_command: str = "the same command"
+                       ) -> dict[str, Any]:
   """Trains (or resumes) to config.train.num_steps, evaluates and exports.
 
   `run_plan` is the checked config for this strategy and data
@@ -81,6 +84,10 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   files none of which restores is an error, unless `start_over`: then the run starts at
   step 0 and the chief first moves every earlier checkpoint into
   checkpoints/replaced-<time>/.
+
+  `resume_command` is what the lines that tell how to resume (a stop, a
+  lost peer) name: the CLI's command line with the run directory made
+  explicit, so pasting it resumes this run.
 
   Returns:
     The final metrics (also written to metrics.json in dirs.files), with
@@ -110,12 +117,13 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   with (run_lock.hold(dirs.checkpoints) if is_chief
         else contextlib.nullcontext()):
     return _train_and_evaluate(run_plan, strategy, dirs, is_chief,
-                               start_over)
+                               start_over, resume_command)
 
 
 def _train_and_evaluate(run_plan: plan_lib.RunPlan, strategy,
                         dirs: run_dir.RunDirs, is_chief: bool,
-                        start_over: bool) -> dict[str, Any]:
+                        start_over: bool, resume_command: str
+                        ) -> dict[str, Any]:
   """train_and_evaluate from the checkpoints' compatibility on, holding the
   run lock (the chief)."""
   if start_over:
@@ -133,7 +141,8 @@ def _train_and_evaluate(run_plan: plan_lib.RunPlan, strategy,
     # host loop (a second Ctrl-C: at once, naming this one).
     with stop_lib.StopSignals(
         lambda: tf.train.latest_checkpoint(dirs.checkpoints)) as signals:
-      return _run(run_plan, strategy, files, paths, signals, start_over)
+      return _run(run_plan, strategy, files, paths, signals, start_over,
+                  resume_command)
   except _PEER_ERRORS as e:
     if not strategy_lib.is_multi_worker(strategy):
       raise
@@ -141,8 +150,9 @@ def _train_and_evaluate(run_plan: plan_lib.RunPlan, strategy,
     raise errors.UserError(
         f"lost contact with another worker ({_lost_peer(e)}{type(e).__name__}"
         ": it died, or sent no heartbeat to TensorFlow's coordination service "
-        "for 10 s): start every worker again with the same command to resume "
-        f"from {latest or 'the start (no checkpoint yet)'}",
+        "for 10 s): start every worker again to resume from "
+        f"{latest or 'the start (no checkpoint yet)'}; this one with: "
+        f"{resume_command}",
         exit_status=1) from e
   finally:
     if temp_dir:
@@ -158,7 +168,7 @@ def _lost_peer(error: tf.errors.OpError) -> str:
 
 def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
          paths: run_dir.Paths, signals: stop_lib.StopSignals,
-         start_over: bool) -> dict[str, Any]:
+         start_over: bool, resume_command: str) -> dict[str, Any]:
   """Restores, trains to num_steps (or a stop, or the target), then
   evaluates and exports."""
   started = time.perf_counter()
@@ -180,9 +190,18 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
     return {"step": start_step, "stopped": None}
 
   out = paths.write
-  run_dir.write_config(out, config)
+  # A resumed run may change fields that leave the checkpoint meaningful
+  # (a model shape change was refused before the restore): each change is
+  # said, and the config it replaces is kept beside the new one.
+  changes = run_dir.config_changes(paths.read, config) if latest else []
+  run_dir.write_config(out, config,
+                       replaced_at=start_step if changes else None)
   if paths.is_chief:
     say(f"config:\n{config}")
+  if changes:
+    kept = storage.join(paths.read.files, run_dir.kept_config_name(start_step))
+    say(f"resumed with changes: {run_dir.describe_changes(changes)} (the "
+        f"config before them is kept as {kept})")
   say(f"strategy: {type(strategy).__name__} with {trainer.num_replicas} "
       f"replica(s); XLA per replica step: {trainer.use_xla}; "
       f"{'chief' if paths.is_chief else 'worker'}")
@@ -199,11 +218,12 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   stopped = None if finished else run.train(signals)
   if stopped:
     run.save()
-    every = " on every worker" if strategy_lib.is_multi_worker(strategy) else ""
+    every = (" (every worker with its own command)"
+             if strategy_lib.is_multi_worker(strategy) else "")
     by = ("stopped by another worker" if stopped is stop_lib.StopReason.PEER
           else stopped)
     say(f"{by}: saved a checkpoint at step {run.step} in "
-        f"{paths.read.checkpoints}; run the same command{every} to resume")
+        f"{paths.read.checkpoints}; to resume{every}: {resume_command}")
     run.any_worker(False)  # a barrier: none ends while another still works
     return {"step": run.step, "stopped": stopped, "train": run.train_metrics}
 

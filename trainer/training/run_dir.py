@@ -157,11 +157,67 @@ def check_compatible(dirs: RunDirs, config) -> None:
         "or --start_over (the old checkpoints are moved aside)")
 
 
-def write_config(dirs: RunDirs, config) -> None:
-  """The resolved config, as JSON, in dirs.files (config.json)."""
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+  """{"train.num_steps": 15000, ...} of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _as_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def config_changes(dirs: RunDirs, config) -> list[tuple[str, object, object]]:
+  """[(field, the saved value, the config's)] of each field that differs
+  from the config.json in dirs.files (a resumed run's changes), sorted;
+  [] when there is no readable config.json."""
+  path = posixpath.join(dirs.files, CONFIG_FILE)
+  if not storage.exists(path):
+    return []
+  try:
+    saved = _flat(storage.read_json(path))
+  except (ValueError, TypeError, AttributeError):  # damaged: rewritten
+    return []
+  current = _flat(_as_json(config))
+  return [(k, saved.get(k), current.get(k))
+          for k in sorted(set(saved) | set(current))
+          if saved.get(k) != current.get(k)]
+
+
+def describe_changes(changes: list[tuple[str, object, object]]) -> str:
+  """"train.learning_rate 0.003 -> 0.001, ..." (json spelling of values)."""
+  return ", ".join(f"{field} {json.dumps(old)} -> {json.dumps(new)}"
+                   for field, old, new in changes)
+
+
+def kept_config_name(step: int) -> str:
+  """The name a changed resume keeps the config it replaces under: the
+  config that trained the steps up to `step`."""
+  return f"config.until-step-{step}.json"
+
+
+def write_config(dirs: RunDirs, config, replaced_at: int | None = None
+                 ) -> None:
+  """The resolved config, as JSON, in dirs.files (config.json).
+
+  Args:
+    replaced_at: a resumed run whose config changed: the step it resumed
+      from. The config.json it replaces is first kept as
+      config.until-step-<step>.json, so every config a run directory's
+      checkpoints were trained with stays there.
+  """
   storage.makedirs(dirs.files)  # the others are made by what writes there
-  storage.write_atomic(posixpath.join(dirs.files, CONFIG_FILE), strict_json(
-      json.loads(config.to_json_best_effort()), sort_keys=True))
+  path = posixpath.join(dirs.files, CONFIG_FILE)
+  if replaced_at is not None and storage.exists(path):
+    storage.write_atomic(
+        posixpath.join(dirs.files, kept_config_name(replaced_at)),
+        storage.read_bytes(path))
+  storage.write_atomic(path, strict_json(_as_json(config), sort_keys=True))
 
 
 def write_metrics(dirs: RunDirs, metrics: dict) -> None:
