@@ -31,7 +31,7 @@ setup(
         "License :: OSI Approved :: Apache Software License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
-        # TensorFlow 2.18-2.21 has wheels for these; the suite runs on 3.11.
+        # TensorFlow has wheels in the range for these (3.13: 2.20 and 2.21).
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",

@@ -166,7 +166,7 @@ require_gcloud() {
   fi
 }
 
-# Writes the package (setup.py, README.md, trainer/, configs/ of the git HEAD
+# Writes the package (setup.py, README.md, LICENSE, trainer/, configs/ of the git HEAD
 # of REPO, as pip installs it) to OUT_DIR and prints the archive's path. Only
 # committed files ship: uncommitted changes get a warning.
 build_package() {
@@ -174,12 +174,12 @@ build_package() {
   git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 ||
     die "$repo is not a git checkout: the package is built from its HEAD (git archive)"
   commit=$(git -C "$repo" rev-parse --short=12 HEAD)
-  if [[ -n "$(git -C "$repo" status --porcelain -- setup.py README.md trainer configs)" ]]; then
+  if [[ -n "$(git -C "$repo" status --porcelain -- setup.py README.md LICENSE trainer configs)" ]]; then
     warn "uncommitted changes in $repo are not shipped: the package is HEAD ($commit)"
   fi
   name=masked-attention-trainer-$commit.tar.gz
   git -C "$repo" archive --format=tar.gz --prefix=masked-attention-trainer/ \
-    -o "$out_dir/$name" HEAD setup.py README.md trainer configs
+    -o "$out_dir/$name" HEAD setup.py README.md LICENSE trainer configs
   echo "$out_dir/$name"
 }
 

@@ -164,7 +164,7 @@ elapsed() {
 ensure_image() {
   local variant=$1 commit
   commit=$(git -C "$repo_dir" rev-parse --short=12 HEAD)
-  if [[ -n "$(git -C "$repo_dir" status --porcelain -- setup.py README.md trainer configs launch/Dockerfile .dockerignore)" ]]; then
+  if [[ -n "$(git -C "$repo_dir" status --porcelain -- setup.py README.md LICENSE trainer configs launch/Dockerfile .dockerignore)" ]]; then
     warn "uncommitted changes in $repo_dir are not in the image: it is built from HEAD ($commit)"
   fi
   local image_path=$region-docker.pkg.dev/$project/$repository/trainer-$variant

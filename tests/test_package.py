@@ -29,12 +29,42 @@ def test_the_wheel_holds_every_module_and_the_tested_tensorflow_range(
     tmp_path):
   wheel = build_wheel(tmp_path)  # once: pip wheel is the cost here
   assert_the_extras_declare_the_tested_tensorflow_range(wheel)
-  names = set(zipfile.ZipFile(wheel).namelist())
-  sources = {os.path.relpath(p, ROOT) for pattern in ("trainer/**/*.py",
-                                                       "configs/*.py")
-             for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)}
+  assert_the_metadata_names_the_licence_and_pythons(wheel)
+  archive = zipfile.ZipFile(wheel)
+  names = set(archive.namelist())
+  # The configs ship inside the package (trainer/configs links to configs/).
+  sources = {os.path.relpath(p, ROOT) for p in glob.glob(
+      os.path.join(ROOT, "trainer", "**", "*.py"), recursive=True)} | {
+          f"trainer/configs/{os.path.basename(p)}"
+          for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
   assert sources and sources <= names, sorted(sources - names)
+  assert "trainer/configs/scaled.py" in sources
   assert "trainer/data/__main__.py" in names  # python -m trainer.data
+  # One top-level package: no generic `configs` (or tests, benchmarks)
+  # beside it to collide with another project's.
+  assert {n.split("/")[0] for n in names
+          if not n.split("/")[0].endswith(".dist-info")} == {"trainer"}
+  top_level, = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+  assert archive.read(top_level).decode().split() == ["trainer"]
+
+
+def assert_the_metadata_names_the_licence_and_pythons(wheel):
+  archive = zipfile.ZipFile(wheel)
+  info = {os.path.dirname(n) for n in archive.namelist()
+          if n.endswith(".dist-info/METADATA")}.pop()
+  metadata = email.message_from_bytes(archive.read(f"{info}/METADATA"))
+  assert metadata["License"] == "Apache-2.0"
+  assert "License :: OSI Approved :: Apache Software License" in (
+      metadata.get_all("Classifier"))
+  licence = [n for n in archive.namelist()
+             if n.startswith(f"{info}/") and "LICENSE" in n]
+  assert licence, archive.namelist()
+  with open(os.path.join(ROOT, "LICENSE"), "rb") as f:
+    assert archive.read(licence[0]) == f.read()
+  assert metadata["Requires-Python"] == ">=3.10"
+  pythons = [c.rsplit(" :: ", 1)[1] for c in metadata.get_all("Classifier")
+             if c.startswith("Programming Language :: Python :: 3.")]
+  assert pythons == ["3.10", "3.11", "3.12", "3.13"]
 
 
 def extras_tensorflow(wheel):

@@ -2,7 +2,9 @@
 
 import json
 import os
+import pathlib
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -101,12 +103,14 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
   result = task(run, *flags, f"--model_dir={reference}")
   assert result.returncode == 0, result.stderr[-3000:]
 
-  interrupted = tmp_path / "interrupted"
+  # The README's first command (no --model_dir: a new run directory in the
+  # cache), stopped; the printed hint is the command that resumes it.
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+         "XDG_CACHE_HOME": str(tmp_path / "cache")}
   process = subprocess.Popen(
-      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags,
-       f"--model_dir={interrupted}"], cwd=ROOT, stderr=subprocess.PIPE,
-      stdout=subprocess.DEVNULL, text=True,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags],
+      cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+      env=env)
   stderr = []
   for line in process.stderr:  # the first progress line: training runs
     stderr.append(line)
@@ -115,16 +119,28 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
       break
   stderr.extend(process.stderr)
   assert process.wait(timeout=120) == 0, "".join(stderr)[-3000:]
+  interrupted = pathlib.Path(
+      process.stdout.read().split("model_dir: ")[1].split("\n")[0])
+  assert interrupted.parent == tmp_path / "cache" / (
+      "masked-attention-trainer") / "runs"
   stderr = "".join(stderr)
-  assert "SIGTERM: saved a checkpoint at step" in stderr
-  stopped_at = int(stderr.split("SIGTERM: saved a checkpoint at step ")[1]
-                   .split()[0])
+  hint = re.search(r"^SIGTERM: saved a checkpoint at step (\d+) in "
+                   r"(\S+); to resume: (.*)$", stderr, re.M)
+  assert hint, stderr[-3000:]
+  stopped_at = int(hint.group(1))
+  assert hint.group(2) == f"{interrupted}/checkpoints"
   assert 0 < stopped_at < 1500
   assert not (interrupted / "export").exists()
 
-  result = task(run, *flags, f"--model_dir={interrupted}")
+  command = shlex.split(hint.group(3))
+  assert command[:3] == ["python", "-m", "trainer.task"]
+  assert command[-1] == f"--model_dir={interrupted}"
+  result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"ckpt-{stopped_at}" in result.stderr  # "resuming from ..."
+  assert f"resuming from {interrupted}/checkpoints/ckpt-{stopped_at}" in (
+      result.stderr)
+  assert "resumed with changes" not in result.stderr
   assert json.loads((interrupted / "metrics.json").read_text())["step"] == 1500
   expected, resumed = model_weights(str(reference)), model_weights(
       str(interrupted))

@@ -50,7 +50,7 @@ def import_tensorflow():
   logs its start-up time from there). Returns the `tensorflow` module.
   """
   global tensorflow_import_times
-  if "tensorflow" in sys.modules:
+  if sys.modules.get("tensorflow") is not None:
     return sys.modules["tensorflow"]
   start = time.perf_counter()
   try:
@@ -155,7 +155,8 @@ def _missing_config(path: str) -> str:
                    if n.endswith(".py") and not n.startswith("_"))
   stem = os.path.basename(path)
   guess = difflib.get_close_matches(
-      stem if stem.endswith(".py") else stem + ".py", shipped, n=1)
+      stem if stem.endswith(".py") else stem + ".py", shipped, n=1,
+      cutoff=0.75)
   hint = f"did you mean --config=configs/{guess[0]}? " if guess else ""
   return (f"--config={path}: no such file ({hint}the package's configs: "
           f"{', '.join('configs/' + n for n in shipped)})")
@@ -197,6 +198,13 @@ def _config_path(argv: list[str]) -> str:
               os.path.join(CONFIGS_DIR, "default.py"))
 
 
+def _shown(path: str) -> str:
+  """A config's path as users name it: configs/X.py for a shipped one."""
+  if os.path.dirname(os.path.abspath(path)) == CONFIGS_DIR:
+    return f"configs/{os.path.basename(path)}"
+  return path
+
+
 def explain_config_error(argv: list[str], error: Exception) -> str:
   """One line for a failed --config load or override: the field that does
   not exist (with the nearest ones), else the config file's own error,
@@ -212,10 +220,10 @@ def explain_config_error(argv: list[str], error: Exception) -> str:
            for f in fields for n in range(1, f.count(".") + 1)}
   for arg, field in _config_overrides(argv):
     if field not in fields and field not in nodes:
-      guess = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
-      hint = (f"did you mean {' or '.join('--config.' + g for g in guess)}? "
-              if guess else "")
-      return (f"{arg.partition('=')[0]}: no such config field in {path} "
+      guess = difflib.get_close_matches(field, fields, n=1, cutoff=0.6)
+      hint = f"did you mean --config.{guess[0]}? " if guess else ""
+      return (f"{arg.partition('=')[0]}: no such config field in "
+              f"{_shown(path)} "
               f"({hint}every field: {CONFIG_DOCS}, or --print_config)")
   detail = " ".join(str(error).split()) or type(error).__name__
   if isinstance(error, flags.Error):
@@ -232,7 +240,7 @@ def define_config_file(name: str, default: str, help_text: str):
   try:
     return config_flags.DEFINE_config_file(name, default, help_text,
                                            lock_config=True)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
+  except Exception as e:  # pylint: disable=broad-except
     sys.exit(fail(explain_config_error(sys.argv, e)))
 
 
@@ -248,11 +256,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS:
       flags.FLAGS.config.keys()  # a default config loads lazily: now
-  except (AttributeError, KeyError, TypeError, ValueError, OSError,
-          flags.Error) as e:
-    # ml_collections' --config flags raise these: a field that does not
-    # exist (AttributeError, KeyError), a config file that fails to load,
-    # a value of the wrong type (flags.Error naming the flag).
+  except Exception as e:  # pylint: disable=broad-except
+    # Beside flags.Error, only the --config flag raises here: a field that
+    # does not exist (AttributeError, KeyError), a config file that fails
+    # to load (whatever its code raises), a value of the wrong type.
     if isinstance(e, flags.Error) and not _config_overrides(argv):
       sys.exit(fail(f"{e} (see --helpfull)"))
     sys.exit(fail(explain_config_error(argv, e)))

@@ -95,7 +95,7 @@ def test_image_runs_as_a_user_and_ignores_the_checkout(image, image_user):
   assert listed.returncode == 0, listed.stderr[-2000:]
   # The package's files, all of them (.dockerignore drops none of what the
   # image needs) and nothing else of the checkout.
-  expected = ["setup.py"] + [
+  expected = ["LICENSE", "setup.py"] + [
       os.path.relpath(os.path.join(d, n), ROOT)
       for top in ("configs", "trainer")
       for d, dirs, names in os.walk(os.path.join(ROOT, top))

@@ -312,8 +312,8 @@ def test_setup_ships_head_to_every_worker_and_is_idempotent(tpu, tmp_path):
   for worker in (0, 1):
     home = tpu.worker_home(NAME, worker)
     code = os.path.join(home, "masked-attention-trainer")
-    assert sorted(os.listdir(code)) == ["README.md", "configs", "setup.py",
-                                        "trainer"]
+    assert sorted(os.listdir(code)) == ["LICENSE", "README.md", "configs",
+                                        "setup.py", "trainer"]
     assert open(os.path.join(code, "trainer", "data", "vocab.py")).read() == head_vocab
     with tarfile.open(os.path.join(home, "masked-attention-trainer.tar.gz")) as t:
       assert "masked-attention-trainer/setup.py" in t.getnames()

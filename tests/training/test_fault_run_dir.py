@@ -214,3 +214,30 @@ def test_a_run_killed_before_its_export_exports_on_the_rerun(
   again = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}")
   assert again.returncode == 0, again.stderr[-3000:]
   assert "is already at step 40 of 40" in again.stderr
+
+
+def test_a_resume_with_changes_says_them_and_keeps_the_config_it_replaced(
+    smoke_data, copy):
+  first = (copy / "config.json").read_bytes()
+  # A change of model shape is refused, before anything is written.
+  refused = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}",
+                        "--config.model.hidden_size=12",
+                        "--config.train.num_steps=60")
+  assert_one_error(refused, 2, f"the checkpoint in {copy}/checkpoints is of "
+                   "another model shape (hidden_size: checkpoint 8 vs config "
+                   "12)")
+  assert (copy / "config.json").read_bytes() == first
+  # Others are applied, said in one line, and the config they replace kept.
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={copy}",
+                       "--config.train.num_steps=50",
+                       "--config.train.learning_rate=0.001")
+  assert result.returncode == 0, result.stderr[-3000:]
+  kept = copy / "config.until-step-40.json"
+  assert ("resumed with changes: train.learning_rate 0.003 -> 0.001, "
+          "train.num_steps 40 -> 50 (the config before them is kept as "
+          f"{kept})") in result.stderr.splitlines()
+  assert kept.read_bytes() == first
+  config = strict_json(copy / "config.json")
+  assert (config["train"]["learning_rate"], config["train"]["num_steps"]) == (
+      0.001, 50)
+  assert strict_json(copy / "metrics.json")["step"] == 50

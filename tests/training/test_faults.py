@@ -235,7 +235,8 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
   fill(tiny_disk)
   result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
   assert_one_error(result, 1, "no space left on device writing "
-                   f"{model_dir}/", "the same command resumes from the latest")
+                   f"{model_dir}/", "and python -m trainer.task --config=",
+                   f"--model_dir={model_dir} resumes from the latest")
   (tiny_disk / "filler").unlink()
   assert restored_step(model_dir) == 20
 
@@ -262,8 +263,8 @@ def test_a_stop_signal_checkpoints_at_the_end_of_the_host_loop(
            if l.startswith(f"{name}: saved a checkpoint at step ")]
   assert len(saved) == 1, stderr[-3000:]
   step = int(saved[0].split()[6])
-  assert f"in {model_dir}/checkpoints; run the same command to resume" in (
-      saved[0])
+  assert f"in {model_dir}/checkpoints; to resume: python -m trainer.task " in (
+      saved[0]) and saved[0].endswith(f" --model_dir={model_dir}")
   assert "Traceback" not in stderr and not error_lines(stderr)
   assert restored_step(model_dir) == step
 
@@ -334,7 +335,8 @@ def test_a_stop_signal_to_one_of_two_workers_stops_both_at_the_same_step(
     saved = [l for l in log.splitlines()
              if l.startswith(f"{says}: saved a checkpoint at step ")]
     assert len(saved) == 1, workers.logs_tail()
-    assert "run the same command on every worker to resume" in saved[0]
+    assert ("; to resume (every worker with its own command): python -m "
+            "trainer.task ") in saved[0]
     assert "Traceback" not in log and not error_lines(log)
     steps.append(int(saved[0].split(" at step ")[1].split()[0]))
   assert steps[0] == steps[1] < 1000

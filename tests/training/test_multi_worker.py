@@ -123,8 +123,9 @@ def test_a_dead_or_frozen_worker_ends_the_other_in_bounded_time(
   errors = [l for l in log.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, log[-3000:]
   assert errors[0].startswith("error: lost contact with another worker (")
-  assert ("start every worker again with the same command to resume from "
+  assert ("start every worker again to resume from "
           f"{model_dir}/checkpoints/ckpt-") in errors[0]
+  assert "; this one with: python -m trainer.task " in errors[0]
   if victim == 1:  # the leader names the silent worker
     assert "(worker 1; " in errors[0]
   assert "Traceback" not in log

@@ -208,15 +208,17 @@ def write_config(dirs: RunDirs, config, replaced_at: int | None = None
   Args:
     replaced_at: a resumed run whose config changed: the step it resumed
       from. The config.json it replaces is first kept as
-      config.until-step-<step>.json, so every config a run directory's
+      config.until-step-<step>.json, unless that file exists (an earlier
+      resume from the same checkpoint, which may have failed, kept the
+      config that trained it), so every config a run directory's
       checkpoints were trained with stays there.
   """
   storage.makedirs(dirs.files)  # the others are made by what writes there
   path = posixpath.join(dirs.files, CONFIG_FILE)
-  if replaced_at is not None and storage.exists(path):
-    storage.write_atomic(
-        posixpath.join(dirs.files, kept_config_name(replaced_at)),
-        storage.read_bytes(path))
+  kept = posixpath.join(dirs.files, kept_config_name(replaced_at or 0))
+  if (replaced_at is not None and storage.exists(path)
+      and not storage.exists(kept)):
+    storage.write_atomic(kept, storage.read_bytes(path))
   storage.write_atomic(path, strict_json(_as_json(config), sort_keys=True))
 
 
