@@ -302,34 +302,35 @@ class _Run:
     A stop requested during the last host loop lets the run finish."""
     Action = schedule_lib.Action  # pylint: disable=invalid-name
     num_steps = self.schedule.num_steps
-    bar = progress.Progress(total=num_steps, unit="steps", desc="train",
-                            initial=self.step)
     stopped = None
-    if self.is_chief:  # once per run: the graph, the config as hparams
-      self.scalars.write_graph(self.trainer.model_graph())
-      summaries.write_hparams(self.logs, self.config)
-    while self.step < num_steps:
-      self._host_loop(self.schedule.next_boundary(self.step), bar)
-      due = self.schedule.due(self.step)
-      if Action.HISTOGRAMS in due and self.is_chief:
-        self.scalars.write_histograms(
-            self.step, self.trainer.model.trainable_variables,
-            float(self.trainer.gradient_norm.numpy()))
-      if Action.EVALUATE in due:
-        metrics = self.evaluate()
-        # Every worker votes, on the same all-reduced metrics: all end here.
-        if self.target and self.any_worker(self.target.reached_by(metrics)):
-          self.reach(metrics)
-          say(summaries.target_line(self.reached, self.step, stopping=True))
+    # Closed at the end; an error ends its line on a terminal (the error
+    # line comes below it) and adds no line elsewhere.
+    with progress.Progress(total=num_steps, unit="steps", desc="train",
+                           initial=self.step) as bar:
+      if self.is_chief:  # once per run: the graph, the config as hparams
+        self.scalars.write_graph(self.trainer.model_graph())
+        summaries.write_hparams(self.logs, self.config)
+      while self.step < num_steps:
+        self._host_loop(self.schedule.next_boundary(self.step), bar)
+        due = self.schedule.due(self.step)
+        if Action.HISTOGRAMS in due and self.is_chief:
+          self.scalars.write_histograms(
+              self.step, self.trainer.model.trainable_variables,
+              float(self.trainer.gradient_norm.numpy()))
+        if Action.EVALUATE in due:
+          metrics = self.evaluate()
+          # Every worker votes, on the same all-reduced metrics: all end here.
+          if self.target and self.any_worker(self.target.reached_by(metrics)):
+            self.reach(metrics)
+            say(summaries.target_line(self.reached, self.step, stopping=True))
+            break
+        # Every worker takes part, once per host loop, so all stop together.
+        if self.any_worker(signals.requested) and self.step < num_steps:
+          stopped = signals.reason or stop_lib.StopReason.PEER
           break
-      # Every worker takes part, once per host loop, so all stop together.
-      if self.any_worker(signals.requested) and self.step < num_steps:
-        stopped = signals.reason or stop_lib.StopReason.PEER
-        break
-      if Action.CHECKPOINT in due:
-        self.save()
-    self.profile.stop(self.step)  # stopped inside the profiled steps
-    bar.close()
+        if Action.CHECKPOINT in due:
+          self.save()
+      self.profile.stop(self.step)  # stopped inside the profiled steps
     return stopped
 
   def _host_loop(self, end: int, bar: progress.Progress) -> None:
