@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +75,27 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert events.Tensors(tag)[-1].step == 40
   assert (model_dir / "export" / "saved_model.pb").exists()
   assert len(model_weights(str(model_dir))) == 8
+
+
+def test_a_finished_run_ends_with_its_time_and_the_commands_that_show_it(
+    smoke_run, run):
+  result, model_dir = smoke_run, smoke_run.model_dir
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"model_dir: {model_dir}" in result.stdout
+  found = re.fullmatch(
+      r"done in (\d+\.\d s|\d+ min \d\d s); look at it: (tensorboard .+); "
+      r"try it: (python -m trainer\.predict .+)",
+      result.stderr.splitlines()[-1])
+  assert found, result.stderr[-3000:]
+  tensorboard, predict = shlex.split(found[2]), shlex.split(found[3])
+  assert tensorboard == ["tensorboard", "--logdir", str(model_dir)]
+  assert shutil.which("tensorboard", path=os.path.dirname(sys.executable))
+  assert predict == ["python", "-m", "trainer.predict",
+                     f"--model_dir={model_dir}", "x=3,y=4:x*y"]
+  answered = run(*predict[2:])  # python -m trainer.predict ...
+  assert answered.returncode == 0, answered.stderr[-3000:]
+  assert re.fullmatch(r"x=3,y=4:x\*y -> (\S|' ') \(p=[01]\.\d\d\)\n",
+                      answered.stdout), answered.stdout
 
 
 def test_mirrored_on_two_cpu_devices(mirrored_smoke_run):

@@ -4,8 +4,9 @@
 once, build the Trainer (model, optimizer, compiled steps), restore the
 latest checkpoint, then run host loops until `num_steps`, evaluating and
 checkpointing where the schedule (trainer/training/schedule.py) says; at the
-end evaluate, export the SavedModel and write the metrics. The config comes
-checked, as a RunPlan (trainer/training/plan.py).
+end evaluate, export the SavedModel and write the metrics; the chief's last
+line says how long the run took and the commands that show it (done_line).
+The config comes checked, as a RunPlan (trainer/training/plan.py).
 
 A target (config.train.target_accuracy or target_loss) ends the run early:
 the first evaluation that reaches it is the run's last; the run saves,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -232,10 +234,29 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
-  if run_plan.target and not at_target:  # the run's last line
+  if run_plan.target and not at_target:
     say(summaries.target_line(results["target"], run.step, stopping=False))
   run.any_worker(False)  # a barrier: none ends while another still writes
+  if paths.is_chief:  # the run's last line
+    say(done_line(time.perf_counter() - run.clock_start, paths.read))
   return results
+
+
+def done_line(seconds: float, dirs: run_dir.RunDirs) -> str:
+  """The last line of a finished run: how long it took (`seconds`) and the
+  commands that show it, e.g. "done in 1 min 02 s; look at it:
+  tensorboard --logdir RUN; try it: python -m trainer.predict
+  --model_dir=RUN 'x=3,y=4:x*y'"."""
+  minutes, whole_seconds = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  took = (f"{seconds:.1f} s" if seconds < 60 else
+          f"{minutes} min {whole_seconds:02d} s" if not hours else
+          f"{hours} h {minutes:02d} min")
+  # predict takes a run directory or the SavedModel's (Vertex AI's
+  # AIP_MODEL_DIR): dirs.files is the one of the two this run has.
+  return (f"done in {took}; look at it: tensorboard --logdir "
+          f"{shlex.quote(dirs.logs)}; try it: python -m trainer.predict "
+          f"--model_dir={shlex.quote(dirs.files)} 'x=3,y=4:x*y'")
 
 
 def _reached_before(dirs: run_dir.RunDirs, target: plan_lib.Target | None,
