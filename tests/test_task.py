@@ -98,6 +98,22 @@ def test_a_finished_run_ends_with_its_time_and_the_commands_that_show_it(
                       answered.stdout), answered.stdout
 
 
+@pytest.mark.parametrize("seconds, took", [
+    (59.94, "59.9 s"), (62.4, "1 min 02 s"), (3725.4, "1 h 02 min")])
+def test_the_done_line_quotes_paths_and_follows_vertex_ai_dirs(seconds, took):
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import run_dir  # pylint: disable=g-import-not-at-top
+  assert loop.done_line(seconds, run_dir.RunDirs.under("/tmp/a b")) == (
+      f"done in {took}; look at it: tensorboard --logdir '/tmp/a b'; try it: "
+      "python -m trainer.predict --model_dir='/tmp/a b' 'x=3,y=4:x*y'")
+  # Vertex AI: the logs and the SavedModel in directories of their own.
+  vertex = run_dir.RunDirs.from_vertex_env({
+      "AIP_MODEL_DIR": "gs://b/model", "AIP_TENSORBOARD_LOG_DIR": "gs://b/tb"})
+  assert loop.done_line(seconds, vertex).endswith(
+      "tensorboard --logdir gs://b/tb; try it: python -m trainer.predict "
+      "--model_dir=gs://b/model 'x=3,y=4:x*y'")
+
+
 def test_mirrored_on_two_cpu_devices(mirrored_smoke_run):
   # The session's mirrored smoke run (conftest).
   result, model_dir = mirrored_smoke_run, mirrored_smoke_run.model_dir
