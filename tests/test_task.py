@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,43 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert events.Tensors(tag)[-1].step == 40
   assert (model_dir / "export" / "saved_model.pb").exists()
   assert len(model_weights(str(model_dir))) == 8
+
+
+def test_a_finished_run_ends_with_its_time_and_the_commands_that_show_it(
+    smoke_run, run):
+  result, model_dir = smoke_run, smoke_run.model_dir
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"model_dir: {model_dir}" in result.stdout
+  found = re.fullmatch(
+      r"done in (\d+\.\d s|\d+ min \d\d s); look at it: (tensorboard .+); "
+      r"try it: (python -m trainer\.predict .+)",
+      result.stderr.splitlines()[-1])
+  assert found, result.stderr[-3000:]
+  tensorboard, predict = shlex.split(found[2]), shlex.split(found[3])
+  assert tensorboard == ["tensorboard", "--logdir", str(model_dir)]
+  assert shutil.which("tensorboard", path=os.path.dirname(sys.executable))
+  assert predict == ["python", "-m", "trainer.predict",
+                     f"--model_dir={model_dir}", "x=3,y=4:x*y"]
+  answered = run(*predict[2:])  # python -m trainer.predict ...
+  assert answered.returncode == 0, answered.stderr[-3000:]
+  assert re.fullmatch(r"x=3,y=4:x\*y -> (\S|' ') \(p=[01]\.\d\d\)\n",
+                      answered.stdout), answered.stdout
+
+
+@pytest.mark.parametrize("seconds, took", [
+    (59.94, "59.9 s"), (62.4, "1 min 02 s"), (3725.4, "1 h 02 min")])
+def test_the_done_line_quotes_paths_and_follows_vertex_ai_dirs(seconds, took):
+  from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import run_dir  # pylint: disable=g-import-not-at-top
+  assert loop.done_line(seconds, run_dir.RunDirs.under("/tmp/a b")) == (
+      f"done in {took}; look at it: tensorboard --logdir '/tmp/a b'; try it: "
+      "python -m trainer.predict --model_dir='/tmp/a b' 'x=3,y=4:x*y'")
+  # Vertex AI: the logs and the SavedModel in directories of their own.
+  vertex = run_dir.RunDirs.from_vertex_env({
+      "AIP_MODEL_DIR": "gs://b/model", "AIP_TENSORBOARD_LOG_DIR": "gs://b/tb"})
+  assert loop.done_line(seconds, vertex).endswith(
+      "tensorboard --logdir gs://b/tb; try it: python -m trainer.predict "
+      "--model_dir=gs://b/model 'x=3,y=4:x*y'")
 
 
 def test_mirrored_on_two_cpu_devices(mirrored_smoke_run):

@@ -18,6 +18,7 @@ import time
 from absl import flags
 
 from trainer import errors
+from trainer import progress
 
 # What `import tensorflow` writes to stderr before TensorFlow's C++ logging
 # honours TF_CPP_MIN_LOG_LEVEL (TF 2.21: printed once per shared library).
@@ -87,12 +88,23 @@ def _import_tensorflow_quietly():
 
 def log_plainly() -> None:
   """The run's own lines (absl logging.info) print as they are, on stderr,
-  without absl's prefix; TensorFlow's Python INFO lines do not print.
+  without absl's prefix, and above a progress bar drawn on the terminal
+  (progress.above); TensorFlow's Python INFO lines do not print.
   An explicit `--verbosity` still wins."""
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   handler = logging.get_absl_handler()
-  handler.setFormatter(std_logging.Formatter("%(message)s"))
+  writer = handler.python_handler  # the logging.StreamHandler that writes
+
+  class AboveProgress(std_logging.Formatter):
+    """The message and its newline (the handler adds none), put above a
+    progress bar drawn on the stream the handler writes to."""
+
+    def format(self, record):
+      return progress.above(super().format(record) + "\n", writer.stream)
+
+  writer.setFormatter(AboveProgress("%(message)s"))
+  writer.terminator = ""  # the formatter ends the line, before the bar
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
     # TensorFlow logs INFO lines through absl too (SavedModel writing,

@@ -4,8 +4,9 @@
 once, build the Trainer (model, optimizer, compiled steps), restore the
 latest checkpoint, then run host loops until `num_steps`, evaluating and
 checkpointing where the schedule (trainer/training/schedule.py) says; at the
-end evaluate, export the SavedModel and write the metrics. The config comes
-checked, as a RunPlan (trainer/training/plan.py).
+end evaluate, export the SavedModel and write the metrics; the chief's last
+line says how long the run took and the commands that show it (done_line).
+The config comes checked, as a RunPlan (trainer/training/plan.py).
 
 A target (config.train.target_accuracy or target_loss) ends the run early:
 the first evaluation that reaches it is the run's last; the run saves,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -252,10 +254,29 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
-  if run_plan.target and not at_target:  # the run's last line
+  if run_plan.target and not at_target:
     say(summaries.target_line(results["target"], run.step, stopping=False))
   run.any_worker(False)  # a barrier: none ends while another still writes
+  if paths.is_chief:  # the run's last line
+    say(done_line(time.perf_counter() - run.clock_start, paths.read))
   return results
+
+
+def done_line(seconds: float, dirs: run_dir.RunDirs) -> str:
+  """The last line of a finished run: how long it took (`seconds`) and the
+  commands that show it, e.g. "done in 1 min 02 s; look at it:
+  tensorboard --logdir RUN; try it: python -m trainer.predict
+  --model_dir=RUN 'x=3,y=4:x*y'"."""
+  minutes, whole_seconds = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  took = (f"{seconds:.1f} s" if seconds < 60 else
+          f"{minutes} min {whole_seconds:02d} s" if not hours else
+          f"{hours} h {minutes:02d} min")
+  # predict takes a run directory or the SavedModel's (Vertex AI's
+  # AIP_MODEL_DIR): dirs.files is the one of the two this run has.
+  return (f"done in {took}; look at it: tensorboard --logdir "
+          f"{shlex.quote(dirs.logs)}; try it: python -m trainer.predict "
+          f"--model_dir={shlex.quote(dirs.files)} 'x=3,y=4:x*y'")
 
 
 def _reached_before(dirs: run_dir.RunDirs, target: plan_lib.Target | None,
@@ -322,34 +343,35 @@ class _Run:
     A stop requested during the last host loop lets the run finish."""
     Action = schedule_lib.Action  # pylint: disable=invalid-name
     num_steps = self.schedule.num_steps
-    bar = progress.Progress(total=num_steps, unit="steps", desc="train",
-                            initial=self.step)
     stopped = None
-    if self.is_chief:  # once per run: the graph, the config as hparams
-      self.scalars.write_graph(self.trainer.model_graph())
-      summaries.write_hparams(self.logs, self.config)
-    while self.step < num_steps:
-      self._host_loop(self.schedule.next_boundary(self.step), bar)
-      due = self.schedule.due(self.step)
-      if Action.HISTOGRAMS in due and self.is_chief:
-        self.scalars.write_histograms(
-            self.step, self.trainer.model.trainable_variables,
-            float(self.trainer.gradient_norm.numpy()))
-      if Action.EVALUATE in due:
-        metrics = self.evaluate()
-        # Every worker votes, on the same all-reduced metrics: all end here.
-        if self.target and self.any_worker(self.target.reached_by(metrics)):
-          self.reach(metrics)
-          say(summaries.target_line(self.reached, self.step, stopping=True))
+    # Closed at the end; an error ends its line on a terminal (the error
+    # line comes below it) and adds no line elsewhere.
+    with progress.Progress(total=num_steps, unit="steps", desc="train",
+                           initial=self.step) as bar:
+      if self.is_chief:  # once per run: the graph, the config as hparams
+        self.scalars.write_graph(self.trainer.model_graph())
+        summaries.write_hparams(self.logs, self.config)
+      while self.step < num_steps:
+        self._host_loop(self.schedule.next_boundary(self.step), bar)
+        due = self.schedule.due(self.step)
+        if Action.HISTOGRAMS in due and self.is_chief:
+          self.scalars.write_histograms(
+              self.step, self.trainer.model.trainable_variables,
+              float(self.trainer.gradient_norm.numpy()))
+        if Action.EVALUATE in due:
+          metrics = self.evaluate()
+          # Every worker votes, on the same all-reduced metrics: all end here.
+          if self.target and self.any_worker(self.target.reached_by(metrics)):
+            self.reach(metrics)
+            say(summaries.target_line(self.reached, self.step, stopping=True))
+            break
+        # Every worker takes part, once per host loop, so all stop together.
+        if self.any_worker(signals.requested) and self.step < num_steps:
+          stopped = signals.reason or stop_lib.StopReason.PEER
           break
-      # Every worker takes part, once per host loop, so all stop together.
-      if self.any_worker(signals.requested) and self.step < num_steps:
-        stopped = signals.reason or stop_lib.StopReason.PEER
-        break
-      if Action.CHECKPOINT in due:
-        self.save()
-    self.profile.stop(self.step)  # stopped inside the profiled steps
-    bar.close()
+        if Action.CHECKPOINT in due:
+          self.save()
+      self.profile.stop(self.step)  # stopped inside the profiled steps
     return stopped
 
   def _host_loop(self, end: int, bar: progress.Progress) -> None:
