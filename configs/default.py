@@ -2,6 +2,12 @@
 
   python -m trainer.task                      # this config, default data set
   python -m trainer.task --config=configs/default.py --config.train.num_steps=8000
+
+Hardware: sized and measured on a 2-core CPU (no accelerator, TF 2.21).
+Time and result there: 15,000 steps at batch 128 in ~1 min (70 s from a
+fresh cache, data generation included); eval loss 0.472, first-token
+accuracy 79.3 % (the seed's model plateaus near 0.80). Every field, its
+default and meaning: docs/configuration.md.
 """
 
 import ml_collections

@@ -2,6 +2,11 @@
 
   python -m trainer.task --config=configs/gpu.py --strategy=mirrored \
       --data_dir=gs://BUCKET/arith --model_dir=gs://BUCKET/runs/gpu
+  launch/multi_gpu.sh --config=configs/gpu.py --data_dir=DIR --model_dir=DIR
+
+Hardware: sized for one machine with one or more GPUs (global batch 1,024
+split over them). Time and result: not run on a GPU here (no GPU on this
+project's machine); its settings are the default's, scaled by batch.
 """
 
 from trainer.configs import default

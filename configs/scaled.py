@@ -4,10 +4,16 @@
   python -m trainer.task --config=configs/scaled.py \
       --config.train.target_accuracy=0.99   # stop at the first eval >= 0.99
 
+Hardware: sized and measured on a 2-core CPU (no accelerator, TF 2.21).
+Time and result there: 0.99 eval accuracy at step 11,500 in ~3 min (194 s
+from process start with the target above, data generated beforehand);
+without the target the run goes on to step 14,000.
+
 Residual attention blocks with learned positions on the default data set
 (800k training examples): 73,508 parameters. Each choice below was measured
-against the recipe before it (README, "A model that solves the task": the
-curve, and the time to 0.99 from benchmarks/time_to_accuracy.py).
+against the recipe before it (docs/measurements.md, "A model that solves
+the task": the curve, the search, and the time to 0.99 from
+benchmarks/time_to_accuracy.py).
 """
 
 from trainer.configs import default

@@ -1,6 +1,10 @@
 """Smoke config: a tiny model and run for tests and quick checks.
 
   python -m trainer.task --config=configs/smoke.py --data_dir=DIR --model_dir=DIR
+
+Hardware: any CPU; the tests run it on a 2-core CPU. 40 steps of a tiny
+model: a check that everything runs end to end, not a model (not timed on
+its own; its accuracy means nothing).
 """
 
 from trainer.configs import default

@@ -2,6 +2,11 @@
 
   python -m trainer.task --config=configs/tpu.py --strategy=tpu --tpu=local \
       --data_dir=gs://BUCKET/arith --model_dir=gs://BUCKET/runs/tpu
+  DATA_DIR=gs://BUCKET/arith MODEL_DIR=gs://BUCKET/runs/tpu launch/tpu_vm.sh train
+
+Hardware: sized for a TPU VM with 8 TPU cores (128 examples per
+core). Time and result: not run on a TPU here (no TPU on this project's
+machine); off a TPU, --strategy=tpu stops at once with one error line.
 """
 
 from trainer.configs import default
