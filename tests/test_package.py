@@ -46,6 +46,28 @@ def test_the_wheel_holds_every_module_and_the_tested_tensorflow_range(
           if not n.split("/")[0].endswith(".dist-info")} == {"trainer"}
   top_level, = [n for n in names if n.endswith(".dist-info/top_level.txt")]
   assert archive.read(top_level).decode().split() == ["trainer"]
+  assert_the_installed_wheel_finds_its_configs(archive, tmp_path)
+
+
+def assert_the_installed_wheel_finds_its_configs(archive, tmp_path):
+  # The wheel's files on the path first (a pure-Python wheel installs as its
+  # unzipped files), run from a directory without configs/: --config=
+  # configs/X.py is the package's own file.
+  site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+  archive.extractall(site)
+  elsewhere.mkdir()
+  env = {**os.environ, "PYTHONPATH": str(site)}
+  result = subprocess.run(
+      [sys.executable, "-c", "import trainer.task; print(trainer.task.__file__)"],
+      capture_output=True, text=True, cwd=elsewhere, env=env, check=True)
+  assert result.stdout.strip() == str(site / "trainer" / "task.py")
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--config=configs/scaled.py",
+       "--config.train.num_steps=321", "--print_config"],
+      capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "  num_steps: 321\n" in result.stdout
+  assert "  hidden_size: 24\n" in result.stdout  # scaled.py's own value
 
 
 def assert_the_metadata_names_the_licence_and_pythons(wheel):
