@@ -221,11 +221,13 @@ def explain_config_error(argv: list[str], error: Exception) -> str:
   """One line for a failed --config load or override: the field that does
   not exist (with the nearest ones), else the config file's own error,
   else the override's error; never the exception's repr."""
-  path = _config_path(argv)
   try:
+    path = _config_path(resolve_config_flag(argv))
     config = _load_config_file(path)
+  except errors.UserError as e:  # no such file
+    return str(e)
   except Exception as e:  # pylint: disable=broad-except
-    return (f"cannot load --config={path}: {type(e).__name__}: "
+    return (f"cannot load --config={_shown(path)}: {type(e).__name__}: "
             f"{' '.join(str(e).split())}")
   fields = config_fields(config)
   nodes = {f.rsplit(".", n)[0]
