@@ -80,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"
   # TensorBoard: weight histograms and the gradient norm every this many
-  # steps (0 = off); a multiple of steps_per_loop adds no host-loop ends.
+  # steps and at the run's last step (0 = off); a multiple of steps_per_loop
+  # adds no host-loop ends.
   config.train.histogram_every_steps = 1_000
   # "START,COUNT": trace the COUNT steps after step START with tf.profiler,
   # into the TensorBoard logs (plugins/profile/); "" = off.

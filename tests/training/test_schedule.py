@@ -13,8 +13,9 @@ Action = schedule_lib.Action
 
 
 def make(num_steps=100, steps_per_loop=10, eval_every=0, checkpoint_every=0,
-         profile=""):
+         profile="", histogram_every=0):
   config = smoke.get_config()
+  config.train.histogram_every_steps = histogram_every
   config.train.num_steps = num_steps
   config.train.steps_per_loop = steps_per_loop
   config.train.eval_every_steps = eval_every
@@ -33,7 +34,7 @@ def walk(schedule, start=0):
 
 
 def expected_walk(num_steps, steps_per_loop, eval_every, checkpoint_every,
-                  profile_bounds, start=0):
+                  profile_bounds, histogram_every=0, start=0):
   """The same, one step at a time: a host loop ends at the first step where
   something is due, after steps_per_loop steps, or at num_steps."""
   out, loop_start = [], start
@@ -42,25 +43,31 @@ def expected_walk(num_steps, steps_per_loop, eval_every, checkpoint_every,
     checkpoint = (bool(checkpoint_every) and step % checkpoint_every == 0
                   ) or step == num_steps
     profile = step in profile_bounds
-    if (evaluate or checkpoint or profile or step == num_steps
+    histograms = bool(histogram_every) and (
+        step % histogram_every == 0 or step == num_steps)
+    if (evaluate or checkpoint or profile or histograms or step == num_steps
         or step - loop_start == steps_per_loop):
       due = {a for a, on in ((Action.EVALUATE, evaluate),
                              (Action.CHECKPOINT, checkpoint),
-                             (Action.PROFILE, profile)) if on}
+                             (Action.PROFILE, profile),
+                             (Action.HISTOGRAMS, histograms)) if on}
       out.append((step, frozenset(due)))
       loop_start = step
   return out
 
 
 @pytest.mark.parametrize(
-    "num_steps, steps_per_loop, eval_every, checkpoint_every, profile",
-    [(100, 10, 0, 0, ""), (100, 10, 25, 40, ""), (97, 7, 30, 0, "5,11"),
-     (50, 100, 0, 0, ""), (60, 8, 16, 24, "0,3"), (12, 5, 1, 3, "10,5"),
-     (30, 30, 30, 30, "29,1")])
+    "num_steps, steps_per_loop, eval_every, checkpoint_every, profile, "
+    "histogram_every",
+    [(100, 10, 0, 0, "", 0), (100, 10, 25, 40, "", 1000),
+     (97, 7, 30, 0, "5,11", 20), (50, 100, 0, 0, "", 1000),
+     (60, 8, 16, 24, "0,3", 0), (12, 5, 1, 3, "10,5", 5),
+     (30, 30, 30, 30, "29,1", 7)])
 def test_boundaries_and_due_actions_match_a_step_by_step_reading(
-    num_steps, steps_per_loop, eval_every, checkpoint_every, profile):
+    num_steps, steps_per_loop, eval_every, checkpoint_every, profile,
+    histogram_every):
   schedule = make(num_steps, steps_per_loop, eval_every, checkpoint_every,
-                  profile)
+                  profile, histogram_every)
   bounds = set()
   if profile:
     start, count = (int(p) for p in profile.split(","))
@@ -68,7 +75,7 @@ def test_boundaries_and_due_actions_match_a_step_by_step_reading(
   for start in (0, 3, num_steps - 1):  # a fresh run and resumed ones
     assert walk(schedule, start) == expected_walk(
         num_steps, steps_per_loop, eval_every, checkpoint_every, bounds,
-        start), start
+        histogram_every, start), start
 
 
 def test_no_host_loop_is_longer_than_steps_per_loop_or_passes_the_end():

@@ -231,6 +231,13 @@ def test_a_run_at_its_target_ends_finished_and_a_rerun_has_nothing_to_do(
       rf"^target: eval accuracy {reached:.4f} >= {target:g} at step {step} "
       r"after [\d.]+ s: stopping$", log, re.M), log
   assert f"eval at step {step + 2}:" not in log  # no evaluation after it
+  # Its weight histograms (interval 1,000) at its last step, the target's.
+  histogram_steps = {
+      event.step
+      for path in tf.io.gfile.glob(os.path.join(run, "train", "events.*"))
+      for event in tf.compat.v1.train.summary_iterator(path)
+      for value in event.summary.value if value.tag == "dense/kernel"}
+  assert histogram_steps == {step}
 
   # The same command again: finished at the target, nothing to do.
   results, lines = train_in_process(target_config(target_accuracy=target),

@@ -24,12 +24,18 @@ from tests.helpers.eval_checks import OPERATIONS, assert_by_op_adds_up, eval_lin
 
 
 def read_scalars(logdir):
-  """{tag: {step: value}} from the TensorBoard event files in logdir."""
+  """{tag: {step: value}} of the scalar summaries in the TensorBoard event
+  files in logdir (not its histograms or hparams)."""
   scalars = collections.defaultdict(dict)
+  plugins = {}  # tag: its plugin, named by the tag's first summary only
   for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+        if value.HasField("metadata"):
+          plugins[value.tag] = value.metadata.plugin_data.plugin_name
+        if plugins.get(value.tag) == "scalars":
+          scalars[value.tag][event.step] = float(
+              tf.make_ndarray(value.tensor))
   return scalars
 
 

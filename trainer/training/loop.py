@@ -322,7 +322,9 @@ class _Run:
                                    self.config.train.keep_checkpoints)
     self.scalars = summaries.Scalars(out.logs)
     self.is_chief = strategy_lib.is_chief(strategy)
-    self.logs = out.logs
+    # The hparams' "strategy": the class the run's "strategy:" line names,
+    # without a leading underscore (DefaultDistributionStrategy).
+    self.strategy_name = type(strategy).__name__.lstrip("_")
     # The chief's trace (is_chief: every TPU host is one), into its logs.
     self.profile = summaries.Profile(
         run_plan.profile if strategy_lib.is_chief(strategy) else None,
@@ -348,20 +350,22 @@ class _Run:
     # line comes below it) and adds no line elsewhere.
     with progress.Progress(total=num_steps, unit="steps", desc="train",
                            initial=self.step) as bar:
-      if self.is_chief:  # once per run: the graph, the config as hparams
+      if self.is_chief:  # once per run: the graph, the hparams
         self.scalars.write_graph(self.trainer.model_graph())
-        summaries.write_hparams(self.logs, self.config)
+        self.scalars.write_hparams(self.config, self.strategy_name,
+                                   self.trainer.num_replicas)
       while self.step < num_steps:
         self._host_loop(self.schedule.next_boundary(self.step), bar)
         due = self.schedule.due(self.step)
-        if Action.HISTOGRAMS in due and self.is_chief:
-          self.scalars.write_histograms(
-              self.step, self.trainer.model.trainable_variables,
-              float(self.trainer.gradient_norm.numpy()))
+        if Action.HISTOGRAMS in due:
+          self._write_histograms()
         if Action.EVALUATE in due:
           metrics = self.evaluate()
           # Every worker votes, on the same all-reduced metrics: all end here.
           if self.target and self.any_worker(self.target.reached_by(metrics)):
+            if (self.config.train.histogram_every_steps and
+                Action.HISTOGRAMS not in due):  # the run's last step
+              self._write_histograms()
             self.reach(metrics)
             say(summaries.target_line(self.reached, self.step, stopping=True))
             break
@@ -373,6 +377,14 @@ class _Run:
           self.save()
       self.profile.stop(self.step)  # stopped inside the profiled steps
     return stopped
+
+  def _write_histograms(self) -> None:
+    """The chief writes the weight histograms and the gradient norm of the
+    last host loop at this step."""
+    if self.is_chief:
+      self.scalars.write_histograms(
+          self.step, self.trainer.model.trainable_variables,
+          float(self.trainer.gradient_norm.numpy()))
 
   def _host_loop(self, end: int, bar: progress.Progress) -> None:
     """Trains from self.step to `end` in one compiled call; writes its

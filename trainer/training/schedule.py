@@ -27,7 +27,8 @@ class Action(enum.Enum):
   EVALUATE = "evaluate"      # an eval pass (the final one is the loop's)
   CHECKPOINT = "checkpoint"  # a checkpoint (always at num_steps)
   PROFILE = "profile"        # a bound of the traced window (start or end)
-  HISTOGRAMS = "histograms"  # weight histograms and the gradient norm
+  # Weight histograms and the gradient norm (also at num_steps unless off).
+  HISTOGRAMS = "histograms"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,11 @@ class Schedule:
             # workers run the same loops).
             Row(Action.PROFILE,
                 also=(profile.start, profile.end) if profile else ()),
-            Row(Action.HISTOGRAMS, train.histogram_every_steps),
+            # At the last step too, so a run shorter than the interval has
+            # them (num_steps ends a host loop already); 0 = none at all.
+            Row(Action.HISTOGRAMS, train.histogram_every_steps,
+                also=(train.num_steps,) if train.histogram_every_steps
+                else ()),
         ))
 
   def next_boundary(self, step: int) -> int:

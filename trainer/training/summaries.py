@@ -2,12 +2,21 @@
 graph, weight histograms and the gradient norm, the config as hparams, the
 eval line, and profiler traces of chosen host loops.
 
-TensorBoard's layout of a run's logs (`logdir`):
+TensorBoard's layout of a run's logs (`logdir`: the --model_dir the run
+prints as model_dir, or AIP_TENSORBOARD_LOG_DIR on Vertex AI):
   train/  scalars of each host loop; the graph; histograms and gradient_norm
-  eval/   scalars of each evaluation
-  .       the hparams (the config) of the session: its metrics are the last
-          eval/loss and eval/accuracy, so runs of a recipe search under one
-          --logdir compare in the HParams dashboard.
+  eval/   scalars of each evaluation; the run's hparams session (the config,
+          the strategy and the replica count) whose metrics are eval/'s last
+          accuracy and loss
+
+The session sits in eval/ beside its metrics because TensorBoard's HParams
+plugin looks a metric up in the run "<session's run>/<metric group>": a
+session in the log root is the run "." with --logdir=<model_dir>, and
+"./eval" names no run (the metrics were missing there). In eval/ with the
+group "" it is the run "eval" (--logdir=<model_dir>) or "<name>/eval"
+(--logdir=<a directory of runs>), its metrics in that same run. The trial
+(session group) is named by the run (`trial_name`), not by a hash of its
+hparams.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ from trainer.training import plan as plan_lib
 
 class Scalars:
   """The run's train/ and eval/ summary writers under `logdir`: scalars,
-  and into train/ the graph and the histograms."""
+  into train/ the graph and the histograms, into eval/ the hparams."""
 
   def __init__(self, logdir: str):
+    self.logdir = logdir
     self._writers = {
         name: tf.summary.create_file_writer(storage.join(logdir, name))
         for name in ("train", "eval")}
@@ -68,10 +78,74 @@ class Scalars:
                          metadata=_SCALAR_METADATA)
     writer.flush()
 
+  def write_hparams(self, config: ml_collections.ConfigDict, strategy: str,
+                    num_replicas: int) -> None:
+    """Writes the run's hparams session to eval/: the config's fields
+    (config_hparams), `strategy` (the tf.distribute strategy's class name)
+    and `num_replicas`, as the trial trial_name(logdir), with eval/'s
+    accuracy and loss as its metrics (see the module docstring for why
+    there), titled by COMPARED_HPARAMS, SHOWN_HPARAMS first."""
+    # TensorBoard's hparams API; imported here: only the chief writes them.
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    # pylint: enable=g-import-not-at-top
+    hparams = {**config_hparams(config), "strategy": strategy,
+               "num_replicas": num_replicas}
+    experiment_summary = hp.hparams_config_pb(
+        hparams=[hp.HParam(name, display_name=COMPARED_HPARAMS.get(name))
+                 for name in hparams],
+        # Group "": the metrics are in the session's own run, eval/.
+        metrics=[hp.Metric(tag, display_name=f"eval {tag}")
+                 for tag in HPARAMS_METRICS])
+    # The plugin orders the experiment's hparams by (not differs, name)
+    # whatever their order here, and the dashboard shows the first five:
+    # `differs` is the only say in which come first (SHOWN_HPARAMS). HParam
+    # has no argument for it, so it is set in the proto.
+    value = experiment_summary.value[0]
+    experiment = hp_metadata.parse_experiment_plugin_data(
+        value.metadata.plugin_data.content)
+    for info in experiment.hparam_infos:
+      info.differs = info.name in SHOWN_HPARAMS
+    value.metadata.CopyFrom(hp_metadata.create_summary_metadata(
+        plugin_data_pb2.HParamsPluginData(experiment=experiment)))
+    writer = self._writers["eval"]  # one writer (event file) per directory
+    with writer.as_default():
+      tf.summary.experimental.write_raw_pb(
+          experiment_summary.SerializeToString(), step=0)
+      hp.hparams(hparams, trial_id=trial_name(self.logdir))
+    writer.flush()
+
 
 # The eval/ scalars the HParams dashboard shows as a session's metrics (the
 # last value of each: the final evaluation's).
 HPARAMS_METRICS = ("accuracy", "loss")
+
+# The hparams worth comparing between runs, with their column titles.
+# TensorBoard 2.21's HParams dashboard lists the hparams flagged `differs`
+# first, each part ordered by name, and shows the first five columns until a
+# user ticks more: SHOWN_HPARAMS are the five flagged, so they are the
+# columns a user sees (model.hidden_size, num_replicas,
+# train.global_batch_size, train.learning_rate, train.num_steps); the other
+# hparams are listed after them by name, unticked. "strategy" and
+# "num_replicas" are the run's, not config fields.
+COMPARED_HPARAMS = {
+    "train.learning_rate": "learning rate",
+    "train.global_batch_size": "global batch size",
+    "model.hidden_size": "hidden size",
+    "model.dense_size": "dense size",
+    "model.num_heads": "heads",
+    "model.num_layers": "layers",
+    "model.ffn_size": "ffn size",
+    "train.num_steps": "steps",
+    "train.warmup_steps": "warm-up steps",
+    "train.min_learning_rate_ratio": "min learning rate ratio",
+    "strategy": "strategy",
+    "num_replicas": "replicas",
+}
+SHOWN_HPARAMS = ("train.learning_rate", "train.global_batch_size",
+                 "model.hidden_size", "train.num_steps", "num_replicas")
 
 
 def config_hparams(config: ml_collections.ConfigDict
@@ -94,20 +168,12 @@ def config_hparams(config: ml_collections.ConfigDict
   return flat
 
 
-def write_hparams(logdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes the config as the hparams of the session at `logdir` (its root:
-  train/ and eval/ are below it), with the eval/ metrics named."""
-  # TensorBoard's hparams API; imported here: only the chief writes them.
-  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
-  hparams = config_hparams(config)
-  writer = tf.summary.create_file_writer(logdir)
-  with writer.as_default():
-    hp.hparams_config(
-        hparams=[hp.HParam(name) for name in hparams],
-        metrics=[hp.Metric(tag, group="eval", display_name=f"eval {tag}")
-                 for tag in HPARAMS_METRICS])
-    hp.hparams(hparams)
-  writer.close()
+def trial_name(logdir: str) -> str:
+  """The name of the run's trial in the HParams dashboard: the last
+  component of `logdir` ("run1" for --model_dir=/runs/run1 or
+  gs://bucket/runs/run1), which is also the run's name in TensorBoard's run
+  list when --logdir is the directory above it."""
+  return logdir.rstrip("/").rsplit("/", 1)[-1]
 
 
 def eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
