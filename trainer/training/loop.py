@@ -74,7 +74,7 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
                        strategy: tf.distribute.Strategy,
                        dirs: run_dir.RunDirs,
                        start_over: bool = False,
-                       resume_command: str = "the same command"
+                       resume_command: str = "run the same command again"
                        ) -> dict[str, Any]:
   """Trains (or resumes) to config.train.num_steps, evaluates and exports.
 
