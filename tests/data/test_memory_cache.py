@@ -245,3 +245,70 @@ def test_a_bad_record_in_a_cached_share_names_the_file(smoke_data, tmp_path,
     with pytest.raises(errors.UserError, match=expected) as raised:
       run_feeds.eval_dataset  # pylint: disable=pointless-statement
   assert "\n" not in str(raised.value)
+
+
+# --- exact resume when streaming, and a count below the manifest's ----------
+
+
+def make_stream_feeds(data_dir, start_step):
+  """The run's training feed from files (memory_cache_mb=0), resumed
+  exactly (exact_resume) at `start_step`."""
+  config = smoke.get_config()
+  config.data.memory_cache_mb = 0
+  config.train.exact_resume = True
+  strategy = strategy_lib.make_strategy("default")
+  return feeds.Feeds.of(plan.for_strategy(config, strategy, str(data_dir)),
+                        strategy, start_step=start_step)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_stream(smoke_data):
+  """The first 134 batches an unresumed streaming run trains on (2,000
+  examples: 125 batches of 16 per pass over the files)."""
+  iterator = make_stream_feeds(smoke_data, 0).train_iterator
+  return [tuple(t.numpy() for t in next(iterator)) for _ in range(134)]
+
+
+# 0: a fresh start; 1: one batch in; 130: past the first pass over the files.
+@pytest.mark.parametrize("start_step", [0, 1, 7, 130])
+def test_a_streamed_run_resumes_on_the_batches_it_had_not_trained_on(
+    smoke_data, uninterrupted_stream, log, start_step):
+  resumed = make_stream_feeds(smoke_data, start_step).train_iterator
+  assert "training split: streamed from files: memory_cache_mb=0" in (
+      cache_lines(log))
+  for offset in range(4):
+    x, y = next(resumed)
+    expected_x, expected_y = uninterrupted_stream[start_step + offset]
+    np.testing.assert_array_equal(x.numpy(), expected_x,
+                                  err_msg=f"step {start_step + offset}")
+    np.testing.assert_array_equal(y.numpy(), expected_y)
+  # The stream is not one batch repeated (the comparison has power).
+  assert not np.array_equal(uninterrupted_stream[start_step][0],
+                            uninterrupted_stream[start_step + 1][0])
+
+
+def test_a_count_below_the_manifests_is_one_line(train_files):
+  with pytest.raises(errors.UserError, match=(
+      r"^4 file\(s\) in .* hold fewer examples than their manifest.json says "
+      r"\(2,001 to read\): regenerate")):
+    input_pipeline.fill_cache(train_files, 2_001, len_max_input=LEN)
+
+
+def test_a_shard_with_fewer_examples_than_its_manifest_entry_is_refused(
+    smoke_data, tmp_path):
+  """The manifest says shard 0 holds 501 examples, it holds 500 (its size
+  as the manifest says): the run refuses before its first step."""
+  import json  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  shutil.copytree(smoke_data, data_dir)
+  path = data_dir / manifest.MANIFEST_NAME
+  recorded = json.loads(path.read_text())
+  train_split = recorded["splits"]["train"]
+  assert train_split["shards"][0]["num_examples"] == 500
+  train_split["shards"][0]["num_examples"] += 1
+  train_split["num_examples"] += 1
+  path.write_text(json.dumps(recorded))
+  with pytest.raises(errors.UserError, match=(
+      r"training data: 4 file\(s\) in .* hold fewer examples than their "
+      r"manifest.json says \(2,001 to read\)")):
+    next(make_feeds(data_dir).train_iterator)
