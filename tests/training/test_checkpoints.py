@@ -85,6 +85,23 @@ def test_a_worker_falls_back_without_changing_anything(directory, trainer):
   assert tf.train.latest_checkpoint(str(directory)).endswith("ckpt-20")
 
 
+def test_a_damaged_newest_of_three_falls_back_to_the_next_newest(directory,
+                                                                trainer):
+  """ckpt-10, ckpt-20 and ckpt-40, the newest damaged: the run resumes from
+  ckpt-20 (the training it loses is 20 steps), never from ckpt-10."""
+  trainer.step.assign(10)
+  trainer.checkpoint.write(str(directory / "ckpt-10"))
+  assert [f.name for f in checkpoints.find(str(directory))] == [
+      "ckpt-40", "ckpt-20", "ckpt-10"]
+  (directory / "ckpt-40.index").write_bytes(b"\0" * 100)
+  restored = checkpoints.restore_newest(trainer.checkpoint, str(directory),
+                                        repair=True)
+  assert restored.found.name == "ckpt-20" and int(trainer.step) == 20
+  assert [name for name, _ in restored.damaged] == ["ckpt-40"]
+  assert tf.train.latest_checkpoint(str(directory)).endswith("ckpt-20")
+  assert (directory / "ckpt-10.index").exists()  # kept, not a fallback
+
+
 def test_a_checkpoint_of_another_model_is_one_error(directory):
   config = smoke.get_config()
   config.model.hidden_size = 16
