@@ -329,3 +329,135 @@ def test_manifest_that_disagrees_with_the_files(smoke_data, tmp_path):
   with pytest.raises(errors.UserError, match=r"train-00002-of-00004.tfrecord "
                      r"is listed in .*manifest.json but missing"):
     run(smoke.get_config(), str(data_dir), tmp_path / "model")
+
+
+# --- The schedule, the loss scale and the per-operation sums, against
+# closed forms and hand-made batches (a test of each would have caught a
+# one-line bug the slow tests alone caught or missed) ------------------------
+
+
+def closed_form_learning_rate(step, peak, warmup, total, ratio):
+  """Linear warm-up from 0 to `peak` over `warmup` steps, then a cosine from
+  `peak` down to peak * ratio at step `total`, flat after."""
+  if step < warmup:
+    return peak * step / warmup
+  done = min(step - warmup, total - warmup) / (total - warmup)
+  return peak * (ratio + (1 - ratio) * 0.5 * (1 + np.cos(np.pi * done)))
+
+
+@pytest.mark.parametrize("warmup, expected", [
+    (10, {0: 0.0, 5: 0.01, 10: 0.02, 35: None, 60: 0.011, 85: None,
+          110: 0.002, 150: 0.002}),
+    (0, {0: 0.02, 50: 0.011, 100: 0.002, 120: 0.002}),
+])
+def test_learning_rate_schedule_is_warm_up_then_cosine_to_the_floor(
+    warmup, expected):
+  config = smoke.get_config()
+  config.train.learning_rate = 0.02
+  config.train.warmup_steps = warmup
+  config.train.num_steps = 100 + warmup
+  config.train.min_learning_rate_ratio = 0.1
+  trainer = train.Trainer(config, tf.distribute.get_strategy())
+  assert trainer.update is not None  # the rate the XLA step applies, too
+  for step, value in expected.items():
+    closed_form = closed_form_learning_rate(step, 0.02, warmup, 100 + warmup,
+                                            0.1)
+    if value is not None:  # the hand-computed values agree with the form
+      assert closed_form == pytest.approx(value, abs=1e-12), step
+    trainer.optimizer.iterations.assign(step)
+    assert trainer.learning_rate() == pytest.approx(
+        closed_form, rel=1e-5, abs=1e-9), step
+    assert float(trainer.update.learning_rate(tf.constant(
+        step, tf.int64))) == pytest.approx(closed_form, rel=1e-5,
+                                           abs=1e-9), step
+
+
+def _answer(text):
+  """The first token of the answer of defs:op, computed here (None: no
+  operator)."""
+  defs, op = text.split(":")
+  values = dict((name, int(value)) for name, value in
+                (d.split("=") for d in defs.split(",")))
+  if not any(o in op for o in "+-*"):
+    return None
+  return str(eval(op, {}, values))[0]  # pylint: disable=eval-used
+
+
+# (operator, problem): 2 additions, 5 subtractions, 8 multiplications and one
+# row without an operator: 16 rows, one smoke batch, every count different.
+_ROWS = [("+", "x=3,y=4:x+y"), ("+", "y=-5,x=9:y+x"),
+         ("-", "x=3,y=4:x-y"), ("-", "x=10,y=2:x-y"), ("-", "y=7,x=-7:y-x"),
+         ("-", "x=0,y=5:y-x"), ("-", "x=-9,y=9:x-y"),
+         ("*", "x=3,y=4:x*y"), ("*", "x=-2,y=6:x*y"), ("*", "x=5,y=5:x*y"),
+         ("*", "y=9,x=9:y*x"), ("*", "x=0,y=7:x*y"), ("*", "x=-3,y=-3:x*y"),
+         ("*", "x=11,y=2:x*y"), ("*", "y=4,x=-1:y*x"),
+         (None, "x=1,y=2:xy")]
+
+
+def _hand_batch(rows):
+  x = _inputs(*(text for _, text in rows))
+  y = tf.constant([vocab.TOKEN_IDS[_answer(text) or "0"]
+                   for _, text in rows], tf.int32)
+  return x, y
+
+
+def _cross_entropy(logits, y):
+  """Per-row cross-entropy of integer labels, in numpy."""
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return -log_p[np.arange(len(y)), np.asarray(y)]
+
+
+def test_evaluation_attributes_each_row_to_its_own_operation():
+  """Per-operation loss, accuracy and count against the same rows grouped
+  here by the operator written in each problem."""
+  assert _answer("x=3,y=4:x-y") == "-" and _answer("y=9,x=9:y*x") == "8"
+  trainer = train.Trainer(smoke.get_config(), tf.distribute.get_strategy())
+  x, y = _hand_batch(_ROWS)
+  logits = trainer.model(x, training=False).numpy()
+  losses = _cross_entropy(logits, y.numpy())
+  correct = logits.argmax(-1) == y.numpy()
+  results = trainer.evaluate(tf.data.Dataset.from_tensors((x, y)))
+  assert results["examples"] == 16
+  assert results["loss"] == pytest.approx(losses.mean(), rel=1e-5)
+  for operator, name in (("+", "add"), ("-", "sub"), ("*", "mul")):
+    mine = np.array([op == operator for op, _ in _ROWS])
+    assert results["by_op"][name] == {
+        "examples": int(mine.sum()),
+        "loss": pytest.approx(losses[mine].mean(), rel=1e-5),
+        "accuracy": pytest.approx(correct[mine].mean())}, name
+  # The operations' losses differ: a swap of two would show in them too.
+  assert len({round(float(losses[np.array([op == o for op, _ in _ROWS])]
+                           .mean()), 4) for o in "+-*"}) == 3
+
+
+def test_a_replica_loss_is_its_sum_over_the_global_batch():
+  """The 16 rows of a global batch split 5 + 11 between two replicas: each
+  replica's loss is its rows' summed loss / 16, so that the two add up to
+  the batch mean, and so do their gradients."""
+  config = smoke.get_config()
+  assert config.train.global_batch_size == 16 and not config.model.dropout
+  trainer = train.Trainer(config, tf.distribute.get_strategy())
+  # One of two replicas (as under Mirrored on two devices): the global batch
+  # is still the divisor, not this replica's 8 (nor the 5 or 11 it got).
+  trainer.num_replicas = 2
+  x, y = _hand_batch(_ROWS)
+  losses = _cross_entropy(trainer.model(x, training=False).numpy(), y.numpy())
+  weights = trainer._weights()  # pylint: disable=protected-access
+  replica_losses, replica_gradients = [], []
+  for rows in (slice(0, 5), slice(5, 16)):
+    loss, correct, gradients, _ = trainer.forward_backward(
+        *weights, x[rows], y[rows])
+    assert float(loss) == pytest.approx(losses[rows].sum() / 16, rel=1e-5)
+    replica_losses.append(float(loss))
+    replica_gradients.append([tf.convert_to_tensor(g) for g in gradients])
+  assert sum(replica_losses) == pytest.approx(losses.mean(), rel=1e-5)
+  variables = trainer.model.trainable_variables
+  with tf.GradientTape() as tape:
+    mean = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        y, tf.cast(trainer.model(x, training=True), tf.float32)))
+  for variable, expected, first, second in zip(
+      variables, tape.gradient(mean, variables), *replica_gradients):
+    np.testing.assert_allclose(first + second, tf.convert_to_tensor(expected),
+                               rtol=1e-4, atol=1e-6, err_msg=variable.path)
