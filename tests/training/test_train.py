@@ -415,7 +415,7 @@ def test_evaluation_attributes_each_row_to_its_own_operation():
   assert _answer("x=3,y=4:x-y") == "-" and _answer("y=9,x=9:y*x") == "8"
   trainer = train.Trainer(smoke.get_config(), tf.distribute.get_strategy())
   x, y = _hand_batch(_ROWS)
-  logits = trainer.model(x, training=False).numpy()
+  logits = trainer.model(x.numpy(), training=False).numpy()
   losses = _cross_entropy(logits, y.numpy())
   correct = logits.argmax(-1) == y.numpy()
   results = trainer.evaluate(tf.data.Dataset.from_tensors((x, y)))
@@ -443,7 +443,8 @@ def test_a_replica_loss_is_its_sum_over_the_global_batch():
   # is still the divisor, not this replica's 8 (nor the 5 or 11 it got).
   trainer.num_replicas = 2
   x, y = _hand_batch(_ROWS)
-  losses = _cross_entropy(trainer.model(x, training=False).numpy(), y.numpy())
+  losses = _cross_entropy(trainer.model(x.numpy(), training=False).numpy(),
+                          y.numpy())
   weights = trainer._weights()  # pylint: disable=protected-access
   replica_losses, replica_gradients = [], []
   for rows in (slice(0, 5), slice(5, 16)):
@@ -456,7 +457,7 @@ def test_a_replica_loss_is_its_sum_over_the_global_batch():
   variables = trainer.model.trainable_variables
   with tf.GradientTape() as tape:
     mean = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        y, tf.cast(trainer.model(x, training=True), tf.float32)))
+        y, tf.cast(trainer.model(x.numpy(), training=True), tf.float32)))
   for variable, expected, first, second in zip(
       variables, tape.gradient(mean, variables), *replica_gradients):
     np.testing.assert_allclose(first + second, tf.convert_to_tensor(expected),
