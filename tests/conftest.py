@@ -44,7 +44,7 @@ SLOW_FILES = frozenset({
     "test_fault_data.py",
     "test_profile.py", "test_data_benchmark.py", "test_predict.py",
     "test_soak.py", "test_eval_pass.py", "test_equivalence.py",
-    "test_fault_run_dir.py",
+    "test_fault_run_dir.py", "test_fault_paths.py",
     "test_run_lock.py", "test_target.py", "test_tensorboard.py",
     "test_package.py"})  # pip builds the wheel: ~20 s
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run", "smoke_run",

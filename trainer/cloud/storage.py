@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -92,7 +93,30 @@ def makedirs(path: str) -> None:
 
 
 def glob(pattern: str) -> list[str]:
+  """The paths matching `pattern`, sorted. A user's directory inside it
+  must be escaped (`escape`, or `glob_in`): it is a path, not a pattern."""
   return sorted(_gfile().glob(pattern))
+
+
+# What tf.io.gfile.glob treats as pattern syntax, local and gs:// alike
+# (measured, TF 2.21: `*`, `?`, `[...]`, and a backslash escaping the next
+# character). `*`, `?`, `[` become a one-character class matching only
+# themselves; a backslash is escaped by a backslash (inside a class it is
+# still an escape to TF).
+_GLOB_SPECIAL = re.compile(r"([*?\[])")
+
+
+def escape(path: str) -> str:
+  """`path` as a glob pattern matching only itself, like Python's
+  glob.escape: "runs/a[x]" -> "runs/a[[]x]" (a lone "]" is literal)."""
+  return _GLOB_SPECIAL.sub(r"[\1]", path.replace("\\", "\\\\"))
+
+
+def glob_in(directory: str, pattern: str) -> list[str]:
+  """The paths in the literal `directory` whose names below it match
+  `pattern`, sorted: `directory` may hold `[`, `*` or `?` (a user's
+  --model_dir or --data_dir), never a pattern."""
+  return glob(join(escape(directory), pattern))
 
 
 def remove(path: str) -> None:

@@ -122,7 +122,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
       print(f"mismatch: {line}", file=sys.stderr)
     problems += len(mismatches)
   suffix = record_format.SHARD_SUFFIX
-  files = sorted(storage.glob(storage.join(data_dir, f"*{suffix}")))
+  files = sorted(storage.glob_in(data_dir, f"*{suffix}"))
   if not files:
     raise errors.UserError(f"no *{suffix} file in {data_dir}: nothing to "
                            "verify", exit_status=1)

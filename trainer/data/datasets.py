@@ -263,8 +263,8 @@ def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
           f"{entry.generator}, not {spec.generator_params()}: remove those "
           "shards or use another --out_dir")
   expected = {spec.shard_path(i) for i in range(spec.num_shards)}
-  pattern = storage.join(spec.out_dir, record_format.shard_glob(spec.split))
-  strangers = [p for p in storage.glob(pattern) if p not in expected]
+  strangers = [p for p in storage.glob_in(
+      spec.out_dir, record_format.shard_glob(spec.split)) if p not in expected]
   if strangers:
     raise errors.UserError(
         f"{spec.out_dir} holds {len(strangers)} {spec.split} shard(s) of "
@@ -302,7 +302,7 @@ def _complete_entry(spec: GenerateSpec) -> manifest.SplitEntry | None:
 
 def _remove_stale_temporaries(spec: GenerateSpec) -> None:
   from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  for path in storage.glob(storage.join(spec.out_dir, f"{spec.split}-*")):
+  for path in storage.glob_in(spec.out_dir, f"{spec.split}-*"):
     if storage.is_temp_name(path):
       storage.remove(path)
 

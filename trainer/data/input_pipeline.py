@@ -76,7 +76,8 @@ def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
 
 
 def _check_local_entries(files: Sequence[str], split: str) -> None:
-  """Local matches must be non-empty regular files.
+  """Local matches must be non-empty regular files this process can read
+  (both splits, before the first step).
 
   A directory or a FIFO named like a shard would fail or block the reader,
   and a 0-byte file (a failed write or copy: the generator never writes
@@ -102,6 +103,12 @@ def _check_local_entries(files: Sequence[str], split: str) -> None:
       odd.append(f"{path} (not a regular file)")
     elif mode.st_size == 0:
       odd.append(f"{path} (0 bytes)")
+    else:  # opened now, not at the first step or evaluation that reads it
+      try:
+        with open(path, "rb") as f:
+          f.read(1)
+      except OSError as e:
+        odd.append(f"{path} (unreadable: {e.strerror})")
   if odd:
     shown = ", ".join(odd[:3]) + (
         f" (+{len(odd) - 3} more)" if len(odd) > 3 else "")

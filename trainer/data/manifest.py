@@ -195,7 +195,8 @@ def check_files(files: Sequence[str], len_max_input: int,
   Raises:
     UserError: a file whose examples are longer than `len_max_input`, a
       manifest with another vocabulary, or (whole_split) a listed shard that
-      is missing or of another size; naming the object and what to do.
+      is missing or of another size, or a matching file it does not list;
+      naming the object and what to do.
   """
   for directory, names in sorted(_by_directory(files).items()):
     manifest = read(directory)
@@ -205,6 +206,21 @@ def check_files(files: Sequence[str], len_max_input: int,
       raise errors.UserError(
           f"the manifest in {directory} has another vocabulary "
           f"{manifest.vocab}, expected {list(vocab.VOCAB)}")
+    every_listed = {shard.file for entry in manifest.splits.values()
+                    for shard in entry.shards}
+    strangers = sorted(names - every_listed)
+    if whole_split and strangers and names & every_listed:
+      # Refused, not skipped: the manifest is the data set's identity (its
+      # hash is recorded with the run), and `verify` calls such a file a
+      # problem; `generate` never leaves one.
+      raise errors.UserError(
+          f"{storage.join(directory, strangers[0])} matches config.data's "
+          f"pattern but {directory}/{MANIFEST_NAME} does not list it"
+          + (f" (nor {len(strangers) - 1} other file(s))"
+             if len(strangers) > 1 else "")
+          + ": a file from another data set or generation would be trained "
+          "on; remove it (python -m trainer.data verify lists every such "
+          "file) or regenerate the data set")
     for entry in manifest.splits.values():
       listed = {shard.file: shard for shard in entry.shards}
       for name in sorted(names & set(listed)):

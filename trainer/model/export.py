@@ -91,7 +91,7 @@ def export_saved_model(model: keras.Model, export_dir: str,
   module = _Exported(model, len_max_input)
   swap = replace_whole and "://" not in export_dir
   if swap:  # a killed export's leftovers first
-    for leftover in tf.io.gfile.glob(f"{export_dir}.tmp-*"):
+    for leftover in storage.glob(f"{storage.escape(export_dir)}.tmp-*"):
       shutil.rmtree(leftover, ignore_errors=True)
   target = storage.temp_name(export_dir) if swap else export_dir
   tf.saved_model.save(

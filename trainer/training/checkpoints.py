@@ -79,13 +79,21 @@ class Restored:
 def find(directory: str) -> list[Found]:
   """The checkpoints in `directory` by their files, newest first."""
   by_step: dict[int, list[str]] = {}
-  for path in storage.glob(storage.join(directory, f"{PREFIX}-*")):
+  for path in storage.glob_in(directory, f"{PREFIX}-*"):
     match = _FILE.match(posixpath.basename(path))
     if match:
       by_step.setdefault(int(match.group(1)), []).append(path)
   return [Found(step, storage.join(directory, f"{PREFIX}-{step}"),
                 tuple(sorted(files)))
           for step, files in sorted(by_step.items(), reverse=True)]
+
+
+def latest(directory: str) -> str | None:
+  """The prefix (DIR/ckpt-N) of the newest checkpoint in `directory` by its
+  files, or None. Not tf.train.latest_checkpoint: that looks the prefix up
+  as a glob, so a directory named with `[`, `*` or `?` would have none."""
+  found = find(directory)
+  return found[0].prefix if found else None
 
 
 def verify(found: Found) -> str | None:
@@ -254,7 +262,7 @@ def move_aside(directory: str) -> str | None:
 def _checkpoint_files(directory: str) -> list[str]:
   """Every file of `directory` a checkpoint left: the state file and
   ckpt-* files, damaged ones included (not the replaced-*/ directories)."""
-  return [p for p in storage.glob(storage.join(directory, "*"))
+  return [p for p in storage.glob_in(directory, "*")
           if (posixpath.basename(p) == STATE_FILE or
               posixpath.basename(p).startswith(f"{PREFIX}-"))
           and not storage.isdir(p)]

@@ -9,6 +9,7 @@ there; the others stream from their files.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 
 from absl import logging
@@ -42,6 +43,21 @@ def list_data_files(run_plan: plan_lib.RunPlan) -> dict[str, list[str]]:
       files, run_plan.patterns, run_plan.config.train.global_batch_size,
       run_plan.num_replicas, run_plan.num_input_pipelines)
   return files
+
+
+def data_identity(files: dict[str, list[str]]) -> dict[str, str | None]:
+  """What a run trains on, recorded in config.json and metrics.json
+  ("data.dir", "data.manifest_sha256"): the directory of the training
+  files (their common parent) and the SHA-256 of the manifest.json there
+  (None without one), so a resume on another data set is said and kept."""
+  directories = sorted({posixpath.dirname(f) for f in files["training"]})
+  directory = directories[0] if len(directories) == 1 else (
+      " ".join(directories))
+  manifest_path = storage.join(directories[0], manifest.MANIFEST_NAME)
+  digest = (hashlib.sha256(storage.read_bytes(manifest_path)).hexdigest()
+            if len(directories) == 1 and storage.exists(manifest_path)
+            else None)
+  return {"dir": directory, "manifest_sha256": digest}
 
 
 class Feeds:

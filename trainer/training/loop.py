@@ -111,6 +111,7 @@ def train_and_evaluate(run_plan: plan_lib.RunPlan,
   if run_plan.on_tpu:
     plan_lib.check_tpu_paths(run_plan, dirs)
   run_dir.check_buckets(dirs)
+  run_dir.check_literal(dirs)  # before anything is written there
   is_chief = strategy_lib.is_chief(strategy)
   if is_chief:  # the only one that writes there
     run_dir.check_writable(dirs)
@@ -142,13 +143,13 @@ def _train_and_evaluate(run_plan: plan_lib.RunPlan, strategy,
     # A stop signal from here on ends in a checkpoint after the current
     # host loop (a second Ctrl-C: at once, naming this one).
     with stop_lib.StopSignals(
-        lambda: tf.train.latest_checkpoint(dirs.checkpoints)) as signals:
+        lambda: checkpoints.latest(dirs.checkpoints)) as signals:
       return _run(run_plan, strategy, files, paths, signals, start_over,
                   resume_command)
   except _PEER_ERRORS as e:
     if not strategy_lib.is_multi_worker(strategy):
       raise
-    latest = tf.train.latest_checkpoint(dirs.checkpoints)
+    latest = checkpoints.latest(dirs.checkpoints)
     raise errors.UserError(
         f"lost contact with another worker ({_lost_peer(e)}{type(e).__name__}"
         ": it died, or sent no heartbeat to TensorFlow's coordination service "
@@ -195,9 +196,10 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   # A resumed run may change fields that leave the checkpoint meaningful
   # (a model shape change was refused before the restore): each change is
   # said, and the config it replaces is kept beside the new one.
-  changes = run_dir.config_changes(paths.read, config) if latest else []
+  data = feeds_lib.data_identity(files)  # compared and recorded like a field
+  changes = run_dir.config_changes(paths.read, config, data) if latest else []
   run_dir.write_config(out, config,
-                       replaced_at=start_step if changes else None)
+                       replaced_at=start_step if changes else None, data=data)
   if paths.is_chief:
     say(f"config:\n{config}")
   if changes:
@@ -246,7 +248,7 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
              "checkpoint": run.saver.latest,
-             "weights_sha256": trainer.weights_sha256()}
+             "weights_sha256": trainer.weights_sha256(), "data": data}
   if run_plan.target:
     results["target"] = run.target_record()
   # Every worker prints it: workers of one run must agree.
@@ -457,7 +459,9 @@ class _Run:
     try:
       metrics = self.trainer.evaluate(self.feeds.eval_dataset)
     except _DATA_ERRORS as e:
-      raise self.feeds.data_error(e, "evaluation") from e
+      raise self._saved_first(self.feeds.data_error(e, "evaluation")) from e
+    except errors.UserError as e:  # a bad record met filling the eval cache
+      raise self._saved_first(e) from e
     count = metrics["examples"]
     if not count:  # a split smaller than a batch per input pipeline
       raise errors.UserError(
@@ -473,6 +477,18 @@ class _Run:
     if self.target:
       self.target_values.append((self.step, metrics[self.target.metric]))
     return metrics
+
+  def _saved_first(self, error: errors.UserError) -> errors.UserError:
+    """`error` (bad eval data) after a checkpoint of this step: the training
+    done so far is kept (an evaluation runs before the checkpoint due at
+    its step). In one process only: the workers of a multi-worker run save
+    together, and the others are inside the evaluation."""
+    if strategy_lib.is_multi_worker(self.trainer.strategy):
+      return error
+    self.save()
+    return errors.UserError(
+        f"{error} (the training so far is saved: {self.saver.latest})",
+        error.exit_status)
 
   def reach(self, metrics: dict[str, Any]) -> None:
     """Records that `metrics`, this step's evaluation, reached the target:

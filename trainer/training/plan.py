@@ -22,6 +22,7 @@ from typing import Mapping
 import ml_collections
 
 from trainer import errors
+from trainer.cloud import storage
 from trainer.data import format as record_format
 from trainer.data import vocab
 
@@ -82,7 +83,7 @@ class RunPlan:
     num_input_pipelines: one per worker process or TPU host.
     on_tpu: a TPUStrategy.
     patterns: {"training": glob, "evaluation": glob}, resolved against
-      --data_dir.
+      --data_dir (escaped: the directory is literal, storage.escape).
     pattern_sources: {"training": where each pattern came from}, the
       flag or config field to name in errors.
     per_replica_batch_size: global_batch_size / num_replicas.
@@ -147,7 +148,10 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
   for split, pattern in ((record_format.TRAIN, config.data.train_files),
                          (record_format.EVAL, config.data.eval_files)):
     if data_dir and "://" not in pattern and not pattern.startswith("/"):
-      patterns[split.noun] = posixpath.join(data_dir, pattern)
+      # The config's pattern is a glob; --data_dir is a directory, even
+      # when its name holds `[`, `*` or `?`.
+      patterns[split.noun] = posixpath.join(storage.escape(data_dir),
+                                            pattern)
       sources[split.noun] = "--data_dir"
     else:
       patterns[split.noun] = pattern

@@ -96,6 +96,32 @@ def check_buckets(dirs: RunDirs) -> None:
     storage.check_bucket(path, name)
 
 
+# What TensorFlow's checkpoint code reads as glob syntax in a checkpoint's
+# path (measured, TF 2.21): a directory holding `[` or a backslash has no
+# checkpoint that tf.train.load_checkpoint or restore can find, and
+# CheckpointManager deletes old checkpoints by a glob of their prefix, so
+# `*` or `?` would delete the matching checkpoints of other directories.
+_PATTERN_CHARACTERS = "[*?\\"
+
+
+def check_literal(dirs: RunDirs) -> None:
+  """The run directories hold no character TensorFlow's checkpoint code
+  takes for a pattern (a run there could never be resumed).
+
+  Raises:
+    UserError: naming the flag or variable, the character and the way out.
+  """
+  for name, value in dirs.origin or (("the run directory", dirs.checkpoints),):
+    odd = sorted({c for c in value if c in _PATTERN_CHARACTERS})
+    if odd:
+      raise errors.UserError(
+          f"{name}={value}: a run directory cannot hold "
+          f"{' '.join(repr(c) for c in odd)}: TensorFlow's checkpoint code "
+          "reads its paths as glob patterns, so the run could never be "
+          "resumed (and `*`/`?` would delete other directories' checkpoints);"
+          f" choose a {name} without [ * ? or \\")
+
+
 def check_writable(dirs: RunDirs) -> None:
   """Each local run directory is a directory this user can write, or can be
   made in one: checked before anything is built. (gs:// directories are
@@ -172,10 +198,21 @@ def _as_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def config_changes(dirs: RunDirs, config) -> list[tuple[str, object, object]]:
+def _as_record(config, data: Mapping | None) -> dict:
+  """config.json's content: the resolved config, and under "data" beside
+  config.data's fields the data set's identity (feeds.data_identity)."""
+  record = _as_json(config)
+  if data:
+    record["data"] = {**record.get("data", {}), **data}
+  return record
+
+
+def config_changes(dirs: RunDirs, config, data: Mapping | None = None
+                   ) -> list[tuple[str, object, object]]:
   """[(field, the saved value, the config's)] of each field that differs
   from the config.json in dirs.files (a resumed run's changes), sorted;
-  [] when there is no readable config.json."""
+  [] when there is no readable config.json. `data`: the data set's identity
+  (data.dir, data.manifest_sha256), compared like a field."""
   path = posixpath.join(dirs.files, CONFIG_FILE)
   if not storage.exists(path):
     return []
@@ -183,7 +220,7 @@ def config_changes(dirs: RunDirs, config) -> list[tuple[str, object, object]]:
     saved = _flat(storage.read_json(path))
   except (ValueError, TypeError, AttributeError):  # damaged: rewritten
     return []
-  current = _flat(_as_json(config))
+  current = _flat(_as_record(config, data))
   return [(k, saved.get(k), current.get(k))
           for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k)]
@@ -201,9 +238,10 @@ def kept_config_name(step: int) -> str:
   return f"config.until-step-{step}.json"
 
 
-def write_config(dirs: RunDirs, config, replaced_at: int | None = None
-                 ) -> None:
-  """The resolved config, as JSON, in dirs.files (config.json).
+def write_config(dirs: RunDirs, config, replaced_at: int | None = None,
+                 data: Mapping | None = None) -> None:
+  """The resolved config, as JSON, in dirs.files (config.json), with the
+  data set's identity `data` under "data" (data.dir, data.manifest_sha256).
 
   Args:
     replaced_at: a resumed run whose config changed: the step it resumed
@@ -219,7 +257,8 @@ def write_config(dirs: RunDirs, config, replaced_at: int | None = None
   if (replaced_at is not None and storage.exists(path)
       and not storage.exists(kept)):
     storage.write_atomic(kept, storage.read_bytes(path))
-  storage.write_atomic(path, strict_json(_as_json(config), sort_keys=True))
+  storage.write_atomic(path, strict_json(_as_record(config, data),
+                                         sort_keys=True))
 
 
 def write_metrics(dirs: RunDirs, metrics: dict) -> None:

@@ -262,8 +262,8 @@ class Profile:
     if self.first_step is None:
       return
     tf.profiler.experimental.stop()
-    runs = sorted(storage.glob(storage.join(self.logdir, "plugins", "profile",
-                                            "*")))
+    runs = storage.glob_in(storage.join(self.logdir, "plugins", "profile"),
+                           "*")
     steps = (f"steps {self.first_step} to {last_step}" if last_step is not None
              else f"from step {self.first_step} until a host loop failed")
     logging.info(f"profile: {steps} traced to "
