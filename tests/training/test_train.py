@@ -2,8 +2,10 @@
 
 import collections
 import glob
+import hashlib
 import json
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -126,7 +128,14 @@ def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   results = run(config, smoke_data, tmp_path)
   assert results["step"] == 40 and not results["stopped"]
   saved = json.loads((tmp_path / "config.json").read_text())
-  assert saved == json.loads(config.to_json_best_effort())
+  # The resolved config, and beside config.data's fields the data set's
+  # identity: its directory and its manifest's sha256.
+  identity = {"dir": str(smoke_data), "manifest_sha256": hashlib.sha256(
+      (pathlib.Path(smoke_data) / "manifest.json").read_bytes()).hexdigest()}
+  expected = json.loads(config.to_json_best_effort())
+  expected["data"].update(identity)
+  assert saved == expected
+  assert results["data"] == identity
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert metrics["step"] == 40 and metrics["eval"] == results["eval"]
   # The final eval line ends with the accuracy per operation.
