@@ -125,6 +125,9 @@ def _task_address(tf_config: dict) -> str:
     return "?"
 
 
+# Config fields the workers need not agree on: read before the comparison,
+# by the chief (worker 0) alone.
+PER_WORKER_FIELDS = ("config.train.startup_timeout_s",)
 REPORT_EVERY_S = 15  # the leader's "waiting for" line, while peers are missing
 _FIRST_REPORT_S = 2  # peers started together are up by then: no line
 
@@ -249,7 +252,8 @@ def check_workers_agree(strategy: tf.distribute.Strategy, config,
   """
   if not is_multi_worker(strategy):
     return
-  fields = _flatten("config", config.to_dict()) + [_data_identity(data_dir)]
+  fields = [field for field in _flatten("config", config.to_dict())
+            if field[0] not in PER_WORKER_FIELDS] + [_data_identity(data_dir)]
   resolver = strategy.cluster_resolver
   tasks = _cluster_tasks(resolver.cluster_spec().as_dict())
   names = [_task_name(job, i) for job, i, _ in tasks]
