@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"
+  # multi_worker_mirrored: seconds the chief (worker 0) waits for the other
+  # workers of TF_CONFIG to start, saying which it waits for, before it
+  # gives up (exit status 1); 0 = no limit.
+  config.train.startup_timeout_s = 600
   # TensorBoard: weight histograms and the gradient norm every this many
   # steps and at the run's last step (0 = off); a multiple of steps_per_loop
   # adds no host-loop ends.

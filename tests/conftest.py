@@ -37,7 +37,8 @@ def run():
 # the gcloud fake. `pytest -m "not slow"` is the edit-test loop (in-process
 # unit tests only, under a minute); the full suite runs them all.
 SLOW_FILES = frozenset({
-    "test_task.py", "test_multi_worker.py", "test_tpu_vm.py", "test_vertex_ai.py",
+    "test_task.py", "test_multi_worker.py", "test_multi_worker_start.py",
+    "test_tpu_vm.py", "test_vertex_ai.py",
     "test_launch.py", "test_local_launcher.py", "test_gcs.py",
     "test_gcs_emulator.py",
     "test_faults.py", "test_fault_checkpoint.py", "test_fault_gcs.py",

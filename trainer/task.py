@@ -127,7 +127,10 @@ def _main():
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,
-        num_cpu_devices=_NUM_CPU_DEVICES.value)
+        num_cpu_devices=_NUM_CPU_DEVICES.value,
+        startup_timeout_s=config.train.startup_timeout_s)
+    # Workers of one run that differ in config or data refuse together.
+    strategy.check_workers_agree(distribution, config, _DATA_DIR.value)
     data_dir = _DATA_DIR.value or datasets.default_data_dir(config.data,
                                                             config.seed)
     # With the strategy's replicas, before any data is generated.

@@ -16,9 +16,11 @@ from tests.helpers import ROOT, SMOKE
 class Workers:
   """N trainer processes with TF_CONFIG; logs under log_dir."""
 
-  def __init__(self, count, flags, log_dir, with_chief=False, env=None):
+  def __init__(self, count, flags, log_dir, with_chief=False, env=None,
+               worker_flags=None):
     """with_chief: the first process is a `chief` task and the others
-    `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers."""
+    `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers.
+    worker_flags: {process index: flags after `flags`} for some of them."""
     # Held until kill() (see reserve_ports): no race for them.
     self.held_ports = reserve_ports(count)
     self.ports = [s.getsockname()[1] for s in self.held_ports]
@@ -41,7 +43,8 @@ class Workers:
       log = open(log_dir / f"worker-{index}.log", "w")
       self.processes.append(subprocess.Popen(
           [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
-           "--strategy=multi_worker_mirrored", *flags],
+           "--strategy=multi_worker_mirrored", *flags,
+           *(worker_flags or {}).get(index, [])],
           cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
 
   def wait(self, timeout):

@@ -153,10 +153,9 @@ def test_launch_script_dry_run_and_bad_arguments(tmp_path):
 
 
 def test_a_worker_failing_at_start_stops_the_others(smoke_data, tmp_path):
-  # Worker 1 fails once worker 0 waits for it (its gRPC server is up).
+  # Worker 1 fails once worker 0 says it waits for it.
   python = write_wrapper(tmp_path, """\
-    [[ "$TF_CONFIG" =~ 127\\.0\\.0\\.1:([0-9]+) ]]
-    until (exec 3<>"/dev/tcp/127.0.0.1/${BASH_REMATCH[1]}") 2>/dev/null; do
+    until grep -qs "waiting for worker 1" "$LOG_DIR/worker-0.log"; do
       sleep 0.2
     done
     echo "boom: worker 1 cannot start"
@@ -167,9 +166,11 @@ def test_a_worker_failing_at_start_stops_the_others(smoke_data, tmp_path):
     assert status == 3, launch.stderr
     assert launch.error_lines() == [
         "error: worker 1 exited with status 3: boom: worker 1 cannot start"]
-    # Worker 0 was stopped: with TF 2.21 by SIGKILL 10 s after the SIGTERM
-    # it ignores while it waits for the others.
+    # Worker 0 was stopped by the SIGTERM, at once (it waits for the
+    # others in Python: trainer/training/strategy.py).
     assert f"logs: {launch.log_dir}/worker-<i>.log" in launch.stderr
+    assert "error: stopped by SIGTERM while waiting for worker 1 at " in (
+        launch.log_dir / "worker-0.log").read_text()
     assert not alive(launch.trainer_pid(0))  # stopped, not left waiting
     assert launch.seconds < 60, launch.seconds
   finally:

@@ -1,3 +1,6 @@
+import socket
+import threading
+import time
 import types
 
 import pytest
@@ -85,3 +88,46 @@ def test_is_chief(cluster, task_type, task_id, chief):
 def test_single_machine_is_chief():
   assert strategy_lib.is_chief(tf.distribute.get_strategy())
   assert strategy_lib.is_chief(types.SimpleNamespace(cluster_resolver=None))
+
+
+def test_negative_startup_timeout(monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+  with pytest.raises(errors.UserError,
+                     match=r"config.train.startup_timeout_s=-1 must be >= 0"):
+    strategy_lib.make_strategy("multi_worker_mirrored", startup_timeout_s=-1)
+
+
+def test_the_chief_waits_for_a_late_worker_and_names_it(monkeypatch, capsys):
+  # The chief of a chief + worker cluster; worker 0 starts listening 1.5 s
+  # in: the wait names it (the first line after 0.5 s here), then returns.
+  monkeypatch.setattr(strategy_lib, "_FIRST_REPORT_S", 0.5)
+  late = socket.socket()
+  late.bind(("127.0.0.1", 0))
+  address = f"127.0.0.1:{late.getsockname()[1]}"
+  timer = threading.Timer(1.5, late.listen)
+  timer.start()
+  try:
+    start = time.monotonic()
+    strategy_lib._wait_for_peers(  # pylint: disable=protected-access
+        {"cluster": {"chief": ["127.0.0.1:1"], "worker": [address]},
+         "task": {"type": "chief", "index": 0}}, timeout_s=30)
+    waited = time.monotonic() - start
+  finally:
+    timer.join()
+    late.close()
+  assert 1.4 < waited < 5
+  assert (f"waiting for worker 0 at {address} (TF_CONFIG's cluster) to "
+          "start: ") in capsys.readouterr().err
+
+
+def test_only_the_leader_waits(capsys):
+  # worker 1: its server must start for the leader (worker 0) to find it,
+  # so it does not wait for worker 0, whose address is closed here.
+  start = time.monotonic()
+  strategy_lib._wait_for_peers(  # pylint: disable=protected-access
+      {"cluster": {"worker": [f"127.0.0.1:{closed_port()}",
+                              "127.0.0.1:1"]},
+       "task": {"type": "worker", "index": 1}}, timeout_s=30)
+  assert time.monotonic() - start < 0.5
+  assert capsys.readouterr().err == ""

@@ -10,11 +10,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import socket
+import sys
+import time
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from trainer import errors
@@ -63,7 +68,8 @@ def _tf_config() -> dict:
   return tf_config
 
 
-def _multi_worker(collective: str) -> tf.distribute.Strategy:
+def _multi_worker(collective: str,
+                  startup_timeout_s: float) -> tf.distribute.Strategy:
   """MultiWorkerMirroredStrategy over TF_CONFIG's workers.
 
   No collective op gets a timeout (CommunicationOptions.timeout_seconds):
@@ -81,11 +87,20 @@ def _multi_worker(collective: str) -> tf.distribute.Strategy:
   silent), which `loop` turns into one "lost contact" line. Measured with 2
   workers: kill -9 or SIGSTOP of either ends the other 6-26 s later, so no
   watchdog of our own.
+
+  The leader (chief, else worker 0) first waits for the other tasks'
+  servers (_wait_for_peers): the strategy's construction waits for them
+  inside TensorFlow, holding Python's GIL, silent and deaf to signals.
   """
   tf_config = _tf_config()
   if collective not in COLLECTIVES:
     raise errors.UserError(f"collective={collective!r} is not one of "
                         f"{', '.join(COLLECTIVES)}")
+  if startup_timeout_s < 0:
+    raise errors.UserError(
+        f"config.train.startup_timeout_s={startup_timeout_s} must be >= 0 "
+        "(seconds; 0 = wait for the other workers without a limit)")
+  _wait_for_peers(tf_config, startup_timeout_s)
   options = tf.distribute.experimental.CommunicationOptions(
       implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
                              collective))
@@ -108,6 +123,220 @@ def _task_address(tf_config: dict) -> str:
     return tf_config["cluster"][task["type"]][task["index"]]
   except (KeyError, IndexError, TypeError):
     return "?"
+
+
+# Config fields the workers need not agree on: read before the comparison,
+# by the chief (worker 0) alone.
+PER_WORKER_FIELDS = ("config.train.startup_timeout_s",)
+REPORT_EVERY_S = 15  # the leader's "waiting for" line, while peers are missing
+_FIRST_REPORT_S = 2  # peers started together are up by then: no line
+
+
+def _cluster_tasks(cluster: dict) -> list[tuple[str, int, str]]:
+  """(job, index, address) of the chief and worker tasks, chief first:
+  the trainer processes of a run, in the order workers are reported."""
+  tasks = []
+  for job in ("chief", "worker"):
+    addresses = cluster.get(job) or []
+    if isinstance(addresses, dict):  # a sparse cluster: {index: address}
+      addresses = [addresses[k] for k in sorted(addresses, key=int)]
+    tasks += [(job, i, str(a)) for i, a in enumerate(addresses)]
+  return tasks
+
+
+def _task_name(job: str, index: int) -> str:
+  return f"{job} {index}" if job == "worker" else job
+
+
+def _reachable(address: str) -> bool:
+  """Whether something accepts TCP connections at host:port (a started
+  worker's gRPC server)."""
+  host, _, port = address.rpartition(":")
+  try:
+    socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+  except (OSError, ValueError):
+    return False
+  return True
+
+
+class _Stopped(Exception):
+  pass
+
+
+def _wait_for_peers(tf_config: dict, timeout_s: float) -> None:
+  """On the coordination service's leader (the chief, else worker 0):
+  returns once every other task of TF_CONFIG's cluster accepts connections.
+
+  Measured (TF 2.21): MultiWorkerMirroredStrategy's construction on the
+  leader waits inside TensorFlow for every task to register, holding the
+  GIL: nothing printed, no Python thread runs, Ctrl-C and SIGTERM do nothing
+  (only SIGKILL ends it). The other tasks start their servers at once and
+  listen while they wait for the leader, so the leader, in Python, probes
+  them first: it says which tasks it waits for (after 2 s, then every 15 s),
+  gives up after `timeout_s` (config.train.startup_timeout_s; 0 = never)
+  with exit status 1, and a stop signal ends it at once (128 + the signal).
+  A peer that dies between the probe and the strategy's start is not seen.
+
+  Raises:
+    UserError: a task still missing after timeout_s (status 1); SIGINT,
+      SIGTERM or SIGHUP while waiting (status 130, 143, 129).
+  """
+  cluster = tf_config.get("cluster")
+  task = tf_config.get("task")
+  if not isinstance(cluster, dict) or not isinstance(task, dict):
+    return  # TensorFlow says what is wrong
+  tasks = _cluster_tasks(cluster)
+  leader = tasks[0][:2] if tasks else None
+  if (task.get("type"), task.get("index")) != leader:
+    return
+  missing = [(_task_name(job, i), a) for job, i, a in tasks[1:]]
+
+  def who() -> str:
+    return ", ".join(f"{name} at {address}" for name, address in missing)
+
+  def on_signal(signum, frame):
+    del frame
+    raise _Stopped(signum)
+
+  handled = [s for s in (signal.SIGTERM, signal.SIGHUP)
+             if signal.getsignal(s) is not signal.SIG_IGN]
+  previous = {s: signal.signal(s, on_signal) for s in handled}
+  start = time.monotonic()
+  next_report = start + _FIRST_REPORT_S
+  limit = (f"giving up after {timeout_s:g} s" if timeout_s else
+           "no time limit") + " (config.train.startup_timeout_s)"
+  try:
+    while True:
+      missing = [(n, a) for n, a in missing if not _reachable(a)]
+      if not missing:
+        return
+      waited = time.monotonic() - start
+      if timeout_s and waited >= timeout_s:
+        raise errors.UserError(
+            f"{who()} never started: waited {waited:.0f} s "
+            "(config.train.startup_timeout_s) for the tasks of TF_CONFIG's "
+            "cluster; start every worker, or fix the addresses in TF_CONFIG",
+            exit_status=1)
+      if time.monotonic() >= next_report:
+        print(f"waiting for {who()} (TF_CONFIG's cluster) to start: "
+              f"{waited:.0f} s so far, {limit}", file=sys.stderr, flush=True)
+        next_report += REPORT_EVERY_S
+      time.sleep(0.5)
+  except (_Stopped, KeyboardInterrupt) as e:
+    signum = e.args[0] if isinstance(e, _Stopped) else signal.SIGINT
+    name = signal.Signals(signum).name
+    raise errors.UserError(
+        f"stopped by {name} while waiting for {who()} to start: nothing "
+        "trained, nothing to save", exit_status=128 + signum) from None
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def check_workers_agree(strategy: tf.distribute.Strategy, config,
+                        data_dir: str | None) -> None:
+  """Ends every worker of a multi-worker run whose plan differs.
+
+  Every worker sends the others its resolved config (every field) and the
+  identity of its data set (--data_dir's manifest.json sha256, or its file
+  names and sizes without one; the config's generated data set without
+  --data_dir); each compares them with the first worker's (the chief's).
+  Call it on every worker at the same point, after the strategy is made and
+  before any graph that depends on the config: different shapes or step
+  counts otherwise end in a shape mismatch or a hang, different learning
+  rates or data in a silent mix.
+
+  Raises:
+    UserError: the first field that differs (in the config's order, the data
+      set last), naming both workers' values; status 2.
+  """
+  if not is_multi_worker(strategy):
+    return
+  fields = [field for field in _flatten("config", config.to_dict())
+            if field[0] not in PER_WORKER_FIELDS] + [_data_identity(data_dir)]
+  resolver = strategy.cluster_resolver
+  tasks = _cluster_tasks(resolver.cluster_spec().as_dict())
+  names = [_task_name(job, i) for job, i, _ in tasks]
+  me = [(job, i) for job, i, _ in tasks].index(
+      (resolver.task_type, resolver.task_id))
+  encoded = np.frombuffer(json.dumps(fields).encode(), np.uint8)
+  try:
+    lengths = _gather(strategy, np.array([encoded.size]), me, len(tasks))
+    row = np.zeros(int(lengths.max()), np.int32)
+    row[:encoded.size] = encoded
+    rows = _gather(strategy, row, me, len(tasks))
+  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+          tf.errors.AbortedError, tf.errors.CancelledError) as e:
+    raise errors.UserError(
+        "lost contact with another worker while the workers compared their "
+        f"configs ({type(e).__name__}: {errors.first_line(e)[:200]}): start "
+        "every worker again", exit_status=1) from e
+  plans = [json.loads(bytes(r[:n].astype(np.uint8)).decode())
+           for r, n in zip(rows, lengths[:, 0])]
+  first = {key: (value, shown) for key, value, shown in plans[0]}
+  for worker, plan in enumerate(plans[1:], start=1):
+    other = {key: (value, shown) for key, value, shown in plan}
+    for key in list(first) + [k for k in other if k not in first]:
+      mine, theirs = first.get(key, (None, "(none)")), other.get(
+          key, (None, "(none)"))
+      if mine[0] != theirs[0]:
+        raise errors.UserError(
+            f"the workers disagree on {key} ({names[0]}: {_short(mine[1])}, "
+            f"{names[worker]}: {_short(theirs[1])}): start every worker "
+            "with the same config and data")
+
+
+def _short(text: str, limit: int = 120) -> str:
+  return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _flatten(prefix: str, value) -> list[list[str]]:
+  """[[field, canonical JSON, shown], ...] of a config dict, in its order."""
+  if isinstance(value, dict):
+    return [item for key, child in value.items()
+            for item in _flatten(f"{prefix}.{key}", child)]
+  canonical = json.dumps(value, sort_keys=True, default=repr)
+  return [[prefix, canonical, canonical]]
+
+
+def _data_identity(data_dir: str | None) -> list[str]:
+  """["the data set", what identifies it, what to show]: the manifest's
+  sha256 (not the path: workers may mount it at different paths)."""
+  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
+  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  key = "the data set (--data_dir)"
+  if data_dir is None:
+    generated = "generated from config.data and config.seed"
+    return [key, generated, generated]
+  path = storage.join(data_dir, manifest.MANIFEST_NAME)
+  if storage.exists(path):
+    digest = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+    return [key, digest, f"{data_dir} with manifest.json sha256 {digest[:12]}"]
+  listing = sorted(
+      (name, tf.io.gfile.stat(storage.join(data_dir, name)).length)
+      for name in tf.io.gfile.listdir(data_dir)) if tf.io.gfile.isdir(
+          data_dir) else []
+  digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+  return [key, digest, f"{data_dir} without manifest.json, {len(listing)} "
+          f"file(s), names and sizes sha256 {digest[:12]}"]
+
+
+def _gather(strategy: tf.distribute.Strategy, row: np.ndarray, index: int,
+            count: int) -> np.ndarray:
+  """Every worker's `row` (same length on each), by worker: a SUM
+  all-reduce of a [count, len] tensor holding this worker's row at `index`
+  (divided by each worker's replica count, its last column)."""
+  full = np.zeros((count, row.size + 1), np.int32)
+  full[index, :-1] = row
+  full[index, -1] = 1
+
+  @tf.function
+  def total(value: tf.Tensor) -> tf.Tensor:
+    per_replica = strategy.run(lambda: tf.identity(value))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  summed = total(tf.constant(full)).numpy()
+  return summed[:, :-1] // summed[:, -1:]
 
 
 def _no_tpu(address: str, cause: str) -> errors.UserError:
@@ -156,7 +385,8 @@ def split_cpu(num_devices: int) -> None:
 
 def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
                   collective: str = "AUTO",
-                  num_cpu_devices: int = 0) -> tf.distribute.Strategy:
+                  num_cpu_devices: int = 0,
+                  startup_timeout_s: float = 600) -> tf.distribute.Strategy:
   """Returns the strategy `name` (one of STRATEGIES).
 
   Args:
@@ -165,6 +395,8 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
     num_gpus: for `mirrored`: how many GPUs; 0 = all visible.
     collective: for `multi_worker_mirrored`: AUTO, RING or NCCL.
     num_cpu_devices: split the CPU into this many logical devices first.
+    startup_timeout_s: for `multi_worker_mirrored` on the chief (worker 0):
+      how long to wait for the other workers to start (0: no limit).
 
   Raises:
     UserError: an unknown name, or a strategy this machine cannot run.
@@ -184,7 +416,7 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
         d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=devices)
   if name == "multi_worker_mirrored":
-    return _multi_worker(collective)
+    return _multi_worker(collective, startup_timeout_s)
   return _tpu(tpu)
 
 
