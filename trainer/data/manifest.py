@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -146,6 +147,15 @@ def parse(text: str | bytes, path: str) -> Manifest:
         f"{path} is not JSON ({e}): restore it or regenerate the data set "
         "(python -m trainer.data generate)") from e
   return Manifest.from_json(value, path)
+
+
+def sha256(data_dir: str) -> str | None:
+  """The SHA-256 (hex) of the manifest.json in `data_dir`, the data set's
+  identity, or None without one."""
+  path = storage.join(data_dir, MANIFEST_NAME)
+  if not storage.exists(path):
+    return None
+  return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
 def read(data_dir: str) -> Manifest | None:

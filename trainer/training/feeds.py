@@ -9,7 +9,6 @@ there; the others stream from their files.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 
 from absl import logging
@@ -53,10 +52,7 @@ def data_identity(files: dict[str, list[str]]) -> dict[str, str | None]:
   directories = sorted({posixpath.dirname(f) for f in files["training"]})
   directory = directories[0] if len(directories) == 1 else (
       " ".join(directories))
-  manifest_path = storage.join(directories[0], manifest.MANIFEST_NAME)
-  digest = (hashlib.sha256(storage.read_bytes(manifest_path)).hexdigest()
-            if len(directories) == 1 and storage.exists(manifest_path)
-            else None)
+  digest = manifest.sha256(directories[0]) if len(directories) == 1 else None
   return {"dir": directory, "manifest_sha256": digest}
 
 

@@ -308,9 +308,8 @@ def _data_identity(data_dir: str | None) -> list[str]:
   if data_dir is None:
     generated = "generated from config.data and config.seed"
     return [key, generated, generated]
-  path = storage.join(data_dir, manifest.MANIFEST_NAME)
-  if storage.exists(path):
-    digest = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+  digest = manifest.sha256(data_dir)
+  if digest:
     return [key, digest, f"{data_dir} with manifest.json sha256 {digest[:12]}"]
   listing = sorted(
       (name, tf.io.gfile.stat(storage.join(data_dir, name)).length)
