@@ -237,8 +237,34 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
   assert_one_error(result, 1, "no space left on device writing "
                    f"{model_dir}/", "and python -m trainer.task --config=",
                    f"--model_dir={model_dir} resumes from the latest")
+  # A failed write removes its temporary file (before: a 0-byte
+  # metrics.json.tmp-* stayed).
+  assert not [p for p in model_dir.rglob("*") if ".tmp-" in p.name]
   (tiny_disk / "filler").unlink()
   assert restored_step(model_dir) == 20
+
+
+def test_generate_on_a_full_disk_names_its_own_flag(tiny_disk):
+  # A full disk met while writing shards (the up-front check counts the
+  # bytes of the shards already there: here a stray 1.6 MB file under the
+  # last shard's name fools it). Before, the line advised another
+  # --model_dir, a flag generate does not have, and a 0-byte temporary
+  # shard stayed.
+  out_dir = tiny_disk / "data"
+  out_dir.mkdir()
+  (out_dir / "train-00003-of-00004.tfrecord").write_bytes(b"\0" * 1_600_000)
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.data", "generate", f"--out_dir={out_dir}",
+       "--split=train", "--num_shards=4", "--examples_per_shard=3000",
+       "--num_processes=1"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert_one_error(result, 1, f"no space left on device writing {out_dir}/",
+                   ": free some space or choose another --out_dir; the "
+                   "complete shards are kept and the same command resumes")
+  assert "--model_dir" not in result.stderr
+  left = sorted(p.name for p in out_dir.iterdir())
+  assert not [name for name in left if ".tmp-" in name], left
+  assert "train-00000-of-00004.tfrecord" in left  # the complete shard kept
 
 
 # --- Stop signals ---------------------------------------------------------------
