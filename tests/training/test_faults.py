@@ -244,6 +244,24 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
   assert restored_step(model_dir) == 20
 
 
+def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
+  # Before: the run rewrote config.json with the lower num_steps, which no
+  # longer described the checkpoint's model.
+  before = {p.relative_to(resumable): p.read_bytes()
+            for p in resumable.rglob("*") if p.is_file()}
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                       "--config.train.num_steps=10")
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      "error: the checkpoint is at step 20, past "
+      "--config.train.num_steps=10: nothing to train; raise num_steps (or use "
+      "another --model_dir)"]
+  after = {p.relative_to(resumable): p.read_bytes()
+           for p in resumable.rglob("*") if p.is_file()}
+  assert after == before  # config.json, metrics, checkpoints: untouched
+  assert restored_step(resumable) == 20
+
+
 def test_generate_on_a_full_disk_names_its_own_flag(tiny_disk):
   # A full disk met while writing shards (the up-front check counts the
   # bytes of the shards already there: here a stray 1.6 MB file under the

@@ -180,6 +180,12 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
       trainer.checkpoint, paths.read.checkpoints, repair=paths.is_chief)
   latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
+  if start_step > config.train.num_steps:
+    # Nothing written: config.json stays the checkpoint's.
+    raise errors.UserError(
+        f"the checkpoint is at step {start_step}, past "
+        f"--config.train.num_steps={config.train.num_steps}: nothing to "
+        f"train; raise num_steps (or use another --model_dir)")
   finished = start_step >= config.train.num_steps
   reached = not finished and _reached_before(paths.read, run_plan.target,
                                              start_step)
