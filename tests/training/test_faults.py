@@ -313,6 +313,30 @@ def test_a_stop_signal_checkpoints_at_the_end_of_the_host_loop(
   assert restored_step(model_dir) == step
 
 
+def test_a_stop_signal_after_training_says_the_run_is_finishing(
+    resumable, smoke_data):
+  # Trained already, its metrics.json missing: the run evaluates and
+  # exports. A SIGTERM then was told "stopping at the end of this host
+  # loop", of which there is none; the run ends after its export.
+  (resumable / "metrics.json").unlink()
+  run = Trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                "--config.train.num_steps=20")
+  try:
+    run.wait_for("trained already: evaluating and exporting")
+    run.process.send_signal(signal.SIGTERM)
+    code, stderr = run.finish()
+  finally:
+    run.process.kill()
+  assert code == 0, stderr[-3000:]
+  assert ("SIGTERM: the run is finishing (its last evaluation, export and "
+          "metrics.json): it ends after them (Ctrl-C again: stop at once, "
+          "without them)") in stderr, stderr[-3000:]
+  assert "stopping at the end of this host loop" not in stderr
+  assert "Traceback" not in stderr and not error_lines(stderr)
+  assert (resumable / "metrics.json").exists()
+  assert (resumable / "export" / "saved_model.pb").exists()
+
+
 def test_a_second_ctrl_c_stops_at_once(resumable, smoke_data):
   # Long host loops: the second Ctrl-C must not wait for one to end.
   run = Trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",

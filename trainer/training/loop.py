@@ -187,6 +187,8 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
         f"--config.train.num_steps={config.train.num_steps}: nothing to "
         f"train; raise num_steps (or use another --model_dir)")
   finished = start_step >= config.train.num_steps
+  if finished:  # a signal from now on: the run ends after its export
+    signals.finishing()
   reached = not finished and _reached_before(paths.read, run_plan.target,
                                              start_step)
   if (finished or reached) and _complete(paths.read, trainer, start_step):
@@ -224,6 +226,7 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
   run = _Run(run_plan, trainer, feeds, out, start_step, strategy, started)
   stopped = None if finished else run.train(signals)
+  signals.finishing()
   if stopped:
     run.save()
     every = (" (every worker with its own command)"
