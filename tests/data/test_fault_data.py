@@ -21,9 +21,10 @@ import pytest
 
 from trainer.data import datasets
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, error_lines
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
-                                           assert_one_error, run_trainer)
+                                           assert_one_error, run_trainer,
+                                           trainer_command)
 
 TRAIN = "train-*-of-*.tfrecord"
 # The error must come within seconds (start-up included), not as a timeout.
@@ -126,6 +127,29 @@ def test_odd_entries_among_good_shards(smoke_data, tmp_path):
       f"{data_dir}/train-00005-of-00007.tfrecord (a directory), "
       f"{data_dir}/train-00006-of-00007.tfrecord (not a regular file); "
       "remove them")
+
+
+def test_an_unreadable_data_dir_is_said_so(smoke_data, tmp_path):
+  # Before: "no file matches ... generate them". The tests run as root,
+  # whom permissions do not stop: the trainer runs without the
+  # capabilities that bypass them (setpriv), as any other user would.
+  if shutil.which("setpriv") is None or os.geteuid() != 0:
+    pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
+  data_dir = copy_data(smoke_data, tmp_path)
+  data_dir.chmod(0)
+  try:
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+         *trainer_command(f"--data_dir={data_dir}",
+                          f"--model_dir={tmp_path}/run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=BOUND_S)
+  finally:
+    data_dir.chmod(0o755)
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      f"error: no training shards: cannot read {data_dir} (permission denied "
+      "for user root): fix its permissions or choose another --data_dir"]
+  assert not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
