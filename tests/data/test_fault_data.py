@@ -129,6 +129,19 @@ def test_odd_entries_among_good_shards(smoke_data, tmp_path):
       "remove them")
 
 
+def test_a_dangling_symlink_among_the_shards_is_named(smoke_data, tmp_path):
+  # Before: `NotFoundError: Graph execution error:` naming no file.
+  data_dir = copy_data(smoke_data, tmp_path)
+  link = data_dir / "train-00004-of-00005.tfrecord"
+  link.symlink_to(tmp_path / "gone.tfrecord")
+  result, _ = refused_up_front(tmp_path, data_dir)
+  assert_one_error(
+      result, 2, "1 of the 5 training files are not TFRecord shards: "
+      f"{link} (a symbolic link to {tmp_path}/gone.tfrecord, which does not "
+      "exist); remove them")
+  assert link.is_symlink()  # left as it was
+
+
 def test_an_unreadable_data_dir_is_said_so(smoke_data, tmp_path):
   # Before: "no file matches ... generate them". The tests run as root,
   # whom permissions do not stop: the trainer runs without the

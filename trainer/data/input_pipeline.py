@@ -118,7 +118,10 @@ def _check_local_entries(files: Sequence[str], split: str) -> None:
     try:
       mode = os.stat(path)
     except OSError:
-      continue  # gone meanwhile: the reader says so
+      if os.path.islink(path):  # a link to nothing: the reader names no file
+        odd.append(f"{path} (a symbolic link to {os.readlink(path)}, which "
+                   "does not exist)")
+      continue  # else gone meanwhile: the reader says so
     if stat.S_ISDIR(mode.st_mode):
       odd.append(f"{path} (a directory)")
     elif not stat.S_ISREG(mode.st_mode):
