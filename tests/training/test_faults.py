@@ -262,6 +262,26 @@ def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
   assert restored_step(resumable) == 20
 
 
+def test_float16_across_a_resume_is_refused(resumable, smoke_data):
+  # Before: `expected dtype int64` and 15 warning lines at the restore
+  # (float16 wraps the optimizer in a loss-scale optimizer).
+  before = {p.relative_to(resumable): p.read_bytes()
+            for p in resumable.rglob("*") if p.is_file()}
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                       "--config.train.mixed_precision=float16")
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      f"error: the checkpoint in {resumable}/checkpoints was trained with "
+      "config.train.mixed_precision='float32', not 'float16' (float16 "
+      "checkpoints a loss-scale optimizer, the others do not): resume with "
+      "--config.train.mixed_precision=float32, or use another --model_dir, "
+      "or --start_over (the old checkpoints are moved aside)"]
+  assert "WARNING" not in result.stderr, result.stderr[-3000:]
+  after = {p.relative_to(resumable): p.read_bytes()
+           for p in resumable.rglob("*") if p.is_file()}
+  assert after == before
+
+
 def test_generate_on_a_full_disk_names_its_own_flag(tiny_disk):
   # A full disk met while writing shards (the up-front check counts the
   # bytes of the shards already there: here a stray 1.6 MB file under the
