@@ -302,6 +302,8 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
   # first line, or one or two are), no manifest yet.
   assert len(list(out_dir.glob(TRAIN))) < 4
   assert not (out_dir / "manifest.json").exists()
+  if signum != signal.SIGTERM:
+    return  # the resume is the same after either signal: checked once
   # The same command keeps what is there and completes; the data verifies.
   result = generate(f"--out_dir={out_dir}", *SLOW_GENERATE)
   assert result.returncode == 0, result.stderr[-3000:]
