@@ -60,10 +60,12 @@ def first_line(error: BaseException) -> str:
 
 
 def describe_io_error(error: BaseException,
-                      resume_command: str = "the same command") -> str:
+                      resume_command: str = "the same command",
+                      full_disk_remedy: str | None = None) -> str:
   """One line for a file system error (local or gs://), with a remedy for
   the GCS ones: permission denied, missing credentials; a full disk names
-  `resume_command` as the way to resume."""
+  `resume_command` as the way to resume, or says `full_disk_remedy`
+  (for a command that writes no checkpoints)."""
   message = strip_graph_decorations(
       getattr(error, "message", None) or str(error))
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
@@ -82,6 +84,9 @@ def describe_io_error(error: BaseException,
   if "No space left on device" in message:
     found = re.search(r"(?:^|[\s'\"])((?:gs:/)?/[^\s;'\"]+)", message)
     path = found.group(1) if found else ""
+    if full_disk_remedy:
+      return (f"no space left on device{f' writing {path}' if path else ''}"
+              f": {full_disk_remedy}")
     return (f"no space left on device{f' writing {path}' if path else ''}: "
             "free some space or choose another --model_dir; the checkpoints "
             f"already saved are complete, and {resume_command} resumes from "

@@ -16,7 +16,8 @@ or gs://. The model's `predict_text` signature answers all the valid
 expressions in one call.
 
 Each expression is checked here first (empty, a character outside the
-vocabulary, no ':' or more than one, longer than the model's input), so a bad
+vocabulary, no ':' or more than one, nothing on one side of it, longer than
+the model's input), so a bad
 one is a line `error: '<expr>': <what is wrong>` on stderr while the others
 are still answered; then the exit status is 1. The input length limit is the
 model's own: the second dimension of its `serving_default` signature's
@@ -79,6 +80,13 @@ def check_expression(expression: str, len_max_input: int | None) -> str | None:
   if separators > 1:
     return (f"{separators} ':': give definitions:operation, without the "
             "result")
+  definitions, operation = expression.split(":")
+  if not definitions:
+    return ("nothing before ':': give definitions:operation, e.g. "
+            "x=3,y=4:x*y")
+  if not operation:
+    return ("nothing after ':': give definitions:operation, e.g. "
+            "x=3,y=4:x*y")
   if len_max_input is not None and len(expression) > len_max_input:
     return (f"{len(expression)} characters, longer than the model's "
             f"len_max_input={len_max_input}")
@@ -104,6 +112,10 @@ def find_saved_model(model_dir: str) -> str:
   for candidate in candidates:
     if exists(posixpath.join(candidate, SAVED_MODEL_FILE)):
       return candidate
+  if "://" in model_dir:
+    # A missing bucket reads as "no file": name the bucket instead.
+    from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
+    storage.check_bucket(model_dir, "--model_dir")
   raise errors.UserError(
       f"--model_dir={model_dir}: no SavedModel ({SAVED_MODEL_FILE}) in "
       f"{candidates[0]} nor in {model_dir}: train into it with `python -m "

@@ -25,3 +25,18 @@ def test_temporary_names():
   assert temp.startswith("gs://b/d/train-00000-of-00002.tfrecord.tmp-")
   assert storage.is_temp_name(temp)
   assert not storage.is_temp_name("gs://b/d.tmp-x/train.tfrecord")
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+  # The rename fails (the final name is a directory holding a file), as a
+  # full disk fails a write: the temporary file goes too. Before, a 0-byte
+  # metrics.json.tmp-* stayed after ENOSPC.
+  (tmp_path / "metrics.json").mkdir()
+  (tmp_path / "metrics.json" / "x").write_text("x")
+  with pytest.raises(Exception):
+    storage.write_atomic(str(tmp_path / "metrics.json"), "{}\n")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+  # ... and a write that works leaves only its file.
+  storage.write_atomic(str(tmp_path / "other.json"), "{}\n")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json",
+                                                        "other.json"]

@@ -9,6 +9,7 @@ pipeline repeats its files, and an epoch of nothing repeats forever), and an
 eval split smaller than a batch reported "over 0 examples" and exit 0.
 """
 
+import glob
 import os
 import shutil
 import signal
@@ -20,9 +21,10 @@ import pytest
 
 from trainer.data import datasets
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, error_lines
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
-                                           assert_one_error, run_trainer)
+                                           assert_one_error, run_trainer,
+                                           trainer_command)
 
 TRAIN = "train-*-of-*.tfrecord"
 # The error must come within seconds (start-up included), not as a timeout.
@@ -127,6 +129,42 @@ def test_odd_entries_among_good_shards(smoke_data, tmp_path):
       "remove them")
 
 
+def test_a_dangling_symlink_among_the_shards_is_named(smoke_data, tmp_path):
+  # Before: `NotFoundError: Graph execution error:` naming no file.
+  data_dir = copy_data(smoke_data, tmp_path)
+  link = data_dir / "train-00004-of-00005.tfrecord"
+  link.symlink_to(tmp_path / "gone.tfrecord")
+  result, _ = refused_up_front(tmp_path, data_dir)
+  assert_one_error(
+      result, 2, "1 of the 5 training files are not TFRecord shards: "
+      f"{link} (a symbolic link to {tmp_path}/gone.tfrecord, which does not "
+      "exist); remove them")
+  assert link.is_symlink()  # left as it was
+
+
+def test_an_unreadable_data_dir_is_said_so(smoke_data, tmp_path):
+  # Before: "no file matches ... generate them". The tests run as root,
+  # whom permissions do not stop: the trainer runs without the
+  # capabilities that bypass them (setpriv), as any other user would.
+  if shutil.which("setpriv") is None or os.geteuid() != 0:
+    pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
+  data_dir = copy_data(smoke_data, tmp_path)
+  data_dir.chmod(0)
+  try:
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+         *trainer_command(f"--data_dir={data_dir}",
+                          f"--model_dir={tmp_path}/run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=BOUND_S)
+  finally:
+    data_dir.chmod(0o755)
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      f"error: no training shards: cannot read {data_dir} (permission denied "
+      "for user root): fix its permissions or choose another --data_dir"]
+  assert not (tmp_path / "run").exists()
+
+
 def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
                                                              tmp_path):
   # A first host loop that does not end soon (a slow or stuck input would
@@ -182,3 +220,98 @@ def test_generate_refuses_what_cannot_be_held(tmp_path, flags, expected):
     assert f"and {tmp_path} has " in line and "free: lower --num_shards" in (
         line)
   assert not (tmp_path / "new").exists()
+
+
+def _children(pid):
+  """The pids of a process's children (every thread's), from /proc."""
+  pids = set()
+  for path in glob.glob(f"/proc/{pid}/task/*/children"):
+    with open(path) as f:
+      pids.update(int(p) for p in f.read().split())
+  return pids
+
+
+def _alive(pid):
+  """True unless the process is gone or a zombie."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def _command(pid):
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return f.read().replace(b"\0", b" ").decode()
+  except FileNotFoundError:
+    return ""
+
+
+# Big enough that the shards take seconds to build on two workers.
+SLOW_GENERATE = ["--split=train", "--num_shards=4",
+                 "--examples_per_shard=100000", "--num_processes=2"]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143),
+                                            (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
+                                                         status):
+  # Before: SIGTERM left the two spawn workers and the resource tracker
+  # alive (for an hour); Ctrl-C printed a KeyboardInterrupt traceback from
+  # the parent and one per worker. SIGINT is restored for the child: a
+  # process started in the background of a shell starts with it ignored.
+  out_dir = tmp_path / "data"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "trainer.data", "generate",
+       f"--out_dir={out_dir}", *SLOW_GENERATE], cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  children = set()
+  try:
+    lines = []
+    for line in process.stderr:  # the first progress line: workers busy
+      lines.append(line)
+      if "generate train:" in line:
+        break
+    children = _children(process.pid)
+    assert len(children) >= 3, "".join(lines)  # 2 workers, resource tracker
+    process.send_signal(signum)
+    # (An orphaned worker would hold stderr open: a timeout, not a hang.)
+    stderr = "".join(lines) + process.communicate(timeout=30)[1]
+    code = process.returncode
+    # The resource tracker ends when the last holder of its pipe does:
+    # a moment after the parent.
+    deadline = time.monotonic() + 5
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+      time.sleep(0.1)
+    still_alive = {pid: _command(pid) for pid in children if _alive(pid)}
+  finally:
+    process.kill()
+    for pid in children:  # never leave one behind, even when failing
+      if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+  assert code == status, stderr[-3000:]
+  assert [l for l in stderr.splitlines() if l.startswith("error:")] == [
+      f"error: interrupted ({signal.Signals(signum).name}): generation "
+      "stopped; the complete shards are kept and the same command resumes"]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert not still_alive, still_alive
+  # Only whole shards under their final names (none is complete at the
+  # first line, or one or two are), no manifest yet.
+  assert len(list(out_dir.glob(TRAIN))) < 4
+  assert not (out_dir / "manifest.json").exists()
+  if signum != signal.SIGTERM:
+    return  # the resume is the same after either signal: checked once
+  # The same command keeps what is there and completes; the data verifies.
+  result = generate(f"--out_dir={out_dir}", *SLOW_GENERATE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert len(list(out_dir.glob(TRAIN))) == 4
+  assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+      [p.name for p in out_dir.glob(TRAIN)] + ["manifest.json"])
+  verify = subprocess.run(
+      [sys.executable, "-m", "trainer.data", "verify",
+       f"--data_dir={out_dir}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=60)
+  assert verify.returncode == 0, verify.stderr[-3000:]

@@ -94,6 +94,8 @@ def test_bad_expressions_are_named_and_the_others_answered(trained):
                                "len_max_input=20",
       "x=1,y=2:x+y:3": "2 ':'",
       "x=1, y=2:x+y": "a space at position 4",
+      ":": "nothing before ':'",  # before: answered
+      "x=1,y=2:": "nothing after ':'",
   }
   mixed = [GOOD[0], *bad, GOOD[1]]
   stdin = "\n".join(mixed) + "\n"
@@ -152,6 +154,14 @@ def test_gcs_model_dir(gcs, trained):
   assert len(denied.stderr.splitlines()) == 1, denied.stderr
   assert denied.stderr.startswith("error: permission denied on gs://predict/"), (
       denied.stderr)
+  # A bucket that does not exist is named (before: "no SavedModel in ...").
+  missing = predict_command("--model_dir=gs://no-such-bucket/runs/1", GOOD[0])
+  assert missing.returncode == 2, missing.stderr
+  assert missing.stderr.splitlines() == [
+      "error: --model_dir=gs://no-such-bucket/runs/1: bucket "
+      "gs://no-such-bucket does not exist (or this account cannot see it): "
+      "create it with `gcloud storage buckets create gs://no-such-bucket`, "
+      "or fix the path"], missing.stderr
 
 
 @pytest.mark.parametrize("expression, problem", [
@@ -164,6 +174,11 @@ def test_gcs_model_dir(gcs, trained):
                     "' :|xy=,+-*0123456789'"),
     ("x=3,y=4:x* y", "a space at position 10: the space is the padding token, "
                      "not part of a problem"),
+    (":", "nothing before ':': give definitions:operation, e.g. x=3,y=4:x*y"),
+    (":x*y", "nothing before ':': give definitions:operation, e.g. "
+             "x=3,y=4:x*y"),
+    ("x=3,y=4:", "nothing after ':': give definitions:operation, e.g. "
+                 "x=3,y=4:x*y"),
 ])
 def test_check_expression(expression, problem):
   assert predict.check_expression(expression, 20) == problem

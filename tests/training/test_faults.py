@@ -237,8 +237,72 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
   assert_one_error(result, 1, "no space left on device writing "
                    f"{model_dir}/", "and python -m trainer.task --config=",
                    f"--model_dir={model_dir} resumes from the latest")
+  # A failed write removes its temporary file (before: a 0-byte
+  # metrics.json.tmp-* stayed).
+  assert not [p for p in model_dir.rglob("*") if ".tmp-" in p.name]
   (tiny_disk / "filler").unlink()
   assert restored_step(model_dir) == 20
+
+
+def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
+  # Before: the run rewrote config.json with the lower num_steps, which no
+  # longer described the checkpoint's model.
+  before = {p.relative_to(resumable): p.read_bytes()
+            for p in resumable.rglob("*") if p.is_file()}
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                       "--config.train.num_steps=10")
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      "error: the checkpoint is at step 20, past "
+      "--config.train.num_steps=10: nothing to train; raise num_steps (or use "
+      "another --model_dir)"]
+  after = {p.relative_to(resumable): p.read_bytes()
+           for p in resumable.rglob("*") if p.is_file()}
+  assert after == before  # config.json, metrics, checkpoints: untouched
+  assert restored_step(resumable) == 20
+
+
+def test_float16_across_a_resume_is_refused(resumable, smoke_data):
+  # Before: `expected dtype int64` and 15 warning lines at the restore
+  # (float16 wraps the optimizer in a loss-scale optimizer).
+  before = {p.relative_to(resumable): p.read_bytes()
+            for p in resumable.rglob("*") if p.is_file()}
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                       "--config.train.mixed_precision=float16")
+  assert_one_error(result, 2)
+  assert error_lines(result) == [
+      f"error: the checkpoint in {resumable}/checkpoints was trained with "
+      "config.train.mixed_precision='float32', not 'float16' (float16 "
+      "checkpoints a loss-scale optimizer, the others do not): resume with "
+      "--config.train.mixed_precision=float32, or use another --model_dir, "
+      "or --start_over (the old checkpoints are moved aside)"]
+  assert "WARNING" not in result.stderr, result.stderr[-3000:]
+  after = {p.relative_to(resumable): p.read_bytes()
+           for p in resumable.rglob("*") if p.is_file()}
+  assert after == before
+
+
+def test_generate_on_a_full_disk_names_its_own_flag(tiny_disk):
+  # A full disk met while writing shards (the up-front check counts the
+  # bytes of the shards already there: here a stray 1.6 MB file under the
+  # last shard's name fools it). Before, the line advised another
+  # --model_dir, a flag generate does not have, and a 0-byte temporary
+  # shard stayed.
+  out_dir = tiny_disk / "data"
+  out_dir.mkdir()
+  (out_dir / "train-00003-of-00004.tfrecord").write_bytes(b"\0" * 1_600_000)
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.data", "generate", f"--out_dir={out_dir}",
+       "--split=train", "--num_shards=4", "--examples_per_shard=3000",
+       "--num_processes=1"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert_one_error(result, 1, f"no space left on device writing {out_dir}/",
+                   ": free some space or choose another --out_dir; the "
+                   "complete shards are kept and the same command resumes")
+  assert "--model_dir" not in result.stderr
+  left = sorted(p.name for p in out_dir.iterdir())
+  assert not [name for name in left if ".tmp-" in name], left
+  assert "train-00000-of-00004.tfrecord" in left  # the complete shard kept
 
 
 # --- Stop signals ---------------------------------------------------------------
@@ -267,6 +331,30 @@ def test_a_stop_signal_checkpoints_at_the_end_of_the_host_loop(
       saved[0]) and saved[0].endswith(f" --model_dir={model_dir}")
   assert "Traceback" not in stderr and not error_lines(stderr)
   assert restored_step(model_dir) == step
+
+
+def test_a_stop_signal_after_training_says_the_run_is_finishing(
+    resumable, smoke_data):
+  # Trained already, its metrics.json missing: the run evaluates and
+  # exports. A SIGTERM then was told "stopping at the end of this host
+  # loop", of which there is none; the run ends after its export.
+  (resumable / "metrics.json").unlink()
+  run = Trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                "--config.train.num_steps=20")
+  try:
+    run.wait_for("trained already: evaluating and exporting")
+    run.process.send_signal(signal.SIGTERM)
+    code, stderr = run.finish()
+  finally:
+    run.process.kill()
+  assert code == 0, stderr[-3000:]
+  assert ("SIGTERM: the run is finishing (its last evaluation, export and "
+          "metrics.json): it ends after them (Ctrl-C again: stop at once, "
+          "without them)") in stderr, stderr[-3000:]
+  assert "stopping at the end of this host loop" not in stderr
+  assert "Traceback" not in stderr and not error_lines(stderr)
+  assert (resumable / "metrics.json").exists()
+  assert (resumable / "export" / "saved_model.pb").exists()
 
 
 def test_a_second_ctrl_c_stops_at_once(resumable, smoke_data):

@@ -10,6 +10,7 @@ seconds (TensorFlow's import).
 """
 
 import dataclasses
+import datetime
 import json
 import multiprocessing
 import os
@@ -94,6 +95,13 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(
     first.process.kill()
     first.process.wait()
     assert os.path.exists(lock)
+    # What a run killed (SIGTERM) while taking the lock over leaves: its
+    # temporary files, a minute old. The next holder removes them (before,
+    # they stayed).
+    for leftover in ("run.lock.0123456789ab.new", "run.lock.ba9876543210.stale"):
+      path = model_dir / "checkpoints" / leftover
+      path.write_bytes(b"")
+      os.utime(path, (time.time() - 120,) * 2)
     second = Trainer(*flags)
     try:
       took = second.wait_for("took over the lock")
@@ -195,6 +203,20 @@ def test_stale_locks_are_taken_over_and_live_ones_refused(checkpoints, logged):
        "that process is gone (its pid now belongs to another process)"),
       (dataclasses.replace(here, host="elsewhere", heartbeat=old),
        "its last heartbeat is "),
+      # Damaged or foreign locks (before: a heartbeat dated 2099 never went
+      # stale, one without a timezone was a TypeError, a pid of 10**14 an
+      # OverflowError).
+      (dataclasses.replace(here, host="elsewhere",
+                           heartbeat="2099-01-01T00:00:00+00:00"),
+       "its heartbeat 2099-01-01T00:00:00+00:00 is 7"),
+      (dataclasses.replace(here, host="elsewhere", heartbeat=old[:-6]),
+       "its last heartbeat is "),
+      (dataclasses.replace(here, pid=10**14), "that process is gone"),
+      (dataclasses.replace(here, pid=-1), "that process is gone"),
+      (dataclasses.replace(here, pid=0), "that process is gone"),
+      (dataclasses.replace(here, host="elsewhere", heartbeat=(
+          datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+          .isoformat(timespec="seconds"))), None),  # no timezone: UTC
       (dataclasses.replace(here, pid=1, process_start=run_lock.process_start(
           1)), None),
       (dataclasses.replace(here, host="elsewhere").beat(), None),
@@ -216,7 +238,12 @@ def test_stale_locks_are_taken_over_and_live_ones_refused(checkpoints, logged):
     prefix = (f"took over the lock {path} of host {holder.host} pid "
               f"{holder.pid} (since {holder.since}): ")
     assert len(logged) == 1 and logged[0].startswith(prefix), logged
-    if reason.startswith("its last heartbeat"):
+    if reason.startswith("its heartbeat 2099"):
+      assert logged[0].startswith(prefix + reason), logged
+      assert logged[0].endswith(
+          " years ahead of this host's clock (a damaged lock, or clocks that "
+          "disagree by more than the stale limit of 5 min)"), logged
+    elif reason.startswith("its last heartbeat"):
       assert logged[0].startswith(prefix + reason), logged
       assert logged[0].endswith(" old (stale after 5 min)"), logged
     else:
@@ -321,3 +348,18 @@ def test_exactly_one_of_several_processes_takes_the_lock(checkpoints, stale):
   else:
     assert not os.path.exists(os.path.dirname(path)) or not os.listdir(
         os.path.dirname(path))
+
+
+def test_a_lock_that_is_a_directory_is_one_line(smoke_data, tmp_path):
+  # Before: an unnamed IsADirectoryError and a traceback.
+  model_dir = tmp_path / "run"
+  lock = model_dir / "checkpoints" / "run.lock"
+  lock.mkdir(parents=True)
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert [l for l in result.stderr.splitlines() if l.startswith("error:")] == [
+      f"error: {lock} is a directory, not a run lock: if no run uses this "
+      f"directory, remove it (rm -r {lock})"], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert sorted(os.listdir(model_dir)) == ["checkpoints"]
+  assert os.listdir(model_dir / "checkpoints") == ["run.lock"]

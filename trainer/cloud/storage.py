@@ -155,14 +155,22 @@ def is_temp_name(path: str) -> bool:
 def write_atomic(path: str, data: bytes | str) -> None:
   """Writes `data` to a temporary name, then renames it to `path`.
 
-  An interrupted write leaves at most a temporary file, never a partial file
-  under the final name.
+  A failed write (a full disk, a lost connection) removes its temporary
+  file; only a killed process leaves one, never a partial file under the
+  final name.
   """
   temp = temp_name(path)
   mode = "wb" if isinstance(data, bytes) else "w"
-  with _gfile().GFile(temp, mode) as f:
-    f.write(data)
-  _gfile().rename(temp, path, overwrite=True)
+  try:
+    with _gfile().GFile(temp, mode) as f:
+      f.write(data)
+    _gfile().rename(temp, path, overwrite=True)
+  except BaseException:
+    try:
+      _gfile().remove(temp)
+    except Exception:  # pylint: disable=broad-except
+      pass  # never written, or already renamed: the error says the rest
+    raise
 
 
 def read_json(path: str) -> Any:

@@ -21,12 +21,18 @@ job instead of in it. `benchmark` times the trainer's own input pipeline
 alone (no model) and prints its examples/s, to compare with the examples/s
 the trainer logs per host loop: close to it, input limits the run.
 
+SIGTERM, SIGHUP or Ctrl-C end `generate` and its worker processes with one
+line `error: interrupted (SIGTERM): ...` and the status 128 + the signal
+(143, 129, 130); the complete shards stay, and the same command resumes.
+
 Bad flags print one line `error: ...` and exit with status 2, before anything
 is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
 
@@ -262,13 +268,63 @@ def _generate(flag_values) -> int:
   spec.validate()
   datasets.check_resources(
       spec, datasets.resolve_num_processes(flag_values.num_processes))
-  tf = cli.import_tensorflow()
-  try:
-    datasets.generate(spec, num_processes=flag_values.num_processes)
-  except (OSError, tf.errors.OpError) as e:
-    # File system errors (permissions, a missing bucket) end in one line too.
-    raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
+  with _interrupts_raise():
+    try:
+      tf = cli.import_tensorflow()
+      try:
+        datasets.generate(spec, num_processes=flag_values.num_processes)
+      except (OSError, tf.errors.OpError) as e:
+        # File system errors (permissions, a missing bucket) end in one line.
+        raise errors.UserError(
+            errors.describe_io_error(e, full_disk_remedy=(
+                "free some space or choose another --out_dir; the complete "
+                "shards are kept and the same command resumes")),
+            exit_status=1) from e
+    except _Interrupted as e:
+      # The workers are ended (datasets._shard_builder); each shard on disk
+      # is whole (written to a temporary name, then renamed), and the next
+      # run checks and keeps them, and removes the temporaries.
+      raise errors.UserError(
+          f"interrupted ({e.signal_name}): generation stopped; the complete "
+          "shards are kept and the same command resumes",
+          exit_status=128 + e.signal_number) from None
   return 0
+
+
+class _Interrupted(BaseException):
+  """A stop signal (SIGTERM, SIGINT, SIGHUP) while generating."""
+
+  def __init__(self, signal_number: int):
+    super().__init__(signal_number)
+    self.signal_number = signal_number
+    self.signal_name = signal.Signals(signal_number).name
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _interrupts_raise():
+  """The first stop signal raises _Interrupted in the main thread (so the
+  generator's workers are ended on the way out); later ones are ignored, so
+  that nothing interrupts the ending. A signal already ignored (SIGINT in a
+  job started with `&`, SIGHUP under nohup) stays ignored."""
+
+  def interrupted(signal_number, frame):
+    del frame
+    for number in _STOP_SIGNALS:
+      signal.signal(number, signal.SIG_IGN)
+    raise _Interrupted(signal_number)
+
+  previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+  for number, handler in previous.items():
+    if handler != signal.SIG_IGN:
+      signal.signal(number, interrupted)
+  try:
+    yield
+  finally:
+    for number, handler in previous.items():
+      signal.signal(number, handler)
 
 
 def main(argv: list[str]) -> int:

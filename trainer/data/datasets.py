@@ -19,6 +19,7 @@ import dataclasses
 import multiprocessing
 import os
 import shutil
+import signal
 from typing import TYPE_CHECKING, Iterator
 
 from absl import logging
@@ -215,11 +216,52 @@ def _shard_builder(spec: GenerateSpec,
       max_workers=min(num_processes, spec.num_shards),
       mp_context=multiprocessing.get_context("spawn"))
   try:
-    pending = {pool.submit(_build_shard, spec, index)
-               for index in range(spec.num_shards)}
+    # The workers start (spawn) at submit. They start with SIGINT ignored
+    # (an ignored signal stays ignored across exec, and Python then installs
+    # no KeyboardInterrupt handler): a Ctrl-C reaches the whole foreground
+    # process group, and only the parent is to answer it, by ending them.
+    with _sigint_ignored():
+      pending = {pool.submit(_build_shard, spec, index)
+                 for index in range(spec.num_shards)}
     yield _results(pending)
+  except BaseException:
+    # An error or a signal (KeyboardInterrupt, the command's SIGTERM): the
+    # shards being built are not waited for, their workers end now, so none
+    # outlives this process (nor, through them, the resource tracker).
+    _end_workers(pool)
+    raise
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+  """SIGINT ignored in this process meanwhile (and in what it spawns)."""
+  try:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  except ValueError:  # not the main thread: its signals are not ours
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _end_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+  """Cancels the shards not started and terminates the pool's workers."""
+  pool.shutdown(wait=False, cancel_futures=True)
+  # The executor has no public way to end running workers before Python
+  # 3.14 (terminate_workers); its `_processes` maps pid -> Process.
+  processes = list((getattr(pool, "_processes", None) or {}).values())
+  for process in processes:
+    if process.is_alive():
+      process.terminate()
+  for process in processes:
+    process.join(timeout=10)
+    if process.is_alive():
+      process.kill()
+      process.join()
 
 
 def _results(pending: set[concurrent.futures.Future]

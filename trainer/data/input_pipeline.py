@@ -66,6 +66,7 @@ def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
   for pattern in patterns:
     matches = [p for p in storage.glob(pattern) if not storage.is_temp_name(p)]
     if not matches:
+      _check_readable_dir(pattern, split)
       raise errors.UserError(f"no {split} shards: no file matches "
                              f"{pattern!r}{_GENERATE_HINT}")
     files.update(matches)
@@ -73,6 +74,28 @@ def list_split_files(file_pattern: str | Sequence[str], len_max_input: int,
   _check_local_entries(files, split)
   manifest.check_files(files, len_max_input, whole_split=True)
   return files
+
+
+def _check_readable_dir(pattern: str, split: str) -> None:
+  """A local pattern matching nothing because its directory cannot be read
+  (a glob of an unreadable directory is empty) is said so.
+
+  Raises:
+    UserError: naming the directory and the user.
+  """
+  if storage.bucket_of(pattern) is not None:
+    return
+  directory = os.path.dirname(pattern) or "."
+  try:
+    os.listdir(directory)
+  except PermissionError:
+    import getpass  # pylint: disable=g-import-not-at-top
+    raise errors.UserError(
+        f"no {split} shards: cannot read {directory} (permission denied for "
+        f"user {getpass.getuser()}): fix its permissions or choose another "
+        "--data_dir") from None
+  except OSError:
+    pass  # missing, or a pattern in the directory part: "no file matches"
 
 
 def _check_local_entries(files: Sequence[str], split: str) -> None:
@@ -96,7 +119,10 @@ def _check_local_entries(files: Sequence[str], split: str) -> None:
     try:
       mode = os.stat(path)
     except OSError:
-      continue  # gone meanwhile: the reader says so
+      if os.path.islink(path):  # a link to nothing: the reader names no file
+        odd.append(f"{path} (a symbolic link to {os.readlink(path)}, which "
+                   "does not exist)")
+      continue  # else gone meanwhile: the reader says so
     if stat.S_ISDIR(mode.st_mode):
       odd.append(f"{path} (a directory)")
     elif not stat.S_ISREG(mode.st_mode):

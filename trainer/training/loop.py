@@ -181,7 +181,15 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
       trainer.checkpoint, paths.read.checkpoints, repair=paths.is_chief)
   latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
+  if start_step > config.train.num_steps:
+    # Nothing written: config.json stays the checkpoint's.
+    raise errors.UserError(
+        f"the checkpoint is at step {start_step}, past "
+        f"--config.train.num_steps={config.train.num_steps}: nothing to "
+        f"train; raise num_steps (or use another --model_dir)")
   finished = start_step >= config.train.num_steps
+  if finished:  # a signal from now on: the run ends after its export
+    signals.finishing()
   reached = not finished and _reached_before(paths.read, run_plan.target,
                                              start_step)
   if (finished or reached) and _complete(paths.read, trainer, start_step):
@@ -220,6 +228,7 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
   run = _Run(run_plan, trainer, feeds, out, start_step, strategy, started)
   stopped = None if finished else run.train(signals)
+  signals.finishing()
   if stopped:
     run.save()
     every = (" (every worker with its own command)"

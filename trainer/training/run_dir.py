@@ -165,12 +165,28 @@ def check_compatible(dirs: RunDirs, config) -> None:
   if not storage.exists(path):
     return
   try:
-    saved = storage.read_json(path)["model"]
-  except (ValueError, KeyError, TypeError) as e:  # damaged: restore checks
+    saved_config = storage.read_json(path)
+    saved = saved_config["model"]
+    saved_precision = saved_config.get("train", {}).get("mixed_precision")
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    # Damaged: the restore checks.
     logging.warning("%s is not a config this trainer wrote (%s): the "
                     "checkpoint's model shape is checked at restore instead; "
                     "the file is rewritten", path, errors.first_line(e))
     return
+  precision = config.train.mixed_precision
+  if (saved_precision is not None and saved_precision != precision and
+      "float16" in (saved_precision, precision) and
+      checkpoints.any_in(dirs.checkpoints)):
+    # float16 wraps the optimizer in a LossScaleOptimizer: its checkpoint
+    # holds other objects, and a restore across fails on a dtype.
+    raise errors.UserError(
+        f"the checkpoint in {dirs.checkpoints} was trained with "
+        f"config.train.mixed_precision={saved_precision!r}, not "
+        f"{precision!r} (float16 checkpoints a loss-scale optimizer, the "
+        "others do not): resume with --config.train.mixed_precision="
+        f"{saved_precision}, or use another --model_dir, or --start_over "
+        "(the old checkpoints are moved aside)")
   current = config.model.to_dict()
   differing = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))

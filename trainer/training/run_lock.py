@@ -28,7 +28,9 @@ went down leaves its lock behind. It is stale, and the next run takes it
 over with one log line, when its holder is on this host and that process is
 gone (no such pid, a zombie, a pid reused by a process started at another
 time, or a host rebooted since), or when its heartbeat is older than
-STALE_SECONDS (a holder on another host that stopped answering). Taking over
+STALE_SECONDS (a holder on another host that stopped answering), or dated
+more than STALE_SECONDS ahead of this host's clock (damaged; a heartbeat
+without a timezone is read as UTC). Taking over
 is atomic too: on gs:// the stale object is overwritten with
 `if_generation_match=<its generation>`, so one contender wins; locally the
 stale file is renamed to a unique name (one rename wins), checked to be the
@@ -49,6 +51,7 @@ import json
 import os
 import posixpath
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -112,6 +115,8 @@ class Holder:
       then = datetime.datetime.fromisoformat(self.heartbeat)
     except ValueError:
       return float("inf")
+    if then.tzinfo is None:  # written by hand or by another tool: UTC
+      then = then.replace(tzinfo=datetime.timezone.utc)
     return (datetime.datetime.now(datetime.timezone.utc) - then
             ).total_seconds()
 
@@ -165,6 +170,10 @@ def why_stale(holder: Holder, stale_seconds: float) -> str | None:
       return ("that process is gone (its pid now belongs to another "
               "process)")
   age = holder.heartbeat_age()
+  if age < -stale_seconds:
+    return (f"its heartbeat {holder.heartbeat} is {_duration(-age)} ahead of "
+            "this host's clock (a damaged lock, or clocks that disagree by "
+            f"more than the stale limit of {_duration(stale_seconds)})")
   if age > stale_seconds:
     return (f"its last heartbeat is {_duration(age)} old (stale after "
             f"{_duration(stale_seconds)})")
@@ -173,9 +182,11 @@ def why_stale(holder: Holder, stale_seconds: float) -> str | None:
 
 def _pid_exists(pid: int) -> bool:
   """Whether a process `pid` runs on this host (a zombie does not)."""
+  if pid <= 0:  # not a process: kill(0) or kill(-1) would signal groups
+    return False
   try:
     os.kill(pid, 0)
-  except ProcessLookupError:
+  except (ProcessLookupError, OverflowError):  # OverflowError: pid > C int
     return False
   except PermissionError:
     pass  # another user's: it exists
@@ -186,7 +197,8 @@ def _pid_exists(pid: int) -> bool:
 def _duration(seconds: float) -> str:
   if seconds == float("inf"):
     return "unknown"
-  for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+  for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600),
+                     ("min", 60)):
     if seconds >= 2 * size:
       return f"{seconds / size:.0f} {unit}"
   return f"{seconds:.0f} s"
@@ -329,7 +341,14 @@ class _LocalLock:
       except FileNotFoundError:
         return None
       try:
-        data, inode = _read_fd(fd), os.fstat(fd).st_ino
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+          kind = ("a directory" if stat.S_ISDIR(status.st_mode) else
+                  "not a regular file")
+          raise errors.UserError(
+              f"{self.path} is {kind}, not a run lock: if no run uses this "
+              f"directory, remove it (rm -r {self.path})")
+        data, inode = _read_fd(fd), status.st_ino
       finally:
         os.close(fd)
       try:
@@ -352,7 +371,9 @@ class _LocalLock:
       os.write(fd, holder.to_bytes())
       os.fsync(fd)
       os.link(temp, self.path)
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):
+      # FileNotFoundError: the holder swept our temporary file away
+      # (_remove_leftovers); it holds the lock, which the caller reads.
       os.close(fd)
       return False
     except OSError as e:  # e.g. a full disk
@@ -362,8 +383,10 @@ class _LocalLock:
       os.close(fd)
       raise
     finally:
-      os.unlink(temp)
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
     self._fd, self._holder = fd, holder
+    _remove_leftovers(self.path)
     return True
 
   def _remove_stale(self, inode: int) -> bool:
@@ -419,6 +442,34 @@ class _LocalLock:
     finally:
       os.close(self._fd)
       self._fd = -1
+
+
+# A contender's temporary files live for milliseconds; older ones were left
+# by a process killed while it took the lock (SIGTERM, kill -9).
+LEFTOVER_SECONDS = 60.0
+
+
+def _remove_leftovers(path: str) -> None:
+  """Removes the `run.lock.<hex>.new` and `.stale` files of contenders killed
+  while taking the lock (only this lock's holder calls it)."""
+  directory, name = os.path.split(path)
+  now = time.time()
+  try:
+    entries = os.listdir(directory)
+  except OSError:
+    return
+  for entry in entries:
+    if not (entry.startswith(name + ".") and
+            entry.endswith((".new", ".stale"))):
+      continue
+    leftover = os.path.join(directory, entry)
+    try:
+      if now - os.lstat(leftover).st_mtime > LEFTOVER_SECONDS:
+        os.unlink(leftover)
+        logging.info("removed %s, left by a run stopped while it took the "
+                     "lock", leftover)
+    except OSError:
+      pass  # gone meanwhile, or not ours to remove: harmless
 
 
 def _read_fd(fd: int) -> bytes:

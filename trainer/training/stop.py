@@ -68,6 +68,12 @@ class StopSignals:
     self._previous_wakeup_fd = -1
     self._write_fd = -1
     self._thread: threading.Thread | None = None
+    self._finishing = False
+
+  def finishing(self) -> None:
+    """Training is over: from now on a signal is told that the run ends
+    after its last evaluation and export, not at a host loop's end."""
+    self._finishing = True
 
   @property
   def requested(self) -> bool:
@@ -126,6 +132,11 @@ class StopSignals:
       os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
     if self.reason is None:
       self.reason = StopReason(name)
+      if self._finishing:
+        logging.info("%s: the run is finishing (its last evaluation, export "
+                     "and metrics.json): it ends after them (Ctrl-C again: "
+                     "stop at once, without them)", name)
+        return
       logging.info("%s: stopping at the end of this host loop, with a "
                    "checkpoint (Ctrl-C again: stop at once, without "
                    "saving)", name)
