@@ -21,7 +21,7 @@ import pytest
 
 from trainer.data import datasets
 
-from tests.helpers import ROOT, error_lines
+from tests.helpers import ROOT, alive, error_lines
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
                                            assert_one_error, run_trainer,
                                            trainer_command)
@@ -231,15 +231,6 @@ def _children(pid):
   return pids
 
 
-def _alive(pid):
-  """True unless the process is gone or a zombie."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except FileNotFoundError:
-    return False
-
-
 def _command(pid):
   try:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -286,11 +277,11 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
     deadline = time.monotonic() + 5
     while any(map(_alive, children)) and time.monotonic() < deadline:
       time.sleep(0.1)
-    still_alive = {pid: _command(pid) for pid in children if _alive(pid)}
+    still_alive = {pid: _command(pid) for pid in children if alive(pid)}
   finally:
     process.kill()
     for pid in children:  # never leave one behind, even when failing
-      if _alive(pid):
+      if alive(pid):
         os.kill(pid, signal.SIGKILL)
   assert code == status, stderr[-3000:]
   assert [l for l in stderr.splitlines() if l.startswith("error:")] == [

@@ -26,6 +26,16 @@ def crc32c_base64(data: bytes) -> str:
   return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
+def alive(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (Linux /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      # The state follows the command name, which may hold spaces.
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
 def closed_port() -> int:
   """A 127.0.0.1 port nothing listens on (bound, then released)."""
   with socket.socket() as s:

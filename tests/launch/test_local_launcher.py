@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, alive
 from tests.helpers.workers import fingerprint
 
 
@@ -42,15 +42,6 @@ def write_wrapper(tmp_path, worker_1):
   path.chmod(0o755)
   (tmp_path / "pids").mkdir()
   return path
-
-
-def alive(pid):
-  """Whether a process `pid` exists and is not a zombie."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except FileNotFoundError:
-    return False
 
 
 class Launch:

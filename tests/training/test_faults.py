@@ -244,11 +244,16 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
   assert restored_step(model_dir) == 20
 
 
+def every_file(directory):
+  """{path below `directory`: its bytes} of every file there."""
+  return {p.relative_to(directory): p.read_bytes()
+          for p in directory.rglob("*") if p.is_file()}
+
+
 def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
   # Before: the run rewrote config.json with the lower num_steps, which no
   # longer described the checkpoint's model.
-  before = {p.relative_to(resumable): p.read_bytes()
-            for p in resumable.rglob("*") if p.is_file()}
+  before = every_file(resumable)
   result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
                        "--config.train.num_steps=10")
   assert_one_error(result, 2)
@@ -256,8 +261,7 @@ def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
       "error: the checkpoint is at step 20, past "
       "--config.train.num_steps=10: nothing to train; raise num_steps (or use "
       "another --model_dir)"]
-  after = {p.relative_to(resumable): p.read_bytes()
-           for p in resumable.rglob("*") if p.is_file()}
+  after = every_file(resumable)
   assert after == before  # config.json, metrics, checkpoints: untouched
   assert restored_step(resumable) == 20
 
@@ -265,8 +269,7 @@ def test_num_steps_below_the_checkpoint_is_refused(resumable, smoke_data):
 def test_float16_across_a_resume_is_refused(resumable, smoke_data):
   # Before: `expected dtype int64` and 15 warning lines at the restore
   # (float16 wraps the optimizer in a loss-scale optimizer).
-  before = {p.relative_to(resumable): p.read_bytes()
-            for p in resumable.rglob("*") if p.is_file()}
+  before = every_file(resumable)
   result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
                        "--config.train.mixed_precision=float16")
   assert_one_error(result, 2)
@@ -277,8 +280,7 @@ def test_float16_across_a_resume_is_refused(resumable, smoke_data):
       "--config.train.mixed_precision=float32, or use another --model_dir, "
       "or --start_over (the old checkpoints are moved aside)"]
   assert "WARNING" not in result.stderr, result.stderr[-3000:]
-  after = {p.relative_to(resumable): p.read_bytes()
-           for p in resumable.rglob("*") if p.is_file()}
+  after = every_file(resumable)
   assert after == before
 
 

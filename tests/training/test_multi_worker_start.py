@@ -110,6 +110,14 @@ def wait_for_line(process, lines, phrase, timeout):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
                          ids=lambda s: signal.Signals(s).name)
+def end(process, held):
+  """Kills `process` if it still runs and frees the `held` sockets."""
+  if process.poll() is None:
+    process.kill()
+  for s in held:
+    s.close()
+
+
 def test_worker_0_says_whom_it_waits_for_and_a_signal_ends_it(
     signum, tmp_path):
   process, missing, held, lines = start_lonely_worker_0(tmp_path)
@@ -121,10 +129,7 @@ def test_worker_0_says_whom_it_waits_for_and_a_signal_ends_it(
     process.send_signal(signum)
     status = process.wait(timeout=5)
   finally:
-    if process.poll() is None:
-      process.kill()
-    for s in held:
-      s.close()
+    end(process, held)
   time.sleep(0.2)  # the reader thread's last lines
   text = "".join(lines)
   assert status == 128 + signum, text
@@ -142,10 +147,7 @@ def test_worker_0_gives_up_after_the_startup_timeout(tmp_path):
   try:
     status = process.wait(timeout=60)
   finally:
-    if process.poll() is None:
-      process.kill()
-    for s in held:
-      s.close()
+    end(process, held)
   time.sleep(0.2)
   text = "".join(lines)
   assert status == 1, text
