@@ -258,9 +258,11 @@ def test_config_flag_finds_the_installed_configs(run, smoke_data, tmp_path):
   missing = run("trainer.task", "--config=configs/nonexistent.py",
                 cwd=str(tmp_path))
   assert missing.returncode == 2
+  shipped = ", ".join(f"configs/{n}" for n in sorted(os.listdir(
+      os.path.join(ROOT, "configs"))) if n.endswith(".py") and n[0] != "_")
   assert error_lines(missing) == [
-      "error: cannot load --config=configs/nonexistent.py: "
-      + error_lines(missing)[0].split(": ", 2)[2]]
+      "error: --config=configs/nonexistent.py: no such file (the package's "
+      f"configs: {shipped})"]
 
 
 def test_vertex_ai_environment_without_model_dir(run, smoke_data, tmp_path):
