@@ -41,6 +41,24 @@ def test_more_gpus_than_visible():
     ("{not json", "TF_CONFIG is not valid JSON"),
     ("[1, 2]", "TF_CONFIG must be a JSON object"),
     ('{"cluster": {}}', "needs 'cluster' and 'task' entries"),
+    # Each of these was a TensorFlow traceback (the string address: a wait
+    # for "workers" named by its characters).
+    ('{"cluster": {"worker": "h:1"}, "task": {"type": "worker", "index": 0}}',
+     r"cluster job 'worker' must be a list of \"host:port\" addresses, got "
+     "'h:1'"),
+    ('{"cluster": {"worker": ["h:1", "h:2"]}, '
+     '"task": {"type": "worker", "index": 5}}',
+     r"task index 5 is not one of its cluster's 'worker' job \(indexes 0, "
+     r"1\)"),
+    ('{"cluster": {"worker": ["h:1"], "ps": ["h:3"]}, '
+     '"task": {"type": "ps", "index": 0}}',
+     "has the job\\(s\\) ps: --strategy=multi_worker_mirrored runs 'chief' "
+     "and 'worker' tasks only"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "chief", "index": 0}}',
+     r"task type 'chief' is not a job of its cluster \(worker\)"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker"}}',
+     "task index None is not one of"),
+    ('{"cluster": [], "task": {}}', "cluster must map jobs to address lists"),
 ])
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config,
                                               message):

@@ -65,7 +65,56 @@ def _tf_config() -> dict:
   if "cluster" not in tf_config or "task" not in tf_config:
     raise errors.UserError("TF_CONFIG needs 'cluster' and 'task' entries, got "
                         f"{sorted(tf_config)}")
+  _check_cluster(tf_config["cluster"], tf_config["task"])
   return tf_config
+
+
+# The jobs of a MultiWorkerMirroredStrategy cluster (an "evaluator" task
+# runs outside it, and parameter servers belong to another strategy).
+_JOBS = ("chief", "worker")
+
+
+def _check_cluster(cluster, task) -> None:
+  """TF_CONFIG's cluster and task are a MultiWorkerMirrored one: jobs chief
+  and worker, each a list of "host:port" addresses, and this task one of
+  them (TensorFlow's own errors here are tracebacks).
+
+  Raises:
+    UserError: naming the entry, what it holds and what it should.
+  """
+  if not isinstance(cluster, dict) or not cluster:
+    raise errors.UserError(
+        f"TF_CONFIG's cluster must map jobs to address lists, got {cluster!r}"
+        ': e.g. {"worker": ["host1:2222", "host2:2222"]}')
+  others = sorted(set(cluster) - set(_JOBS))
+  if others:
+    raise errors.UserError(
+        f"TF_CONFIG's cluster has the job(s) {', '.join(others)}: "
+        "--strategy=multi_worker_mirrored runs 'chief' and 'worker' tasks "
+        "only (parameter servers are another strategy)")
+  for job, addresses in cluster.items():
+    if isinstance(addresses, dict):  # a sparse job: {index: address}
+      addresses = list(addresses.values())
+    if (not isinstance(addresses, list) or not addresses or not all(
+        isinstance(a, str) and a.rpartition(":")[2].isdigit()
+        for a in addresses)):
+      raise errors.UserError(
+          f"TF_CONFIG's cluster job {job!r} must be a list of \"host:port\" "
+          f"addresses, got {addresses!r}")
+  if not isinstance(task, dict):
+    raise errors.UserError(f"TF_CONFIG's task must be an object with 'type' "
+                           f"and 'index', got {task!r}")
+  kind, index = task.get("type"), task.get("index")
+  if kind not in cluster:
+    raise errors.UserError(
+        f"TF_CONFIG's task type {kind!r} is not a job of its cluster "
+        f"({', '.join(sorted(cluster))})")
+  indexes = ([int(i) for i in cluster[kind]] if isinstance(cluster[kind], dict)
+             else list(range(len(cluster[kind]))))
+  if not isinstance(index, int) or index not in indexes:
+    raise errors.UserError(
+        f"TF_CONFIG's task index {index!r} is not one of its cluster's "
+        f"{kind!r} job (indexes {', '.join(map(str, indexes))})")
 
 
 def _multi_worker(collective: str,
