@@ -108,8 +108,6 @@ def wait_for_line(process, lines, phrase, timeout):
     time.sleep(0.2)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
-                         ids=lambda s: signal.Signals(s).name)
 def end(process, held):
   """Kills `process` if it still runs and frees the `held` sockets."""
   if process.poll() is None:
@@ -118,6 +116,8 @@ def end(process, held):
     s.close()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
+                         ids=lambda s: signal.Signals(s).name)
 def test_worker_0_says_whom_it_waits_for_and_a_signal_ends_it(
     signum, tmp_path):
   process, missing, held, lines = start_lonely_worker_0(tmp_path)
