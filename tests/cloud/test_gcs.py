@@ -99,30 +99,44 @@ def test_upload_skips_unchanged_and_verify_finds_corruption(gcs, run,
 
 
 def test_train_from_gcs_into_gcs_and_resume(gcs, run, local_data):
+  # Directory names with glob characters are paths, not patterns: the data
+  # directory's `[x]` is escaped in the shard pattern, and the run directory
+  # (a lone `]`, which TensorFlow's checkpoint code reads literally) resumes.
   gcs.create_bucket("train")
   assert run("trainer.data", "upload", f"--src={local_data}",
-             "--dst=gs://train/data").returncode == 0
-  flags = [f"--config={SMOKE}", "--data_dir=gs://train/data",
-           "--model_dir=gs://train/runs/1"]
+             "--dst=gs://train/data[x]").returncode == 0
+  flags = [f"--config={SMOKE}", "--data_dir=gs://train/data[x]",
+           "--model_dir=gs://train/runs/1]"]
   result = run("trainer.task", *flags)
   assert result.returncode == 0, result.stderr[-3000:]
-  found = objects("train", "runs/1/")
+  found = objects("train", "runs/1]/")
   names = set(found)
-  assert "runs/1/config.json" in names and "runs/1/metrics.json" in names
-  assert "runs/1/export/saved_model.pb" in names
-  assert "runs/1/checkpoints/ckpt-40.index" in names
-  assert any(n.startswith("runs/1/train/events.out.tfevents") for n in names)
-  assert any(n.startswith("runs/1/eval/events.out.tfevents") for n in names)
-  assert json.loads(found["runs/1/metrics.json"].download_as_bytes())[
-      "step"] == 40
+  assert "runs/1]/config.json" in names and "runs/1]/metrics.json" in names
+  assert "runs/1]/export/saved_model.pb" in names
+  assert "runs/1]/checkpoints/ckpt-40.index" in names
+  assert any(n.startswith("runs/1]/train/events.out.tfevents") for n in names)
+  assert any(n.startswith("runs/1]/eval/events.out.tfevents") for n in names)
+  metrics = json.loads(found["runs/1]/metrics.json"].download_as_bytes())
+  assert metrics["step"] == 40
+  assert metrics["data"]["dir"] == "gs://train/data[x]"
 
   resumed = run("trainer.task", *flags, "--config.train.num_steps=60")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resuming from gs://train/runs/1/checkpoints/ckpt-40" in (
+  assert "resuming from gs://train/runs/1]/checkpoints/ckpt-40" in (
       resumed.stderr)
-  metrics = json.loads(objects("train", "runs/1/")[
-      "runs/1/metrics.json"].download_as_bytes())
+  metrics = json.loads(objects("train", "runs/1]/")[
+      "runs/1]/metrics.json"].download_as_bytes())
   assert metrics["step"] == 60
+
+  # A run directory TensorFlow's checkpoint code would read as a pattern is
+  # refused before anything is written there.
+  refused = run("trainer.task", f"--config={SMOKE}",
+                "--data_dir=gs://train/data[x]", "--model_dir=gs://train/r[1]")
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  line, = error_lines(refused)
+  assert line.startswith("error: --model_dir=gs://train/r[1]: a run directory "
+                         "cannot hold '['"), line
+  assert not objects("train", "r[")
 
 
 def test_missing_bucket_is_one_line(gcs, run, local_data, tmp_path):
