@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 from absl import flags as absl_flags
-import pytest
 
 from tests.helpers import ROOT
 

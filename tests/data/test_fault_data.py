@@ -275,7 +275,7 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
     # The resource tracker ends when the last holder of its pipe does:
     # a moment after the parent.
     deadline = time.monotonic() + 5
-    while any(map(_alive, children)) and time.monotonic() < deadline:
+    while any(map(alive, children)) and time.monotonic() < deadline:
       time.sleep(0.1)
     still_alive = {pid: _command(pid) for pid in children if alive(pid)}
   finally:
