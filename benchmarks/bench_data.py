@@ -19,14 +19,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # No TensorFlow import at the top: the generator's workers are spawned and
 # re-import this script as their __main__.
-from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import generate  # pylint: disable=g-import-not-at-top
 
 
 def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):
-  spec = datasets.GenerateSpec(out_dir, "train", num_shards,
+  spec = generate.GenerateSpec(out_dir, "train", num_shards,
                                examples_per_shard, max_value=100, seed=0)
   start = time.perf_counter()
-  datasets.generate(spec, num_processes=num_processes, show_progress=False)
+  generate.generate(spec, num_processes=num_processes, show_progress=False)
   seconds = time.perf_counter() - start
   return num_shards * examples_per_shard / seconds, seconds
 

@@ -29,7 +29,7 @@ from tests.helpers.gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint
 for key, value in TF_IMPORT_TIME_ENV.items():
   os.environ.setdefault(key, value)
 
-from trainer.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.data import generate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def examples_per_second(pattern, training, num_batches, batch_size):
@@ -72,7 +72,7 @@ def main():
     emulator.start()
     os.environ.update(emulator.env)
     local = os.path.join(work_dir, "data")
-    datasets.generate(datasets.GenerateSpec(local, "train", 8,
+    generate.generate(generate.GenerateSpec(local, "train", 8,
                                             args.examples_per_shard, 100, 0),
                       show_progress=False)
     emulator.create_bucket("bench")

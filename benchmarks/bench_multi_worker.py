@@ -20,7 +20,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from configs import smoke  # pylint: disable=g-import-not-at-top
-from trainer.data import datasets
+from trainer.data import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def main():
   work_dir = tempfile.mkdtemp(prefix="bench_multi_worker_")
   try:
     config = smoke.get_config()
-    data_dir = datasets.ensure_dataset(os.path.join(work_dir, "data"),
+    data_dir = generate.ensure_dataset(os.path.join(work_dir, "data"),
                                        config.data, config.seed)
     batch = args.global_batch_size
     one = run_workers(1, data_dir, work_dir, args.steps, batch)

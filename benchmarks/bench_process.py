@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import generate  # pylint: disable=g-import-not-at-top
 
 SEED_EPOCHS = 10  # the seed's num_epochs
 
@@ -74,7 +74,7 @@ def main():
   seed_data_dir = os.path.join(work_dir, "seed_data")
   try:
     print(f"generating data in {work_dir}", flush=True)
-    datasets.ensure_dataset(data_dir, config.data, config.seed)
+    generate.ensure_dataset(data_dir, config.data, config.seed)
     seed_examples = args.steps * args.batch_size  # over all epochs
     seed_command = [sys.executable, os.path.join(ROOT, "benchmarks",
                                                  "seed_fit.py"),

@@ -61,7 +61,7 @@ sys.path.insert(0, ROOT)
 # No TensorFlow import at the top: the data generator's workers are spawned
 # and re-import this script as their __main__.
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+from trainer.data import generate  # pylint: disable=g-import-not-at-top
 
 
 def make_config(batch_size):
@@ -254,7 +254,7 @@ def main():
   examples = steps * args.batch_size
   data_dir = tempfile.mkdtemp(prefix="bench_steady_state_")
   try:
-    datasets.ensure_dataset(data_dir, config.data, config.seed)
+    generate.ensure_dataset(data_dir, config.data, config.seed)
     if args.pipeline_only:
       from trainer.training import feeds  # pylint: disable=g-import-not-at-top
       from trainer.training import plan  # pylint: disable=g-import-not-at-top

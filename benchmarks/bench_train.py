@@ -21,7 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from trainer.data import datasets
+from trainer.data import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,7 +103,7 @@ def main():
   try:
     config.data.num_train_shards = 8
     config.data.train_examples_per_shard = 50_000
-    datasets.ensure_dataset(data_dir, config.data, config.seed)
+    generate.ensure_dataset(data_dir, config.data, config.seed)
     files_rate, memory_rate = bench_loop(data_dir, args.strategy, args.steps,
                                          args.batch_size, args.rounds)
     print(f"trainer from 8 local shards: {files_rate:,.0f} examples/s "

@@ -160,7 +160,7 @@ def generate_data(config_path: str, trainer_flags: list[str],
   `trainer_flags`), generated unless present; returns its directory."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
                                   lock_config=True)
@@ -174,10 +174,10 @@ def generate_data(config_path: str, trainer_flags: list[str],
     sys.exit(f"error: cannot load --config={config_path}"
              + (f" with {' '.join(overrides)}" if overrides else "")
              + f": {type(e).__name__}: {' '.join(str(e).split())}")
-  data_dir = data_dir or datasets.default_data_dir(config.data, config.seed)
+  data_dir = data_dir or generate.default_data_dir(config.data, config.seed)
   print(f"data: {data_dir} (generated before the clock starts, if missing)",
         flush=True)
-  return datasets.ensure_dataset(data_dir, config.data, config.seed)
+  return generate.ensure_dataset(data_dir, config.data, config.seed)
 
 
 def git(*args: str, error: str | None = None) -> str:

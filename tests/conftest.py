@@ -66,9 +66,9 @@ def pytest_collection_modifyitems(items):
 def smoke_data(tmp_path_factory):
   """The smoke config's data set (train and eval splits), generated once."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  return datasets.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
+  return generate.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
                                  config.data, config.seed, num_processes=1)
 
 

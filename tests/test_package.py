@@ -136,9 +136,9 @@ def assert_the_extras_declare_the_tested_tensorflow_range(wheel):
 
 
 def test_the_data_core_imports_without_tensorflow():
-  modules = ("trainer.data.format", "trainer.data.problems",
+  modules = ("trainer.data.schema", "trainer.data.problems",
              "trainer.data.vocab", "trainer.data.manifest",
-             "trainer.data.datasets", "trainer.data.__main__",
+             "trainer.data.generate", "trainer.data.__main__",
              "trainer.training.plan", "trainer.training.schedule",
              "trainer.training.stop")
   code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"

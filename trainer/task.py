@@ -119,7 +119,7 @@ def _main():
   # workers re-import this module and need none of it.
   tf = cli.import_tensorflow()
   resume = "the same command"  # until the run directory is known
-  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()
@@ -131,13 +131,13 @@ def _main():
         startup_timeout_s=config.train.startup_timeout_s)
     # Workers of one run that differ in config or data refuse together.
     strategy.check_workers_agree(distribution, config, _DATA_DIR.value)
-    data_dir = _DATA_DIR.value or datasets.default_data_dir(config.data,
+    data_dir = _DATA_DIR.value or generate.default_data_dir(config.data,
                                                             config.seed)
     # With the strategy's replicas, before any data is generated.
     run_plan = plan.for_strategy(config, distribution, data_dir)
     if not _DATA_DIR.value:
-      datasets.ensure_dataset(data_dir, config.data, config.seed)
-    dirs = run_dirs(_MODEL_DIR.value, datasets.cache_dir())
+      generate.ensure_dataset(data_dir, config.data, config.seed)
+    dirs = run_dirs(_MODEL_DIR.value, generate.cache_dir())
     print(f"model_dir: {dirs.files}", flush=True)
     vertex = dirs.origin and dirs.origin[0][0] != "--model_dir"
     resume = resume_command(sys.argv[1:], None if vertex else dirs.files)

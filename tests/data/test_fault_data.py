@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from trainer.data import datasets
+from trainer.data import generate
 
 from tests.helpers import ROOT, alive, error_lines
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
@@ -69,7 +69,7 @@ def tiny_data(tmp_path_factory):
   split, with a manifest."""
   data_dir = str(tmp_path_factory.mktemp("tiny"))
   for split, num_shards, per_shard in (("train", 2, 5), ("eval", 2, 128)):
-    datasets.generate(datasets.GenerateSpec(data_dir, split, num_shards,
+    generate.generate(generate.GenerateSpec(data_dir, split, num_shards,
                                             per_shard, 100, 0),
                       num_processes=1, show_progress=False)
   return data_dir
@@ -196,7 +196,7 @@ def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
   assert not list((model_dir / "checkpoints").glob("ckpt-*"))
 
 
-def generate(*flags):
+def run_generate(*flags):
   return subprocess.run(
       [sys.executable, "-m", "trainer.data", "generate", *flags], cwd=ROOT,
       capture_output=True, text=True, timeout=60)
@@ -212,7 +212,7 @@ def generate(*flags):
 ], ids=["memory", "disk", "shard_names"])
 def test_generate_refuses_what_cannot_be_held(tmp_path, flags, expected):
   out_dir = tmp_path / "new" / "data"
-  result = generate(f"--out_dir={out_dir}", *flags)
+  result = run_generate(f"--out_dir={out_dir}", *flags)
   line = assert_one_error(result, 2, expected)
   if "memory" in line:
     assert "available: use at most " in line, line
@@ -296,7 +296,7 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
   if signum != signal.SIGTERM:
     return  # the resume is the same after either signal: checked once
   # The same command keeps what is there and completes; the data verifies.
-  result = generate(f"--out_dir={out_dir}", *SLOW_GENERATE)
+  result = run_generate(f"--out_dir={out_dir}", *SLOW_GENERATE)
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(list(out_dir.glob(TRAIN))) == 4
   assert sorted(p.name for p in out_dir.iterdir()) == sorted(

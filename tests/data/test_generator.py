@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from trainer import errors
-from trainer.data import datasets
-from trainer.data import format as record_format
+from trainer.data import generate
+from trainer.data import schema
 from trainer.data import manifest as manifest_lib
 from trainer.data import problems
 from trainer.data import vocab
@@ -21,7 +21,7 @@ def spec(out_dir, **overrides):
   fields = dict(out_dir=str(out_dir), split="train", num_shards=3,
                 examples_per_shard=200, max_value=100, seed=7)
   fields.update(overrides)
-  return datasets.GenerateSpec(**fields)
+  return generate.GenerateSpec(**fields)
 
 
 def files_of(directory):
@@ -91,11 +91,11 @@ def test_problems_follow_the_seed_task():
 
 
 def test_same_flags_give_the_same_bytes(tmp_path):
-  datasets.generate(spec(tmp_path / "a"), num_processes=2,
+  generate.generate(spec(tmp_path / "a"), num_processes=2,
                     show_progress=False)
-  datasets.generate(spec(tmp_path / "b"), num_processes=1,
+  generate.generate(spec(tmp_path / "b"), num_processes=1,
                     show_progress=False)
-  datasets.generate(spec(tmp_path / "c", seed=8), num_processes=1,
+  generate.generate(spec(tmp_path / "c", seed=8), num_processes=1,
                     show_progress=False)
   a, b, c = (files_of(tmp_path / d) for d in "abc")
   assert a == b
@@ -104,18 +104,18 @@ def test_same_flags_give_the_same_bytes(tmp_path):
 
 
 def test_shard_does_not_depend_on_the_shard_count(tmp_path):
-  datasets.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
+  generate.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
                     show_progress=False)
-  datasets.generate(spec(tmp_path / "five", num_shards=5), num_processes=1,
+  generate.generate(spec(tmp_path / "five", num_shards=5), num_processes=1,
                     show_progress=False)
   assert ((tmp_path / "two" / "train-00001-of-00002.tfrecord").read_bytes() ==
           (tmp_path / "five" / "train-00001-of-00005.tfrecord").read_bytes())
 
 
 def test_manifest_records_each_split(tmp_path):
-  train = datasets.generate(spec(tmp_path), num_processes=2,
+  train = generate.generate(spec(tmp_path), num_processes=2,
                             show_progress=False)
-  datasets.generate(spec(tmp_path, split="eval", num_shards=2, seed=7),
+  generate.generate(spec(tmp_path, split="eval", num_shards=2, seed=7),
                     num_processes=1, show_progress=False)
   manifest = json.loads((tmp_path / "manifest.json").read_text())
   assert manifest["format"] == manifest_lib.MANIFEST_FORMAT
@@ -129,7 +129,7 @@ def test_manifest_records_each_split(tmp_path):
   for shard in entry["shards"]:
     content = (tmp_path / shard["file"]).read_bytes()
     assert shard["bytes"] == len(content)
-    assert shard["crc32c"] == record_format.crc32c_base64(content)
+    assert shard["crc32c"] == schema.crc32c_base64(content)
     assert shard["num_examples"] == 200
     assert 10 <= shard["max_input_length"] <= 15
   assert entry["max_input_length"] == max(
@@ -139,10 +139,10 @@ def test_manifest_records_each_split(tmp_path):
 def test_rerun_skips_complete_shards_and_cleans_interrupted_ones(
     tmp_path, caplog):
   caplog.set_level("INFO", logger="absl")  # what generate logs
-  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
   caplog.clear()
-  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert "already complete" in caplog.text
   assert files_of(tmp_path) == before
 
@@ -151,33 +151,33 @@ def test_rerun_skips_complete_shards_and_cleans_interrupted_ones(
   os.remove(tmp_path / "train-00001-of-00003.tfrecord")
   (tmp_path / "train-00001-of-00003.tfrecord.tmp-123").write_bytes(b"part")
   caplog.clear()
-  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert "wrote 1 shard(s), skipped 2" in caplog.text
   assert files_of(tmp_path) == before
 
 
 def test_shard_that_differs_is_an_error_and_is_kept(tmp_path):
-  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   os.remove(tmp_path / "manifest.json")
   shard = tmp_path / "train-00002-of-00003.tfrecord"
   shard.write_bytes(b"not this")
   with pytest.raises(errors.UserError, match="train-00002-of-00003.tfrecord "
                      "exists but differs"):
-    datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+    generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   assert shard.read_bytes() == b"not this"
 
 
 def test_other_generation_in_out_dir_is_an_error_before_writing(tmp_path):
-  datasets.generate(spec(tmp_path), num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path), num_processes=1, show_progress=False)
   before = files_of(tmp_path)
   with pytest.raises(errors.UserError, match=r"generated with .*'seed': 7"):
-    datasets.generate(spec(tmp_path, seed=9), num_processes=1,
+    generate.generate(spec(tmp_path, seed=9), num_processes=1,
                       show_progress=False)
   os.remove(tmp_path / "manifest.json")
   del before["manifest.json"]
   with pytest.raises(errors.UserError, match=r"holds 3 train shard\(s\) of "
                      "another generation"):
-    datasets.generate(spec(tmp_path, num_shards=4), num_processes=1,
+    generate.generate(spec(tmp_path, num_shards=4), num_processes=1,
                       show_progress=False)
   assert files_of(tmp_path) == before
 
@@ -238,16 +238,16 @@ def test_cli_unknown_command(run, tmp_path, args):
 
 
 def test_generator_modules_import_no_tensorflow():
-  # The spawned workers import trainer.data.datasets and their __main__
+  # The spawned workers import trainer.data.generate and their __main__
   # (python -m trainer.data): TensorFlow there would cost seconds per worker.
   # format, problems, vocab and manifest are the data package's
   # no-TensorFlow core.
   for modules, absent in (
-      ("trainer.data.__main__, trainer.data.datasets, trainer.data.problems",
+      ("trainer.data.__main__, trainer.data.generate, trainer.data.problems",
        ("tensorflow", "trainer.cloud.storage")),
-      ("trainer.data.format", ("tensorflow", "keras")),
+      ("trainer.data.schema", ("tensorflow", "keras")),
       ("trainer.data.problems, trainer.data.vocab, trainer.data.manifest, "
-       "trainer.data.format", ("tensorflow", "keras"))):
+       "trainer.data.schema", ("tensorflow", "keras"))):
     code = (f"import sys, {modules}; print(sorted(m for m in {absent!r} "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -263,4 +263,4 @@ def test_serialized_examples_parse_as_tensorflows_own(lengths):
   defs, op, res = (bytes(rng.integers(0, 20, n).tolist()) for n in lengths)
   reference = examples.example(defs, op, res)
   assert tf.train.Example.FromString(
-      record_format.serialize_example(defs, op, res)) == reference
+      schema.serialize_example(defs, op, res)) == reference

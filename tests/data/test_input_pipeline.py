@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import errors
-from trainer.data import datasets
+from trainer.data import generate
 from trainer.data import input_pipeline
 from trainer.data import problems
 from trainer.data import vocab
@@ -19,8 +19,8 @@ LEN = 20
 def shards(tmp_path_factory):
   """4 train shards of 60 examples, generated for real."""
   out_dir = tmp_path_factory.mktemp("shards")
-  datasets.generate(
-      datasets.GenerateSpec(str(out_dir), "train", 4, 60, 100, seed=5),
+  generate.generate(
+      generate.GenerateSpec(str(out_dir), "train", 4, 60, 100, seed=5),
       num_processes=1, show_progress=False)
   return out_dir
 

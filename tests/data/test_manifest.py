@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from trainer import errors
-from trainer.data import datasets
+from trainer.data import generate
 from trainer.data import manifest
 from trainer.data import transfer
 
@@ -19,8 +19,8 @@ def data_dir(tmp_path_factory):
   """Two splits of small shards, generated for real."""
   out_dir = str(tmp_path_factory.mktemp("manifest_data"))
   for split, num_shards in (("train", 3), ("eval", 2)):
-    datasets.generate(
-        datasets.GenerateSpec(out_dir, split, num_shards, 40, 100, seed=2),
+    generate.generate(
+        generate.GenerateSpec(out_dir, split, num_shards, 40, 100, seed=2),
         num_processes=1, show_progress=False)
   return out_dir
 

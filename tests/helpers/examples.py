@@ -1,7 +1,7 @@
 """TFRecord files of hand-made tf.train.Example records, for tests.
 
 The one writer of records the tests make by hand, with TensorFlow's own
-protos: never with the product's serializer (trainer.data.format), or a
+protos: never with the product's serializer (trainer.data.schema), or a
 test would pass with a wrong format. The feature names are spelled here for
 the same reason.
 

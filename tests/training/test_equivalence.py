@@ -232,9 +232,9 @@ def _generate_data(out_dir):
   # In this process (TensorFlow is loaded already): the shards and manifest
   # `python -m trainer.data generate --num_shards=2 --examples_per_shard=32
   # --seed=0` writes, without two more TensorFlow start-ups.
-  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   for split in ("train", "eval"):
-    datasets.generate(datasets.GenerateSpec(
+    generate.generate(generate.GenerateSpec(
         out_dir=str(out_dir), split=split, num_shards=2, examples_per_shard=32,
         max_value=100, seed=0), num_processes=1, show_progress=False)
 

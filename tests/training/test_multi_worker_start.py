@@ -24,9 +24,9 @@ def other_smoke_data(tmp_path_factory):
   """The smoke data set generated with another seed: other examples, the
   same shard names and counts."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  from trainer.data import datasets  # pylint: disable=g-import-not-at-top
+  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  return datasets.ensure_dataset(
+  return generate.ensure_dataset(
       str(tmp_path_factory.mktemp("other_smoke_data")), config.data,
       config.seed + 1, num_processes=1)
 

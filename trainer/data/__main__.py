@@ -11,11 +11,11 @@ r"""The data set's command line: generate, upload, verify, benchmark.
       --batch_size=256 --seconds=10
 
 `generate` writes one split's shards and updates `manifest.json` beside them
-(trainer/data/datasets.py); re-running the same command skips the shards
+(trainer/data/generate.py); re-running the same command skips the shards
 already there. `upload` and `verify` move and check a data set with
 google-cloud-storage (trainer/data/transfer.py): `verify` compares the files
 with the manifest (count, size, CRC32C); `verify --deep` also reads every record of
-every shard (trainer/data/records.py) and names each bad file, the first bad
+every shard (trainer/data/verify.py) and names each bad file, the first bad
 record and the number of good ones, so a bad shard is found before a long
 job instead of in it. `benchmark` times the trainer's own input pipeline
 alone (no model) and prints its examples/s, to compare with the examples/s
@@ -41,8 +41,8 @@ from absl import flags
 
 from trainer import cli
 from trainer import errors
-from trainer.data import datasets
-from trainer.data import format as record_format
+from trainer.data import generate
+from trainer.data import schema
 # No TensorFlow (nor `storage`, `gcs`) at import: the generator's spawned
 # workers re-import this module as their __main__ and need none of it.
 
@@ -55,8 +55,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "out_dir", None, "Directory (local or gs://) for the shards and manifest.")
   flags.DEFINE_string(
-      "split", record_format.TRAIN.name, "generate, benchmark: the split, "
-      f"{'|'.join(split.name for split in record_format.SPLITS)}.")
+      "split", schema.TRAIN.name, "generate, benchmark: the split, "
+      f"{'|'.join(split.name for split in schema.SPLITS)}.")
   flags.DEFINE_integer("num_shards", 8, "Number of shard files.")
   flags.DEFINE_integer("examples_per_shard", 10_000, "Examples in each shard.")
   flags.DEFINE_integer(
@@ -112,7 +112,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   from trainer.data import transfer  # pylint: disable=g-import-not-at-top
   from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
   from trainer.data import manifest  # pylint: disable=g-import-not-at-top
-  from trainer.data import records  # pylint: disable=g-import-not-at-top
+  from trainer.data import verify  # pylint: disable=g-import-not-at-top
   if len_max_input is None:
     len_max_input = default.get_config().model.len_max_input
   problems = 0
@@ -127,7 +127,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
     for line in mismatches:
       print(f"mismatch: {line}", file=sys.stderr)
     problems += len(mismatches)
-  suffix = record_format.SHARD_SUFFIX
+  suffix = schema.SHARD_SUFFIX
   files = sorted(storage.glob_in(data_dir, f"*{suffix}"))
   if not files:
     raise errors.UserError(f"no *{suffix} file in {data_dir}: nothing to "
@@ -136,7 +136,7 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   good_records = 0
   bad_files = 0
   for path in files:
-    result = records.check_file(path, len_max_input)
+    result = verify.check_file(path, len_max_input)
     good_records += result.good_records
     if not result.ok:
       bad_files += 1
@@ -165,7 +165,7 @@ def _benchmark(flag_values) -> int:
   data_dir = flag_values.data_dir
   if not data_dir:
     raise errors.UserError("benchmark needs --data_dir")
-  split = datasets.split_flag(flag_values.split)
+  split = generate.split_flag(flag_values.split)
   batch_size = flag_values.batch_size or config.train.global_batch_size
   len_max_input = flag_values.len_max_input or config.model.len_max_input
   shuffle_buffer_size = (flag_values.shuffle_buffer_size or
@@ -179,9 +179,9 @@ def _benchmark(flag_values) -> int:
   tf = cli.import_tensorflow()
   from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
   from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainer.data import records  # pylint: disable=g-import-not-at-top
+  from trainer.data import verify  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
-  training = split is record_format.TRAIN
+  training = split is schema.TRAIN
   pattern = plan.resolve(config, data_dir=data_dir).patterns[split.noun]
   files = []
   try:
@@ -198,7 +198,7 @@ def _benchmark(flag_values) -> int:
     examples, seconds = _time_dataset(tf, dataset, batch_size,
                                       flag_values.seconds, split.name)
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-    raise records.describe_data_error(e, files, len_max_input,
+    raise verify.describe_data_error(e, files, len_max_input,
                                       split.noun) from e
   except (OSError, tf.errors.OpError) as e:
     raise errors.UserError(errors.describe_io_error(e), exit_status=1) from e
@@ -259,20 +259,20 @@ def _time_dataset(tf, dataset, batch_size: int, seconds: float,
 
 
 def _generate(flag_values) -> int:
-  spec = datasets.GenerateSpec(
+  spec = generate.GenerateSpec(
       out_dir=flag_values.out_dir, split=flag_values.split,
       num_shards=flag_values.num_shards,
       examples_per_shard=flag_values.examples_per_shard,
       max_value=flag_values.max_value, seed=flag_values.seed)
   # Argument errors first, before the slow TensorFlow import.
   spec.validate()
-  datasets.check_resources(
-      spec, datasets.resolve_num_processes(flag_values.num_processes))
+  generate.check_resources(
+      spec, generate.resolve_num_processes(flag_values.num_processes))
   with _interrupts_raise():
     try:
       tf = cli.import_tensorflow()
       try:
-        datasets.generate(spec, num_processes=flag_values.num_processes)
+        generate.generate(spec, num_processes=flag_values.num_processes)
       except (OSError, tf.errors.OpError) as e:
         # File system errors (permissions, a missing bucket) end in one line.
         raise errors.UserError(
@@ -281,7 +281,7 @@ def _generate(flag_values) -> int:
                 "shards are kept and the same command resumes")),
             exit_status=1) from e
     except _Interrupted as e:
-      # The workers are ended (datasets._shard_builder); each shard on disk
+      # The workers are ended (generate._shard_builder); each shard on disk
       # is whole (written to a temporary name, then renamed), and the next
       # run checks and keeps them, and removes the temporaries.
       raise errors.UserError(

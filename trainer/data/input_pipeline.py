@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.cloud import storage
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import manifest
 from trainer.data import vocab
 
@@ -177,7 +177,7 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
     counts = manifest.example_counts(split_files)
     if counts is not None:
       ordered = [counts[f] for f in sorted(split_files)]
-      if record_format.split_named(split) is record_format.TRAIN:
+      if schema.split_named(split) is schema.TRAIN:
         share = sorted(ordered)[:len(ordered) // num_pipelines]
       else:  # evaluation shares are fixed: every num_pipelines-th file
         share = min((ordered[i::num_pipelines]
@@ -203,7 +203,7 @@ def check_split_sizes(files: Mapping[str, Sequence[str]],
         "per input pipeline (config.train.global_batch_size="
         f"{global_batch_size} over {num_replicas} replica(s)): lower "
         "--config.train.global_batch_size or generate more "
-        f"{record_format.split_named(split).name} examples "
+        f"{schema.split_named(split).name} examples "
         "(python -m trainer.data generate --examples_per_shard=...)")
 
 
@@ -243,7 +243,7 @@ def check_holds_a_batch(files: Sequence[str], per_replica_batch_size: int,
 
 def _purpose(split: str) -> str:
   """What a batch of the split with noun `split` is for, in a message."""
-  return ("train on" if record_format.split_named(split) is record_format.TRAIN
+  return ("train on" if schema.split_named(split) is schema.TRAIN
           else "evaluate")
 
 
@@ -291,10 +291,10 @@ def _parse_batch(serialized: tf.Tensor, batch_size: int | None,
   """Parses a batch of serialized Examples into (x, y) int32, after
   asserting the format's record checks (their failures carry its marker).
   The batch dimension is `batch_size`, static; None: as many as given."""
-  parsed = tf.io.parse_example(serialized, record_format.parse_features())
-  checks = record_format.record_assertions(parsed, len_max_input)
+  parsed = tf.io.parse_example(serialized, schema.parse_features())
+  checks = schema.record_assertions(parsed, len_max_input)
   defs, op, res = (tf.cast(parsed[key], tf.int32)
-                   for key in record_format.FEATURES)
+                   for key in schema.FEATURES)
   rows = tf.shape(serialized)[0] if batch_size is None else batch_size
   separator = tf.RaggedTensor.from_tensor(
       tf.fill([rows, 1], vocab.SEP_ID), row_splits_dtype=tf.int32)

@@ -1,6 +1,6 @@
 """`manifest.json`: what a data set directory holds, and the checks against it.
 
-The generator (`datasets`) writes one beside the shards; the input pipeline
+The generator (`generate`) writes one beside the shards; the input pipeline
 checks the shards it is about to read against it; `transfer.verify` compares it
 with the files of a data set. The format, as JSON with sorted keys and an
 indent of 2 (files already written keep their bytes when rewritten):
@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from trainer import errors
 from trainer.cloud import storage
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import vocab
 
 MANIFEST_NAME = "manifest.json"
@@ -99,7 +99,7 @@ class SplitEntry:
 class Manifest:
   """The contents of one `manifest.json`."""
   vocab: list[str]
-  splits: dict[str, SplitEntry]  # by format.Split.name ("train", "eval")
+  splits: dict[str, SplitEntry]  # by schema.Split.name ("train", "eval")
 
   @classmethod
   def new(cls) -> Manifest:
@@ -338,7 +338,7 @@ def compare(manifest: Manifest, files: Mapping[str, FileInfo],
                         "or from another generation)")
     for name in sorted(files):
       if name.startswith(f"{split}-") and name.endswith(
-          record_format.SHARD_SUFFIX) and name not in listed:
+          schema.SHARD_SUFFIX) and name not in listed:
         problems.append(f"{data_dir}/{name}: a {split} shard the "
                         "manifest does not list (a glob would read it)")
     if len(entry.shards) != entry.num_shards:

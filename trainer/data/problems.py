@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import vocab
 
 OPERATORS = ("+", "-", "*")
@@ -33,10 +33,10 @@ def shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
     split: a split's name ("train", "eval").
     index: the shard's index in the split.
   """
-  names = [s.name for s in record_format.SPLITS]
+  names = [s.name for s in schema.SPLITS]
   if split not in names:
     raise ValueError(f"unknown split {split!r}: expected one of {names}")
-  # The split's position in format.SPLITS is part of every shard's bytes:
+  # The split's position in schema.SPLITS is part of every shard's bytes:
   # train is 0 and eval 1, in every data set generated so far.
   sequence = np.random.SeedSequence(
       entropy=seed, spawn_key=(names.index(split), index))
@@ -82,7 +82,7 @@ def max_record_bytes(max_value: int) -> int:
   defs = 2 * (len("x=-") + digits) + len(",")
   op = len("x*y")
   res = len("-") + len(str(max((max_value - 1)**2, 2 * (max_value - 1))))
-  return len(record_format.tfrecord_frame(record_format.serialize_example(
+  return len(schema.tfrecord_frame(schema.serialize_example(
       bytes(defs), bytes(op), bytes(res))))
 
 
@@ -97,7 +97,7 @@ class Shard:
 
   @property
   def crc32c(self) -> str:
-    return record_format.crc32c_base64(self.data)
+    return schema.crc32c_base64(self.data)
 
 
 def build_shard(seed: int, split: str, index: int, examples_per_shard: int,
@@ -110,7 +110,7 @@ def build_shard(seed: int, split: str, index: int, examples_per_shard: int,
   max_input_length = 0
   for defs, op, res in problems:
     max_input_length = max(max_input_length, len(defs) + 1 + len(op))
-    records.append(record_format.tfrecord_frame(record_format.serialize_example(
+    records.append(schema.tfrecord_frame(schema.serialize_example(
         encode(defs), encode(op), encode(res))))
   return Shard(split, index, b"".join(records), len(problems),
                max_input_length)

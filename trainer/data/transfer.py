@@ -19,7 +19,7 @@ from trainer import errors
 from trainer.cloud import gcs
 from trainer.cloud import storage
 from trainer.data import manifest
-from trainer.data import format as record_format
+from trainer.data import schema
 
 
 def _local_files(src: str) -> list[str]:
@@ -35,7 +35,7 @@ def _local_files(src: str) -> list[str]:
 
 def _file_crc32c(path: str) -> str:
   with open(path, "rb") as f:
-    return record_format.crc32c_base64(f.read())
+    return schema.crc32c_base64(f.read())
 
 
 @dataclasses.dataclass

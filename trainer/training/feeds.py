@@ -16,10 +16,10 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.cloud import storage
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import input_pipeline
 from trainer.data import manifest
-from trainer.data import records
+from trainer.data import verify
 from trainer.training import plan as plan_lib
 
 
@@ -98,15 +98,15 @@ class Feeds:
   def data_error(self, error: tf.errors.OpError,
                  split: str) -> errors.UserError:
     """The one line for a step that failed on its `split` input: names the
-    bad file (trainer/data/records.py)."""
-    return records.describe_data_error(
+    bad file (trainer/data/verify.py)."""
+    return verify.describe_data_error(
         error, self.files[split], self.run_plan.config.model.len_max_input,
         split)
 
   def _distribute(self, training: bool):
     run_plan = self.run_plan
     config = run_plan.config
-    split = record_format.TRAIN if training else record_format.EVAL
+    split = schema.TRAIN if training else schema.EVAL
     seed = run_plan.seed(training, self.start_step)
 
     def dataset_fn(context: tf.distribute.InputContext):
@@ -143,7 +143,7 @@ class Feeds:
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
       raise self.data_error(e, split.noun) from e  # filling the cache
 
-  def _fill_cache(self, files: list[str], split: record_format.Split,
+  def _fill_cache(self, files: list[str], split: schema.Split,
                   context: tf.distribute.InputContext
                   ) -> input_pipeline.CachedExamples | None:
     """This pipeline's share of `split` parsed into memory, or None (it
@@ -151,7 +151,7 @@ class Feeds:
     run_plan = self.run_plan
     len_max_input = run_plan.config.model.len_max_input
     per_replica = run_plan.per_replica_batch_size
-    training = split is record_format.TRAIN
+    training = split is schema.TRAIN
     num_examples, why_not = input_pipeline.cache_size(
         files, len_max_input, run_plan.config.data.memory_cache_mb)
     which = ("" if context.num_input_pipelines == 1 else

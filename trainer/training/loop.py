@@ -23,7 +23,7 @@ ends the run at the end of the current host loop with a checkpoint; in a
 multi-worker run the workers agree on that once per host loop (an all-reduce
 of their stop flags), so every worker saves the same step and stops. A
 worker that dies becomes one line telling how to resume; so does a bad
-record in the input (trainer/data/records.py names the file).
+record in the input (trainer/data/verify.py names the file).
 """
 
 from __future__ import annotations

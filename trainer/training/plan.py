@@ -23,7 +23,7 @@ import ml_collections
 
 from trainer import errors
 from trainer.cloud import storage
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import vocab
 
 TPU_BATCH_MULTIPLE = 8  # per-core batch: TPU matrix units tile by 8
@@ -145,8 +145,8 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
   target = _target(config)
   _check_replicas(config, num_replicas, on_tpu)
   patterns, sources = {}, {}
-  for split, pattern in ((record_format.TRAIN, config.data.train_files),
-                         (record_format.EVAL, config.data.eval_files)):
+  for split, pattern in ((schema.TRAIN, config.data.train_files),
+                         (schema.EVAL, config.data.eval_files)):
     if data_dir and "://" not in pattern and not pattern.startswith("/"):
       # The config's pattern is a glob; --data_dir is a directory, even
       # when its name holds `[`, `*` or `?`.
@@ -318,7 +318,7 @@ def check_tpu_paths(run_plan: RunPlan, dirs) -> None:
   write there, and cannot see this host's disk."""
   paths = {**dict(dirs.origin),
            **{f"config.data.{split.config_field}": run_plan.patterns[split.noun]
-              for split in record_format.SPLITS}}
+              for split in schema.SPLITS}}
   for name, path in paths.items():
     if not path.startswith("gs://"):
       raise errors.UserError(

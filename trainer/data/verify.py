@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import vocab
 
 # How long the loop may spend finding which file broke the input pipeline:
@@ -97,13 +97,13 @@ def check_file(path: str, len_max_input: int) -> FileCheck:
       too_long = (good + int(over[0]), int(lengths[over[0]]))
     good += len(lengths)
     consumed += int(tf.reduce_sum(tf.strings.length(serialized))) + (
-        record_format.RECORD_FRAMING_BYTES * len(lengths))
+        schema.RECORD_FRAMING_BYTES * len(lengths))
   trailing = tf.io.gfile.stat(path).length - consumed
   if trailing:
     # TensorFlow reads a record header cut short as the end of the file.
     return FileCheck(
         path, good, f"record {good}: the file ends inside its "
-        f"{record_format.RECORD_HEADER_BYTES}-byte header "
+        f"{schema.RECORD_HEADER_BYTES}-byte header "
         f"({trailing} byte(s) after the last whole record)", "corrupt",
         longest)
   if too_long is not None:
@@ -136,7 +136,7 @@ def _check_batch(serialized: tf.Tensor, len_max_input: int
     (None if all are) with the reason. An input over len_max_input is not
     such a reason: the file is read on to find its longest input.
   """
-  spec = record_format.parse_features()
+  spec = schema.parse_features()
   try:
     parsed = tf.io.parse_example(serialized, spec)
   except tf.errors.InvalidArgumentError:
@@ -148,12 +148,12 @@ def _check_batch(serialized: tf.Tensor, len_max_input: int
         empty = np.zeros([index], np.int64)
         return empty, empty.astype(bool), index, (
             "not an Example with int64 features "
-            f"{', '.join(record_format.FEATURES)} ({_tf_cause(e)})")
+            f"{', '.join(schema.FEATURES)} ({_tf_cause(e)})")
     raise  # the batch failed but no record alone does: not a data problem
-  checks = record_format.check_records(parsed, len_max_input)
+  checks = schema.check_records(parsed, len_max_input)
   # The first failing check names a record; at a tie, the first listed.
-  failures = [(checks.empty_res, f"an empty '{record_format.RES}' feature")]
-  for key in record_format.FEATURES:
+  failures = [(checks.empty_res, f"an empty '{schema.RES}' feature")]
+  for key in schema.FEATURES:
     failures.append((checks.outside_vocabulary[key], f"a token id in '{key}' "
                      f"outside the vocabulary [0, {vocab.VOCAB_SIZE})"))
   first_bad, reason = None, ""
@@ -178,7 +178,7 @@ def _tf_cause(error: tf.errors.OpError) -> str:
     line = errors.strip_graph_decorations(line)
     line = re.sub(r"^Error in user-defined function passed to .*? "
                   r"transformation with iterator: \S+: ", "", line)
-    line = record_format.strip_marker(line)
+    line = schema.strip_marker(line)
     if line:
       candidates.append(line)
   cause = next((line for line in candidates if any(
@@ -195,7 +195,7 @@ _DECORATIONS = ("Graph execution error", "Detected at node", "<stack traces",
                 "File \"", "Node: ", "[[")
 # Phrases of the lines that say what.
 _CAUSES = ("corrupted record", "truncated record", "assertion failed",
-           "Key: ", "Name: ", *record_format.TF_PARSE_ERRORS)
+           "Key: ", "Name: ", *schema.TF_PARSE_ERRORS)
 
 
 def find_bad_file(files: Sequence[str], len_max_input: int,
@@ -259,8 +259,8 @@ def _is_pipeline_check(error: tf.errors.OpError) -> bool:
   """True when the input pipeline's record checks (their marker) or
   TensorFlow's parse of a record raised `error`."""
   message = error.message or ""
-  return (record_format.check_kind(message) is not None or
-          record_format.is_parse_error(message))
+  return (schema.check_kind(message) is not None or
+          schema.is_parse_error(message))
 
 
 def _verify_command(data_dir: str) -> str:

@@ -1,4 +1,4 @@
-"""trainer/data/format.py: the split table, the marker of the record checks,
+"""trainer/data/schema.py: the split table, the marker of the record checks,
 and one check agreeing in the pipeline and eagerly."""
 
 import subprocess
@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from trainer import errors
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import input_pipeline
-from trainer.data import records
+from trainer.data import verify
 from trainer.data import vocab
 from tests.helpers import examples
 
@@ -20,35 +20,35 @@ GOOD = ([DIGIT], [DIGIT], [DIGIT])
 
 # One bad record of each kind the pipeline asserts, and the kind.
 BAD_RECORDS = {
-    "too_long": (([DIGIT] * 10, [DIGIT], [DIGIT]), record_format.TOO_LONG),
-    "id_over": (([DIGIT], [vocab.VOCAB_SIZE], [DIGIT]), record_format.BAD_ID),
-    "id_negative": (([-1], [DIGIT], [DIGIT]), record_format.BAD_ID),
+    "too_long": (([DIGIT] * 10, [DIGIT], [DIGIT]), schema.TOO_LONG),
+    "id_over": (([DIGIT], [vocab.VOCAB_SIZE], [DIGIT]), schema.BAD_ID),
+    "id_negative": (([-1], [DIGIT], [DIGIT]), schema.BAD_ID),
     # 2**32 + 1 would be id 1 after a cast to int32.
-    "id_wraps": (([DIGIT], [DIGIT], [2**32 + 1]), record_format.BAD_ID),
-    "empty_res": (([DIGIT], [DIGIT], []), record_format.EMPTY_RES),
+    "id_wraps": (([DIGIT], [DIGIT], [2**32 + 1]), schema.BAD_ID),
+    "empty_res": (([DIGIT], [DIGIT], []), schema.EMPTY_RES),
     "missing_res": (examples.example(*GOOD, drop="res").SerializeToString(),
-                    record_format.EMPTY_RES),
+                    schema.EMPTY_RES),
 }
 
 
 def test_split_table():
-  assert record_format.SPLITS == (record_format.TRAIN, record_format.EVAL)
-  assert (record_format.TRAIN.name, record_format.TRAIN.noun,
-          record_format.TRAIN.config_field) == ("train", "training",
+  assert schema.SPLITS == (schema.TRAIN, schema.EVAL)
+  assert (schema.TRAIN.name, schema.TRAIN.noun,
+          schema.TRAIN.config_field) == ("train", "training",
                                                 "train_files")
-  assert (record_format.EVAL.name, record_format.EVAL.noun,
-          record_format.EVAL.config_field) == ("eval", "evaluation",
+  assert (schema.EVAL.name, schema.EVAL.noun,
+          schema.EVAL.config_field) == ("eval", "evaluation",
                                                "eval_files")
-  for split in record_format.SPLITS:
-    assert record_format.split_named(split.name) is split
-    assert record_format.split_named(split.noun) is split
+  for split in schema.SPLITS:
+    assert schema.split_named(split.name) is split
+    assert schema.split_named(split.noun) is split
   with pytest.raises(errors.UserError,
                      match="'test' is not a split: use one of train, eval"):
-    record_format.split_named("test")
+    schema.split_named("test")
 
 
 def test_format_imports_without_tensorflow():
-  code = ("import sys, trainer.data.format as f; f.serialize_example(b'', "
+  code = ("import sys, trainer.data.schema as f; f.serialize_example(b'', "
           "b'', b''); f.check_kind('x'); f.split_named('train'); "
           "print('tensorflow' in sys.modules)")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -57,16 +57,16 @@ def test_format_imports_without_tensorflow():
 
 
 def test_check_kind_reads_the_marker_and_nothing_else():
-  for kind in record_format.CHECK_KINDS:
-    text = f"{record_format.marker(kind)} whatever the words say"
+  for kind in schema.CHECK_KINDS:
+    text = f"{schema.marker(kind)} whatever the words say"
     # As TensorFlow prints an Assert's data: each item in brackets.
-    assert record_format.check_kind(f"assertion failed: [{text}] [3]") == kind
-    assert record_format.strip_marker(f"[{text}]") == (
+    assert schema.check_kind(f"assertion failed: [{text}] [3]") == kind
+    assert schema.strip_marker(f"[{text}]") == (
         "[whatever the words say]")
-  assert record_format.check_kind("an example has input length 30") is None
-  assert record_format.check_kind("[bad record:no_such_kind] x") is None
+  assert schema.check_kind("an example has input length 30") is None
+  assert schema.check_kind("[bad record:no_such_kind] x") is None
   with pytest.raises(ValueError):
-    record_format.marker("no_such_kind")
+    schema.marker("no_such_kind")
 
 
 def pipeline_error(files, batch_size=1):
@@ -87,14 +87,14 @@ def test_each_pipeline_check_is_recognised_by_its_marker(tmp_path, name):
   bad = examples.write_examples(tmp_path / "bad", [GOOD, row, GOOD, GOOD])
   error = pipeline_error([good, bad], batch_size=2)
   assert error is not None
-  assert record_format.check_kind(error.message) == kind
+  assert schema.check_kind(error.message) == kind
   # The file is found and named.
-  message = str(records.describe_data_error(error, [good, bad], LEN,
+  message = str(verify.describe_data_error(error, [good, bad], LEN,
                                             "training"))
   assert message.startswith(f"{bad}: record 1"), message
   # With no bad file to find (e.g. past the scan budget), the marker alone
   # makes it a data error: one line, without the marker.
-  message = str(records.describe_data_error(error, [good], LEN,
+  message = str(verify.describe_data_error(error, [good], LEN,
                                             "evaluation"))
   assert message.startswith("evaluation data: assertion failed: "), message
   assert "[bad record:" not in message
@@ -105,8 +105,8 @@ def test_a_record_of_another_type_is_named_too(tmp_path):
   row = examples.example(*GOOD, as_floats="op").SerializeToString()
   bad = examples.write_examples(tmp_path / "bad", [GOOD, row])
   error = pipeline_error([bad])
-  assert error is not None and record_format.check_kind(error.message) is None
-  message = str(records.describe_data_error(error, [bad], LEN, "training"))
+  assert error is not None and schema.check_kind(error.message) is None
+  message = str(verify.describe_data_error(error, [bad], LEN, "training"))
   assert message.startswith(f"{bad}: record 1: not an Example with int64 "
                             "features defs, op, res ("), message
 
@@ -117,17 +117,17 @@ def test_the_eager_check_and_the_pipeline_agree(tmp_path, name):
   path = examples.write_examples(tmp_path / "one", [row])
   # In the graph: the kind the pipeline asserts.
   error = pipeline_error([path])
-  in_graph = None if error is None else record_format.check_kind(
+  in_graph = None if error is None else schema.check_kind(
       error.message)
   # Eagerly: the same check on the same record...
   parsed = tf.io.parse_example(
       tf.constant([examples.serialized(row)]),
-      record_format.parse_features())
-  failed = record_format.check_records(parsed, LEN).by_kind()
+      schema.parse_features())
+  failed = schema.check_records(parsed, LEN).by_kind()
   eager = {k for k, hits in failed.items() if hits.numpy().any()}
-  # ...and records.check_file, which uses it.
-  checked = records.check_file(path, LEN)
+  # ...and verify.check_file, which uses it.
+  checked = verify.check_file(path, LEN)
   assert in_graph == kind
   assert eager == (set() if kind is None else {kind})
-  assert checked.kind == {None: "ok", record_format.TOO_LONG: "too_long"}.get(
+  assert checked.kind == {None: "ok", schema.TOO_LONG: "too_long"}.get(
       kind, "schema")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator
 from absl import logging
 
 from trainer import errors
-from trainer.data import format as record_format
+from trainer.data import schema
 from trainer.data import problems
 from trainer.data import vocab
 
@@ -68,7 +68,7 @@ class GenerateSpec:
     from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
     return storage.join(
         self.out_dir,
-        record_format.shard_name(self.split, index, self.num_shards))
+        schema.shard_name(self.split, index, self.num_shards))
 
   def generator_params(self) -> dict[str, int]:
     return {"seed": self.seed, "max_value": self.max_value,
@@ -76,18 +76,18 @@ class GenerateSpec:
             "num_shards": self.num_shards}
 
 
-def split_flag(value: str) -> record_format.Split:
+def split_flag(value: str) -> schema.Split:
   """The split a --split flag names: by its name only ("train", "eval"),
   the word of the shard files.
 
   Raises:
     UserError: `value` is no split's name, listing the names.
   """
-  names = [split.name for split in record_format.SPLITS]
+  names = [split.name for split in schema.SPLITS]
   if value not in names:
     raise errors.UserError(f"--split={value!r} is not a split: use one of "
                            f"{', '.join(names)}")
-  return record_format.split_named(value)
+  return schema.split_named(value)
 
 
 # Shard names hold 5-digit indices and counts ({index:05d}-of-{count:05d}).
@@ -306,7 +306,7 @@ def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
           "shards or use another --out_dir")
   expected = {spec.shard_path(i) for i in range(spec.num_shards)}
   strangers = [p for p in storage.glob_in(
-      spec.out_dir, record_format.shard_glob(spec.split)) if p not in expected]
+      spec.out_dir, schema.shard_glob(spec.split)) if p not in expected]
   if strangers:
     raise errors.UserError(
         f"{spec.out_dir} holds {len(strangers)} {spec.split} shard(s) of "
@@ -437,9 +437,9 @@ def ensure_dataset(data_dir: str, data_config, seed: int,
     data_dir.
   """
   for split, num_shards, per_shard in (
-      (record_format.TRAIN, data_config.num_train_shards,
+      (schema.TRAIN, data_config.num_train_shards,
        data_config.train_examples_per_shard),
-      (record_format.EVAL, data_config.num_eval_shards,
+      (schema.EVAL, data_config.num_eval_shards,
        data_config.eval_examples_per_shard)):
     spec = GenerateSpec(data_dir, split.name, num_shards, per_shard,
                         data_config.max_value, seed)

@@ -244,7 +244,7 @@ def check_records(parsed: Mapping[str, tf.RaggedTensor],
                       too_long=input_lengths > len_max_input)
 
 
-# The three conditions, each written once: per record above (records.py
+# The three conditions, each written once: per record above (verify.py
 # names the record), over the whole batch in `record_assertions` (the input
 # pipeline only asks whether any record fails: reductions over the flat ids,
 # without the per-row ragged ops, which cost 0.1-0.5 s more tracing per

@@ -1,4 +1,4 @@
-"""trainer/data/records.py in-process: finding a bad record, naming the
+"""trainer/data/verify.py in-process: finding a bad record, naming the
 file, the wording of TensorFlow's errors."""
 
 import pytest
@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer.data import input_pipeline
-from trainer.data import records
+from trainer.data import verify
 from trainer.data import vocab
 
 from tests.helpers import examples
@@ -22,7 +22,7 @@ def good(length=1):
 
 def test_a_good_file(tmp_path):
   path = write_records(tmp_path / "a", [good(), good(5), good(2)])
-  result = records.check_file(path, len_max_input=7)
+  result = verify.check_file(path, len_max_input=7)
   assert result.ok and result.good_records == 3
   assert result.max_input_length == 7  # 5 + ':' + 1
 
@@ -37,7 +37,7 @@ def test_a_good_file(tmp_path):
 ])
 def test_the_first_bad_record_is_named(tmp_path, bad, kind, phrase):
   path = write_records(tmp_path / "a", [good(), good(), bad, good()])
-  result = records.check_file(path, len_max_input=7)
+  result = verify.check_file(path, len_max_input=7)
   assert (result.kind, result.good_records) == (kind, 2)
   assert result.problem.startswith("record 2") and phrase in result.problem
 
@@ -49,14 +49,14 @@ def test_unreadable_bytes_are_found_after_the_good_records(tmp_path):
   record = len(data) // 1500
   at = record * 1200 + 14  # inside record 1200's data
   path.write_bytes(data[:at] + b"\xff\xff" + data[at + 2:])
-  result = records.check_file(str(path), len_max_input=7)
+  result = verify.check_file(str(path), len_max_input=7)
   assert (result.kind, result.good_records) == ("corrupt", 1200)
   # TensorFlow gives the offset of the record's data, after its header.
   assert result.problem == (
       f"record 1200: corrupted record at byte {record * 1200 + 12}")
 
   path.write_bytes(data[:record * 3 + 5])  # inside record 3's header
-  result = records.check_file(str(path), len_max_input=7)
+  result = verify.check_file(str(path), len_max_input=7)
   assert (result.kind, result.good_records) == ("corrupt", 3)
   assert "ends inside its 12-byte header (5 byte(s)" in result.problem
 
@@ -64,9 +64,9 @@ def test_unreadable_bytes_are_found_after_the_good_records(tmp_path):
 def test_find_bad_file_stops_at_the_first_and_within_its_budget(tmp_path):
   files = [write_records(tmp_path / f"{i}", [good()]) for i in range(3)]
   bad = write_records(tmp_path / "bad", [good(30)])
-  assert records.find_bad_file([*files, bad], 7)[0].path == bad
+  assert verify.find_bad_file([*files, bad], 7)[0].path == bad
   ticks = iter(range(100))
-  assert records.find_bad_file([*files, bad], 7, budget_s=1.5,
+  assert verify.find_bad_file([*files, bad], 7, budget_s=1.5,
                                clock=lambda: next(ticks)) == (None, 2)
 
 
@@ -77,8 +77,8 @@ def test_a_pipeline_error_becomes_one_line_naming_the_file(tmp_path):
                                         training=False)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(dataset)
-  assert "assertion failed" in records._tf_cause(raised.value)  # pylint: disable=protected-access
-  error = records.describe_data_error(raised.value, files, 7, "training")
+  assert "assertion failed" in verify._tf_cause(raised.value)  # pylint: disable=protected-access
+  error = verify.describe_data_error(raised.value, files, 7, "training")
   assert isinstance(error, errors.UserError) and error.exit_status == 2
   assert str(error).startswith(
       f"{files[1]}: record 1 has input length 32")
@@ -90,10 +90,10 @@ def test_an_error_that_is_not_about_data_is_raised_again(tmp_path):
   files = [write_records(tmp_path / "a", [good()])]
   error = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes")
   with pytest.raises(tf.errors.InvalidArgumentError):
-    records.describe_data_error(error, files, 7, "training")
+    verify.describe_data_error(error, files, 7, "training")
   # A DataLossError with no bad file found: still one line, with the way on.
   loss = tf.errors.DataLossError(None, None, "corrupted record at 12")
-  message = str(records.describe_data_error(loss, files, 7, "training"))
+  message = str(verify.describe_data_error(loss, files, 7, "training"))
   assert message == (
       "training data: corrupted record at byte 12; every one reads and fits: "
       f"check them all with python -m trainer.data verify --deep "
