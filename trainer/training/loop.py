@@ -2,10 +2,12 @@
 
 `train_and_evaluate` reads top to bottom: check the paths, list the data
 once, build the Trainer (model, optimizer, compiled steps), restore the
-latest checkpoint, then run host loops until `num_steps`, evaluating and
-checkpointing where the schedule (trainer/training/schedule.py) says; at the
-end evaluate, export the SavedModel and write the metrics; the chief's last
-line says how long the run took and the commands that show it (done_line).
+latest checkpoint, then run host loops until `num_steps`; after each, the
+stop vote, then the schedule's rows due there (checkpoint, histograms,
+evaluation, profile: trainer/training/schedule.py; at num_steps the final
+evaluation); then export the SavedModel and write the metrics; the
+chief's last line says how long the run took and the commands that show it
+(done_line).
 The config comes checked, as a RunPlan (trainer/training/plan.py).
 
 A target (config.train.target_accuracy or target_loss) ends the run early:
@@ -19,7 +21,8 @@ write the same files to a temporary directory they delete (every worker must
 take part in saving).
 
 Stops (trainer/training/stop.py): SIGTERM, SIGHUP or Ctrl-C on any worker
-ends the run at the end of the current host loop with a checkpoint; in a
+ends the run at the end of the current host loop with a checkpoint, before
+anything else due there (an evaluation would spend the grace period); in a
 multi-worker run the workers agree on that once per host loop (an all-reduce
 of their stop flags), so every worker saves the same step and stops. A
 worker that dies becomes one line telling how to resume; so does a bad
@@ -227,27 +230,25 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
 
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
   run = _Run(run_plan, trainer, feeds, out, start_step, strategy, started)
-  stopped = None if finished else run.train(signals)
+  if finished:  # trained already: the final evaluation alone
+    run.evaluate(run.step)
+    end = schedule_lib.End.FINISH
+  else:
+    end = run.train(signals)
   signals.finishing()
-  if stopped:
-    run.save()
+  if end is schedule_lib.End.STOP:  # the schedule saved this step
     every = (" (every worker with its own command)"
              if strategy_lib.is_multi_worker(strategy) else "")
-    by = ("stopped by another worker" if stopped is stop_lib.StopReason.PEER
-          else stopped)
+    by = ("stopped by another worker"
+          if run.stopped is stop_lib.StopReason.PEER else run.stopped)
     say(f"{by}: saved a checkpoint at step {run.step} in "
         f"{paths.read.checkpoints}; to resume{every}: {resume_command}")
     run.any_worker(False)  # a barrier: none ends while another still works
-    return {"step": run.step, "stopped": stopped, "train": run.train_metrics}
+    return {"step": run.step, "stopped": run.stopped,
+            "train": run.train_metrics}
 
-  at_target = run.reached is not None  # train() ended at the target
-  if at_target:  # that evaluation was of this step, and the run's last
-    run.save()
-    eval_metrics = run.last_eval
-  else:
-    eval_metrics = run.evaluate()
-    if run_plan.target and run_plan.target.reached_by(eval_metrics):
-      run.reach(eval_metrics)
+  # At num_steps or the target the schedule saved and evaluated this step.
+  eval_metrics = run.last_eval
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
   export.export_saved_model(trainer.model, out.export,
@@ -265,7 +266,7 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
-  if run_plan.target and not at_target:
+  if run_plan.target and end is not schedule_lib.End.TARGET:
     say(summaries.target_line(results["target"], run.step, stopping=False))
   run.any_worker(False)  # a barrier: none ends while another still writes
   if paths.is_chief:  # the run's last line
@@ -314,16 +315,17 @@ def _complete(dirs: run_dir.RunDirs, trainer: train_lib.Trainer,
 
 
 class _Run:
-  """One run's host loops and what happens between them: the schedule's
-  evaluations, checkpoints and histograms, the stop vote, TensorBoard
-  summaries and the progress line."""
+  """One run's host loops and what runs between them: the rows of the
+  schedule (its actions are the methods named for them: checkpoint,
+  histograms, evaluate, profile_start, profile_stop), the stop vote,
+  TensorBoard summaries and the progress line."""
 
   def __init__(self, run_plan: plan_lib.RunPlan, trainer: train_lib.Trainer,
                feeds: feeds_lib.Feeds, out: run_dir.RunDirs, start_step: int,
                strategy: tf.distribute.Strategy, started: float):
     self.config = run_plan.config
     self.trainer = trainer
-    self.schedule = schedule_lib.Schedule.of(run_plan)
+    self.schedule = schedule_lib.Schedule.of(run_plan, self)
     self.step = start_step
     self.train_metrics: dict[str, float] = {}  # of the last host loop
     self.feeds = feeds
@@ -348,15 +350,16 @@ class _Run:
     # (step, value) of the target's metric at each evaluation of this run.
     self.target_values: list[tuple[int, float]] = []
     self.reached: dict[str, Any] | None = None  # metrics.json's "target"
+    self.stopped: stop_lib.StopReason | None = None  # what stopped the run
 
-  def train(self, signals: stop_lib.StopSignals
-            ) -> stop_lib.StopReason | None:
-    """Host loops until num_steps, a stop request or an evaluation that
-    reaches the target (self.reached); what stopped training early, or None.
-    A stop requested during the last host loop lets the run finish."""
-    Action = schedule_lib.Action  # pylint: disable=invalid-name
+  def train(self, signals: stop_lib.StopSignals) -> schedule_lib.End:
+    """Host loops until training ends, running what the schedule says
+    between them; how it ended: FINISH (num_steps), TARGET (an evaluation
+    reached it) or STOP (a stop request on any worker: self.stopped says
+    which). A stop requested during the last host loop lets the run
+    finish."""
+    End = schedule_lib.End  # pylint: disable=invalid-name
     num_steps = self.schedule.num_steps
-    stopped = None
     # Closed at the end; an error ends its line on a terminal (the error
     # line comes below it) and adds no line elsewhere.
     with progress.Progress(total=num_steps, unit="steps", desc="train",
@@ -365,37 +368,43 @@ class _Run:
         self.scalars.write_graph(self.trainer.model_graph())
         self.scalars.write_hparams(self.config, self.strategy_name,
                                    self.trainer.num_replicas)
-      while self.step < num_steps:
-        self._host_loop(self.schedule.next_boundary(self.step), bar)
-        due = self.schedule.due(self.step)
-        if Action.HISTOGRAMS in due:
-          self._write_histograms()
-        if Action.EVALUATE in due:
-          metrics = self.evaluate()
-          # Every worker votes, on the same all-reduced metrics: all end here.
-          if self.target and self.any_worker(self.target.reached_by(metrics)):
-            if (self.config.train.histogram_every_steps and
-                Action.HISTOGRAMS not in due):  # the run's last step
-              self._write_histograms()
-            self.reach(metrics)
-            say(summaries.target_line(self.reached, self.step, stopping=True))
-            break
-        # Every worker takes part, once per host loop, so all stop together.
-        if self.any_worker(signals.requested) and self.step < num_steps:
-          stopped = signals.reason or stop_lib.StopReason.PEER
-          break
-        if Action.CHECKPOINT in due:
-          self.save()
-      self.profile.stop(self.step)  # stopped inside the profiled steps
-    return stopped
+      try:
+        self.schedule.run(self.step, End.START)
+        end = None
+        while end is None:
+          self._host_loop(self.schedule.next_boundary(self.step), bar)
+          # The stop vote first: every worker takes part, once per host
+          # loop, so all stop at the same step, and a stop saves before an
+          # evaluation due here (a preempted worker has seconds).
+          if self.step < num_steps and self.any_worker(signals.requested):
+            self.stopped = signals.reason or stop_lib.StopReason.PEER
+            end = End.STOP
+          elif self.step >= num_steps:
+            signals.finishing()  # the final evaluation comes now
+          end = self.schedule.run(self.step, end)
+      except BaseException:
+        self.profile.stop(None)  # a trace that a failed host loop left
+        raise
+    return end
 
-  def _write_histograms(self) -> None:
+  def checkpoint(self, step: int) -> None:
+    """The schedule's checkpoint (once a step: the Saver skips a step it
+    has)."""
+    self.saver.save(step)
+
+  def histograms(self, step: int) -> None:
     """The chief writes the weight histograms and the gradient norm of the
     last host loop at this step."""
     if self.is_chief:
       self.scalars.write_histograms(
-          self.step, self.trainer.model.trainable_variables,
+          step, self.trainer.model.trainable_variables,
           float(self.trainer.gradient_norm.numpy()))
+
+  def profile_start(self, step: int) -> None:
+    self.profile.start(step)
+
+  def profile_stop(self, step: int) -> None:
+    self.profile.stop(step)
 
   def _host_loop(self, end: int, bar: progress.Progress) -> None:
     """Trains from self.step to `end` in one compiled call; writes its
@@ -403,10 +412,9 @@ class _Run:
     num_steps = end - self.step
     start = time.perf_counter()
     try:
-      with self.profile.host_loop(self.step, num_steps):
-        loss, accuracy, diverged = (
-            t.numpy() for t in self.trainer.train_loop(
-                self.feeds.train_iterator, tf.constant(num_steps)))
+      loss, accuracy, diverged = (
+          t.numpy() for t in self.trainer.train_loop(
+              self.feeds.train_iterator, tf.constant(num_steps)))
     except _DATA_ERRORS as e:
       raise self.feeds.data_error(e, "training") from e
     if diverged >= 0:  # before anything of this host loop is kept
@@ -425,9 +433,6 @@ class _Run:
     self.scalars.write("train", self.step, self.train_metrics)
     bar.update(num_steps, extra=f"loss {loss:.4f}, accuracy "
                f"{accuracy:.3f}, {examples_per_sec:,.0f} examples/s")
-
-  def save(self) -> None:
-    self.saver.save(self.step)
 
   def _diverged(self, step: int, num_steps: int,
                 loss: float) -> errors.UserError:
@@ -462,7 +467,19 @@ class _Run:
         f"{' + XLA compile' if self.trainer.use_xla else ''} + {num_steps} "
         f"steps) {seconds:.1f} s")
 
-  def evaluate(self) -> dict[str, Any]:
+  def evaluate(self, step: int) -> schedule_lib.End | None:
+    """The schedule's evaluation: an eval pass (self.last_eval); End.TARGET
+    when it reaches the target before num_steps (the workers vote on the
+    all-reduced metrics: all end here)."""
+    metrics = self._eval_pass()
+    if self.target and self.any_worker(self.target.reached_by(metrics)):
+      self.reach(metrics)
+      if step < self.schedule.num_steps:
+        say(summaries.target_line(self.reached, step, stopping=True))
+        return schedule_lib.End.TARGET
+    return None
+
+  def _eval_pass(self) -> dict[str, Any]:
     """One eval pass: says it, writes eval/ scalars and returns the metrics
     (train.Trainer.evaluate)."""
     try:
@@ -488,13 +505,14 @@ class _Run:
     return metrics
 
   def _saved_first(self, error: errors.UserError) -> errors.UserError:
-    """`error` (bad eval data) after a checkpoint of this step: the training
-    done so far is kept (an evaluation runs before the checkpoint due at
-    its step). In one process only: the workers of a multi-worker run save
-    together, and the others are inside the evaluation."""
+    """`error` (bad eval data) after a checkpoint of this step (the
+    schedule's, if one was due here: it runs before the evaluation), so the
+    training done so far is kept. In one process only: the workers of a
+    multi-worker run save together, and the others are inside the
+    evaluation."""
     if strategy_lib.is_multi_worker(self.trainer.strategy):
       return error
-    self.save()
+    self.checkpoint(self.step)
     return errors.UserError(
         f"{error} (the training so far is saved: {self.saver.latest})",
         error.exit_status)
@@ -511,8 +529,7 @@ class _Run:
     with the best value of this run's evaluations and its step."""
     if self.reached:
       return self.reached
-    pick = max if self.target.metric == "accuracy" else min
-    best_step, best = pick(self.target_values, key=lambda sv: sv[1])
+    best_step, best = plan_lib.best_of(self.target.metric, self.target_values)
     return {"metric": self.target.metric, "value": self.target.value,
             "reached": False, "step": None, "seconds": None, "best": best,
             "best_step": best_step}

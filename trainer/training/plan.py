@@ -17,7 +17,7 @@ import dataclasses
 import math
 import posixpath
 import types
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -49,6 +49,28 @@ class ProfileWindow:
     return self.start <= step < self.end
 
 
+# Which way each eval metric a run can aim at is better, written once (the
+# target, the best value of a run): accuracy higher, loss lower.
+_HIGHER_IS_BETTER = {"accuracy": True, "loss": False}
+
+
+def comparison(metric: str) -> str:
+  """">=" for "accuracy", "<=" for "loss": how `metric` reaches a value."""
+  return ">=" if _HIGHER_IS_BETTER[metric] else "<="
+
+
+def at_least(metric: str, measured: float, value: float) -> bool:
+  """Whether `measured` is as good as `value` or better, for `metric`."""
+  return measured >= value if _HIGHER_IS_BETTER[metric] else measured <= value
+
+
+def best_of(metric: str, values: Sequence[tuple[Any, float]]
+            ) -> tuple[Any, float]:
+  """The (key, value) pair of `values` with the best value for `metric`."""
+  return (max if _HIGHER_IS_BETTER[metric] else min)(
+      values, key=lambda pair: pair[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   """config.train.target_accuracy or target_loss: the eval value that ends
@@ -62,13 +84,11 @@ class Target:
 
   @property
   def comparison(self) -> str:
-    return ">=" if self.metric == "accuracy" else "<="
+    return comparison(self.metric)
 
   def reached_by(self, eval_metrics: Mapping[str, float]) -> bool:
     """Whether an eval pass's metrics ({"accuracy", "loss", ...}) reach it."""
-    measured = eval_metrics[self.metric]
-    return (measured >= self.value if self.metric == "accuracy"
-            else measured <= self.value)
+    return at_least(self.metric, eval_metrics[self.metric], self.value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,6 @@ hparams.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from absl import logging
@@ -215,7 +214,7 @@ def target_line(target: dict[str, Any], last_step: int,
   stopping", or that no evaluation up to `last_step` reached it, and the
   best value."""
   metric, value = target["metric"], target["value"]
-  comparison = ">=" if metric == "accuracy" else "<="
+  comparison = plan_lib.comparison(metric)
   if target["reached"] is False:
     return (f"target: not reached: no evaluation up to step {last_step} had "
             f"{metric} {comparison} {value:g} (the best: {target['best']:.4f}"
@@ -241,20 +240,13 @@ class Profile:
     self.logdir = logdir
     self.first_step = None  # where the running trace started, or None
 
-  @contextlib.contextmanager
-  def host_loop(self, step: int, num_steps: int):
-    """Traces the host loop of num_steps steps after `step` if it is one of
-    the profiled ones (the schedule makes its bounds host-loop bounds)."""
+  def start(self, step: int) -> None:
+    """Starts the trace if the host loop after `step` is one of the traced
+    ones and none is running (the schedule runs it at the window's start and
+    at a run's first step)."""
     if self.window and self.first_step is None and self.window.covers(step):
       tf.profiler.experimental.start(self.logdir)
       self.first_step = step
-    try:
-      yield
-    except BaseException:
-      self.stop(None)
-      raise
-    if self.window and step + num_steps >= self.window.end:
-      self.stop(step + num_steps)
 
   def stop(self, last_step: int | None) -> None:
     """Stops a running trace (writes it) and says where it went; last_step
