@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 
-import common  # pylint: disable=unused-import  # first: the checkout on sys.path
+import common  # pylint: disable=unused-import  # the checkout on sys.path
 
 # No TensorFlow import at the top: the generator's workers are spawned and
 # re-import this script as their __main__.

@@ -42,8 +42,8 @@ def main() -> int:
                       "upper bound)")
   parser.add_argument("--seconds", type=float, default=None,
                       help="stop the run (SIGTERM) after this long")
-  parser.add_argument("--config", default=os.path.join(common.ROOT, "configs",
-                                                       "default.py"))
+  parser.add_argument("--config", default=os.path.join(
+      common.ROOT, "configs", "default.py"))
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--interval", type=float, default=5.0,
                       help="seconds between samples")

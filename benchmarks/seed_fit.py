@@ -36,7 +36,7 @@ import argparse
 import datetime
 import pathlib as pth
 
-import common  # pylint: disable=unused-import  # first: the checkout on sys.path
+import common  # pylint: disable=unused-import  # the checkout on sys.path
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import keras as ks  # pylint: disable=g-import-not-at-top
