@@ -15,11 +15,11 @@ import shutil
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import common  # pylint: disable=unused-import  # the checkout on sys.path
 
 # No TensorFlow import at the top: the generator's workers are spawned and
 # re-import this script as their __main__.
-from trainer.data import generate  # pylint: disable=g-import-not-at-top
+from trainer.data import generate  # pylint: disable=wrong-import-order
 
 
 def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):

@@ -6,8 +6,8 @@ The same 8 shards, at batch 256, iterating the dataset only: from a local
 directory and from gs:// through TensorFlow's GCS filesystem talking to
 fake-gcs-server behind the test proxy (tests/helpers/gcs_emulator.py), all on
 127.0.0.1. Each repeat measures both back to back, in alternating order,
-and the ratio of that pair is reported (median and range): on a shared
-2-core machine single figures drift by +-40%. Also printed: the CPU time
+and the ratio of that pair is reported (median and range: common.py): on a
+shared 2-core machine single figures drift by +-40%. Also printed: the CPU time
 the proxy and emulator processes used, the share of the machine the gs://
 reads take away from the pipeline. Target: gs:// within 0.8x of local.
 """
@@ -15,15 +15,13 @@ reads take away from the pipeline. Target: gs:// within 0.8x of local.
 import argparse
 import os
 import shutil
-import sys
+import statistics
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import common  # first: the checkout on sys.path
 
-from tests.helpers.gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers.gcs_emulator import GcsEmulator, TF_IMPORT_TIME_ENV  # pylint: disable=wrong-import-order
 
 # TensorFlow reads its GCS retry settings at import.
 for key, value in TF_IMPORT_TIME_ENV.items():
@@ -83,9 +81,9 @@ def main():
                                      (False, "eval pass", None)):
       pairs = []
       proxy_cpu = 0.0
-      for repeat in range(args.repeats):
+      for _, order in common.alternate(("local", "gs"), args.repeats):
         rates = {}
-        for where in (("local", "gs") if repeat % 2 == 0 else ("gs", "local")):
+        for where in order:
           pattern = (os.path.join(local, "train-*") if where == "local" else
                      "gs://bench/data/train-*")
           cpu_before = _cpu_seconds(proxy_pid)
@@ -94,14 +92,13 @@ def main():
           if where == "gs":
             proxy_cpu += _cpu_seconds(proxy_pid) - cpu_before
         pairs.append((rates["local"], rates["gs"]))
-      ratios = sorted(gs / local for local, gs in pairs)
-      median = lambda values: sorted(values)[len(values) // 2]
-      print(f"{label}: local {median([l for l, _ in pairs]):,.0f} examples/s, "
-            f"gs:// (emulator) {median([g for _, g in pairs]):,.0f} "
-            f"examples/s (medians of {args.repeats}): {median(ratios):.2f}x "
-            f"(pairs {ratios[0]:.2f}-{ratios[-1]:.2f}x; target >= 0.8); "
-            f"proxy + emulator CPU {proxy_cpu / args.repeats:.2f} s per "
-            "gs:// pass")
+      ratios = [gs / local for local, gs in pairs]
+      print(f"{label}: local "
+            f"{statistics.median([l for l, _ in pairs]):,.0f} examples/s, "
+            f"gs:// (emulator) {statistics.median([g for _, g in pairs]):,.0f}"
+            f" examples/s (medians of {args.repeats}): gs:// / local "
+            f"{common.ratio(ratios)}; target >= 0.8; proxy + emulator CPU "
+            f"{proxy_cpu / args.repeats:.2f} s per gs:// pass")
   finally:
     emulator.stop()
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import common  # first: the checkout on sys.path
 
-from configs import smoke  # pylint: disable=g-import-not-at-top
-from trainer.data import generate
+from configs import smoke  # pylint: disable=wrong-import-order
+from trainer.data import generate  # pylint: disable=wrong-import-order
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = common.ROOT
 
 
 def steady_examples_per_second(model_dir):

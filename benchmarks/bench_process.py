@@ -13,11 +13,12 @@ Keras `fit` (no XLA; what is and is not identical: its docstring), in a
 subprocess, at batch 256 for 10 epochs over steps / 10 batches of
 seed-format shards (written beforehand): the same number of examples trained.
 
-Each side is timed from the subprocess's start to its exit. A and B
-alternate (A, B, A, B, ...) `--repeats` times; the ratio B / A of each pair
-is taken and its median and min-max printed: the machine's speed drifts too
-much for ratios of separate runs. Both sides run the code of the checkout
-this script is in.
+Each side is timed from the subprocess's start to its exit. A and B run in
+`--repeats` pairs, the order swapped every other pair (A, B, B, A, ...); the
+ratio B / A of each pair is taken and its median and min-max printed: the
+machine's speed drifts too much for ratios of separate runs
+(benchmarks/common.py). Both sides run the code of the checkout this script
+is in.
 """
 
 import argparse
@@ -29,13 +30,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The checkout this script is in, not an installed copy of the package.
-sys.path.insert(0, ROOT)
+import common  # first: the checkout on sys.path
 
-from configs import default  # pylint: disable=g-import-not-at-top
-from trainer.data import generate  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=wrong-import-order
+from trainer.data import generate  # pylint: disable=wrong-import-order
+
+ROOT = common.ROOT
 
 SEED_EPOCHS = 10  # the seed's num_epochs
 
@@ -87,17 +87,19 @@ def main():
         cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
     trainer_seconds, seed_seconds, ratios = [], [], []
-    for i in range(args.repeats):
+    for i, order in common.alternate(("trainer", "seed"), args.repeats):
       run = os.path.join(work_dir, f"run{i}")
-      trainer_seconds.append(timed(
-          [sys.executable, "-m", "trainer.task", f"--data_dir={data_dir}",
-           f"--model_dir={run}",
-           f"--config.train.global_batch_size={args.batch_size}",
-           f"--config.train.num_steps={args.steps}"],
-          os.path.join(work_dir, f"trainer{i}.log")))
-      seed_seconds.append(timed(
-          seed_command + [f"--log_dir={run}/seed_logs"],
-          os.path.join(work_dir, f"seed{i}.log")))
+      commands = {
+          "trainer": [sys.executable, "-m", "trainer.task",
+                      f"--data_dir={data_dir}", f"--model_dir={run}",
+                      f"--config.train.global_batch_size={args.batch_size}",
+                      f"--config.train.num_steps={args.steps}"],
+          "seed": seed_command + [f"--log_dir={run}/seed_logs"]}
+      seconds = {side: timed(commands[side],
+                             os.path.join(work_dir, f"{side}{i}.log"))
+                 for side in order}
+      trainer_seconds.append(seconds["trainer"])
+      seed_seconds.append(seconds["seed"])
       ratios.append(seed_seconds[-1] / trainer_seconds[-1])
       print(f"pair {i + 1}/{args.repeats}: trainer {trainer_seconds[-1]:.1f} s"
             f", seed {seed_seconds[-1]:.1f} s: {ratios[-1]:.2f}x", flush=True)
@@ -107,14 +109,12 @@ def main():
     examples = args.steps * args.batch_size
     for name, seconds in (("trainer", trainer_seconds),
                           ("seed", seed_seconds)):
-      print(f"{name}: {statistics.median(seconds):.1f} s wall (min "
-            f"{min(seconds):.1f}, max {max(seconds):.1f}); "
+      print(f"{name}: {statistics.median(seconds):.1f} s wall "
+            f"({common.spread(seconds, 'runs', '{:.1f}')}); "
             f"{examples / statistics.median(seconds):,.0f} examples/s "
             f"start to exit")
-    print(f"whole process: seed / trainer = {statistics.median(ratios):.2f}x "
-          f"(median of {len(ratios)}; min {min(ratios):.2f}, max "
-          f"{max(ratios):.2f}; {args.steps} steps at batch {args.batch_size}"
-          f"; target >= 1.5x)")
+    print(f"whole process: seed / trainer = {common.ratio(ratios)}; "
+          f"{args.steps} steps at batch {args.batch_size}; target >= 1.5x")
   finally:
     if args.keep:
       print(f"kept {work_dir}")

@@ -1,9 +1,11 @@
 """Prints the trainer's steady-state throughput over its compute bound.
 
-  python benchmarks/bench_steady_state.py [--repeats=5] [--loops=5]
+  python benchmarks/bench_steady_state.py [--repeats=5] [--loops=5] \
+      [--strategy=default] [--no-first_step]
   python benchmarks/bench_steady_state.py --pipeline_only
 
-A (the trainer): `trainer.train.Trainer.train_loop` on the default strategy,
+A (the trainer): `trainer.train.Trainer.train_loop` on --strategy (default:
+the default strategy),
 fed by its own input pipeline (`trainer.training.feeds.Feeds`) from 8 local
 shards of 50,000 examples, at global batch 256, in host loops of the default
 config's `steps_per_loop` (its `steps_per_call` steps per XLA call); the
@@ -16,7 +18,8 @@ pipeline itself costs the trainer, A / B adds how the trainer's loop
 compares with Keras's.
 
 S (with --streamed, the default): A with config.data.memory_cache_mb=0, every
-batch read and parsed from the files; printed as S / B beside A / B.
+batch read and parsed from the files; printed as S / B beside A / B, and
+with M as S / M: what streaming the files costs the trainer.
 
 B (the compute bound): Keras `model.fit` with `jit_compile=True` on the same
 model (`trainer.model.build_model` with the default config), Adam with the
@@ -32,11 +35,17 @@ loop before Adam's update moved into XLA); printed as A / C.
 
 Each measurement runs one host loop (execution) as warm-up, then `--loops`
 timed ones, waiting for each loop's loss as the trainer's own loop does. A and
-B alternate (A, B, A, B, ...) `--repeats` times in one process; the ratio of
-each pair is taken, and the median and the min-max of those ratios printed:
-the machine's speed drifts too much for ratios of separate runs. The CPU
+B (and S and M) run in `--repeats` rounds in one process, the order reversed
+every other round (A, B, S, M, M, S, B, A, ...); the ratio of each round's
+pair is taken, and the median and the min-max of those ratios printed: the
+machine's speed drifts too much for ratios of separate runs
+(benchmarks/common.py). The CPU
 time of the whole process per example is printed too (A, S, B): other work on
 the machine moves it far less than the wall-clock rates.
+
+First step (with --first_step, the default): seconds from `python -m
+trainer.task` starting to its first finished step (TensorFlow import, data
+checks, tracing and XLA compilation included), one run on the same data.
 
 --pipeline_only: the training input pipeline alone (no model), streamed and
 cached, in a tf.data private thread pool of one thread, iterated in the graph
@@ -48,20 +57,17 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Measure the checkout this script is in, not whichever copy of the package
-# the virtualenv has installed (an editable install may point elsewhere).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common  # first: the checkout on sys.path
 
 # No TensorFlow import at the top: the data generator's workers are spawned
 # and re-import this script as their __main__.
-from configs import default  # pylint: disable=g-import-not-at-top
-from trainer.data import generate  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=wrong-import-order
+from trainer.data import generate  # pylint: disable=wrong-import-order
 
 
 def make_config(batch_size):
@@ -72,7 +78,8 @@ def make_config(batch_size):
   return config
 
 
-def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
+def trainer_side(config, data_dir, strategy_name, xla_update=True,
+                 memory_cache_mb=None):
   """The trainer and its iterator; returns a measuring function, the files
   and the seconds the Feeds took to build (the cache's fill)."""
   config = config.copy_and_resolve_references()
@@ -83,7 +90,7 @@ def trainer_side(config, data_dir, xla_update=True, memory_cache_mb=None):
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   from trainer.training import train  # pylint: disable=g-import-not-at-top
-  strategy = strategy_lib.make_strategy("default")
+  strategy = strategy_lib.make_strategy(strategy_name)
   trainer = train.Trainer(config, strategy)
   start = time.perf_counter()
   run_feeds = feeds.Feeds.of(plan.for_strategy(config, strategy, data_dir),
@@ -125,13 +132,13 @@ def in_memory_batches(config, files, num_batches):
           tf.constant(np.stack([y for _, y in batches])))  # [n, batch]
 
 
-def in_memory_trainer_side(config, files, num_batches):
+def in_memory_trainer_side(config, files, num_batches, strategy_name):
   """The trainer (as trainer_side) on in-memory batches, repeated."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   from trainer.training import train  # pylint: disable=g-import-not-at-top
   xs, ys = in_memory_batches(config, files, num_batches)
-  strategy = strategy_lib.make_strategy("default")
+  strategy = strategy_lib.make_strategy(strategy_name)
   trainer = train.Trainer(config, strategy)
   return loop_measure(trainer, iter(strategy.distribute_datasets_from_function(
       lambda _: tf.data.Dataset.from_tensor_slices((xs, ys)).repeat())))
@@ -215,15 +222,34 @@ def compute_bound_side(config, files, num_batches):
   return measure
 
 
-def spread(values, form="{:.2f}"):
-  return (f"median of {len(values)}; min {form.format(min(values))}, "
-          f"max {form.format(max(values))}")
+def time_to_first_step(data_dir, strategy_name):
+  """Seconds from starting `python -m trainer.task` (one step, on the data in
+  `data_dir`) to its first progress line with a rate: its first finished
+  step. None if it printed none."""
+  model_dir = tempfile.mkdtemp(prefix="bench_first_step_")
+  start = time.perf_counter()
+  process = subprocess.Popen(
+      [sys.executable, "-m", "trainer.task", f"--data_dir={data_dir}",
+       f"--model_dir={model_dir}/run", f"--strategy={strategy_name}",
+       "--config.train.num_steps=1", "--config.train.steps_per_loop=1"],
+      cwd=common.ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+      text=True)
+  seconds = None
+  for line in process.stderr:
+    if seconds is None and line.startswith("train: ") and "steps/s" in line:
+      seconds = time.perf_counter() - start
+  process.wait()
+  shutil.rmtree(model_dir, ignore_errors=True)
+  return seconds
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=5,
                       help="(trainer, compute bound) pairs")
+  parser.add_argument("--strategy", default="default",
+                      help="--strategy of the trainer's sides (the compute "
+                      "bound is Keras on one device)")
   parser.add_argument("--loops", type=int, default=5,
                       help="timed host loops per measurement")
   parser.add_argument("--batch_size", type=int, default=256)
@@ -236,6 +262,9 @@ def main():
   parser.add_argument("--in_memory", action=argparse.BooleanOptionalAction,
                       default=True, help="also time the trainer on the "
                       "compute bound's in-memory batches (no pipeline)")
+  parser.add_argument("--first_step", action=argparse.BooleanOptionalAction,
+                      default=True, help="also time `python -m trainer.task`"
+                      " from its start to its first finished step")
   parser.add_argument("--memory_batches", type=int, default=64,
                       help="distinct in-memory batches of the compute bound")
   parser.add_argument("--steps_per_call", type=int, default=None,
@@ -268,19 +297,23 @@ def main():
       print(f"fill: {cached:,} examples parsed into memory in "
             f"{fill_seconds:.2f} s")
       return
-    trainer_measure, files, fill_seconds = trainer_side(config, data_dir)
+    trainer_measure, files, fill_seconds = trainer_side(config, data_dir,
+                                                        args.strategy)
     print(f"trainer's feeds built (training split parsed into memory) in "
           f"{fill_seconds:.2f} s", flush=True)
     bound_measure = compute_bound_side(config, files, args.memory_batches)
     memory_measure = (in_memory_trainer_side(config, files,
-                                             args.memory_batches)
+                                             args.memory_batches,
+                                             args.strategy)
                       if args.in_memory else None)
-    streamed_measure = (trainer_side(config, data_dir, memory_cache_mb=0)[0]
+    streamed_measure = (trainer_side(config, data_dir, args.strategy,
+                                     memory_cache_mb=0)[0]
                         if args.streamed else None)
-    keras_measure = (trainer_side(config, data_dir, xla_update=False)[0]
+    keras_measure = (trainer_side(config, data_dir, args.strategy,
+                                  xla_update=False)[0]
                      if args.keras_update else None)
     trainer_rates, bound_rates, ratios, update_ratios = [], [], [], []
-    streamed_ratios, over_memory = [], []
+    streamed_ratios, over_memory, streamed_over_memory = [], [], []
     # CPU seconds of the whole process per example (us): robust to other
     # work on the machine, which wall-clock rates are not.
     cpu_us = {"trainer": [], "streamed": [], "memory": [], "bound": []}
@@ -292,17 +325,13 @@ def main():
       return examples / seconds
 
     cached_over_streamed = []
-    for i in range(args.repeats):
-      # The trainer and its streamed twin swap places every other pair, so
-      # neither always runs first after the compute bound's turn.
-      sides = [("trainer", trainer_measure), ("bound", bound_measure)]
-      if streamed_measure:
-        sides.append(("streamed", streamed_measure))
-      if memory_measure:
-        sides.append(("memory", memory_measure))
-      if i % 2:
-        sides.reverse()
-      rates = {name: rate(name, measure) for name, measure in sides}
+    sides = [("trainer", trainer_measure), ("bound", bound_measure)]
+    if streamed_measure:
+      sides.append(("streamed", streamed_measure))
+    if memory_measure:
+      sides.append(("memory", memory_measure))
+    for i, order in common.alternate(sides, args.repeats):
+      rates = {name: rate(name, measure) for name, measure in order}
       trainer_rates.append(rates["trainer"])
       bound_rates.append(rates["bound"])
       ratios.append(trainer_rates[-1] / bound_rates[-1])
@@ -319,6 +348,8 @@ def main():
         over_memory.append(rates["trainer"] / rates["memory"])
         line += (f"; trainer on in-memory batches {rates['memory']:,.0f} "
                  f"examples/s (trainer / it {over_memory[-1]:.2f}x)")
+      if streamed_measure and memory_measure:
+        streamed_over_memory.append(rates["streamed"] / rates["memory"])
       line += "; CPU us/example " + ", ".join(
           f"{name} {values[-1]:.2f}" for name, values in cpu_us.items()
           if values)
@@ -328,33 +359,38 @@ def main():
         line += (f"; with Keras's apply_gradients {keras_rate:,.0f} "
                  f"examples/s: {update_ratios[-1]:.2f}x")
       print(line, flush=True)
-    print(f"trainer (8 local shards, cached): "
-          f"{statistics.median(trainer_rates):,.0f} "
-          f"examples/s ({spread(trainer_rates, '{:,.0f}')})")
+    print(f"trainer (8 local shards, cached, {args.strategy} strategy): "
+          f"{statistics.median(trainer_rates):,.0f} examples/s "
+          f"({common.spread(trainer_rates, 'runs', '{:,.0f}')})")
     print(f"compute bound (fit + XLA, in memory): "
           f"{statistics.median(bound_rates):,.0f} examples/s "
-          f"({spread(bound_rates, '{:,.0f}')})")
-    print(f"steady state: trainer / compute bound = "
-          f"{statistics.median(ratios):.2f}x ({spread(ratios)}; batch "
-          f"{args.batch_size}, {steps} steps each, "
-          f"{config.train.steps_per_call} per XLA call; target >= 1.0x)")
+          f"({common.spread(bound_rates, 'runs', '{:,.0f}')})")
+    print(f"steady state: trainer / compute bound = {common.ratio(ratios)}; "
+          f"batch {args.batch_size}, {steps} steps each, "
+          f"{config.train.steps_per_call} per XLA call; target >= 1.0x")
     if over_memory:
       print(f"the pipeline's own cost: trainer from shards / the same "
-            f"trainer on in-memory batches = "
-            f"{statistics.median(over_memory):.2f}x ({spread(over_memory)})")
+            f"trainer on in-memory batches = {common.ratio(over_memory)}")
     if streamed_ratios:
       print(f"streamed from the files: trainer / compute bound = "
-            f"{statistics.median(streamed_ratios):.2f}x "
-            f"({spread(streamed_ratios)}); cached / streamed = "
-            f"{statistics.median(cached_over_streamed):.2f}x "
-            f"({spread(cached_over_streamed)})")
+            f"{common.ratio(streamed_ratios)}; cached / streamed = "
+            f"{common.ratio(cached_over_streamed)}")
+    if streamed_over_memory:
+      print(f"streaming's own cost: trainer streamed from shards / the same "
+            f"trainer on in-memory batches = "
+            f"{common.ratio(streamed_over_memory)}")
     print("CPU time per example (whole process, us): " + "; ".join(
-        f"{name} {statistics.median(values):.2f} ({spread(values)})"
+        f"{name} {statistics.median(values):.2f} "
+        f"({common.spread(values, 'runs')})"
         for name, values in cpu_us.items() if values))
     if update_ratios:
       print(f"Adam in XLA / Keras's apply_gradients = "
-            f"{statistics.median(update_ratios):.2f}x "
-            f"({spread(update_ratios)})")
+            f"{common.ratio(update_ratios)}")
+    if args.first_step:
+      seconds = time_to_first_step(data_dir, args.strategy)
+      print("process start to first finished step: " +
+            (f"{seconds:.1f} s" if seconds is not None else
+             "no progress line with a rate (the trainer's output changed?)"))
   finally:
     shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -34,11 +34,9 @@ exports nothing (the trainer does both).
 
 import argparse
 import datetime
-import os
 import pathlib as pth
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import common  # pylint: disable=unused-import  # the checkout on sys.path
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import keras as ks  # pylint: disable=g-import-not-at-top
@@ -167,7 +165,6 @@ def main_graph(ps, ds, m):
 def generate(ps, examples, seed):
   """Writes `examples` problems over ps.num_shards seed-format shards."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(pth.Path(__file__).resolve().parents[1]))
   from trainer.data import problems  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   pth.Path(ps.data_dir).mkdir(parents=True, exist_ok=True)

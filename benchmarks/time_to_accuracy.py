@@ -20,10 +20,10 @@ that ends (or hits --timeout) without reaching the target is reported with
 its best accuracy, and the script exits with status 1 at the end.
 
 --against=COMMIT checks COMMIT out (`git worktree add`, removed at the end)
-and runs it and this checkout alternately (this, COMMIT, this, COMMIT, ...)
-on the same data; the ratio of each pair's times is printed, then the median
-and min-max of those ratios: the machine's speed drifts too much for ratios
-of separate runs. The config path and trainer flags are passed to both
+and runs it and this checkout in pairs on the same data, the order swapped
+every other pair (this, COMMIT, COMMIT, this, ...); the ratio of each pair's
+times is printed, then the median and min-max of those ratios: the machine's
+speed drifts too much for ratios of separate runs (benchmarks/common.py). The config path and trainer flags are passed to both
 checkouts as given.
 """
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,22 +40,14 @@ import tempfile
 import threading
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# This checkout's code, not whichever copy of the package is installed.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common  # first: the checkout on sys.path
 
-# The trainer's eval line, as every version of it prints it (an absl prefix
-# allowed): the step and the accuracy.
-EVAL_LINE = re.compile(r"eval at step (\d+): loss [^,]+, accuracy (\d+\.\d+)")
+# The trainer's eval line, as every version of it prints it.
+from tests.helpers.eval_checks import parse_eval_line  # pylint: disable=wrong-import-order
+
+ROOT = common.ROOT
 # How a checkout shows that its trainer takes a target (configs/default.py).
 TARGET_FIELD = "config.train.target_accuracy"
-
-
-def parse_eval_line(line: str) -> tuple[int, float] | None:
-  """(step, accuracy) of a trainer eval line, else None."""
-  found = EVAL_LINE.search(line)
-  return (int(found.group(1)), float(found.group(2))) if found else None
 
 
 @dataclasses.dataclass
@@ -199,23 +190,18 @@ def takes_target(checkout: str) -> bool:
     return TARGET_FIELD in f.read()
 
 
-def spread(values: list[float], noun: str, form: str = "{:.1f}") -> str:
-  return (f"median of {len(values)} {noun}; min {form.format(min(values))}, "
-          f"max {form.format(max(values))}")
-
-
 def summary(label: str, runs: list[Run]) -> str:
   """The median times to target (and start to exit) of `runs`."""
   times = [r.reached[0] for r in runs if r.reached]
   if not times:
     return f"{label}: no run reached the target"
   line = (f"{label}: time to target {statistics.median(times):.1f} s "
-          f"({spread(times, 'runs')})")
+          f"({common.spread(times, 'runs', '{:.1f}')})")
   exits = [r.exit_seconds for r in runs if r.reached and
            r.exit_seconds is not None]
   if exits:
     line += (f"; start to exit {statistics.median(exits):.1f} s "
-             f"({spread(exits, 'runs')})")
+             f"({common.spread(exits, 'runs', '{:.1f}')})")
   missed = len(runs) - len(times)
   return line + (f"; {missed} of {len(runs)} runs did not reach it"
                  if missed else "")
@@ -273,8 +259,8 @@ def main():
                f"has no {TARGET_FIELD}: killed at its target eval line"),
             flush=True)
     runs: dict[str, list[Run]] = {label: [] for label, _ in sides}
-    for i in range(args.repeats):
-      for label, checkout in sides:
+    for i, order in common.alternate(sides, args.repeats):
+      for label, checkout in order:
         name = f"{'this' if checkout == ROOT else 'against'}{i + 1}"
         model_dir = os.path.join(work_dir, name)
         command = trainer_command(args.config, data_dir, model_dir,
@@ -304,14 +290,12 @@ def main():
       if pairs:
         ratios = [a.reached[0] / b.reached[0] for a, b in pairs]
         print(f"time to target, this checkout / {other_label}: "
-              f"{statistics.median(ratios):.2f}x "
-              f"({spread(ratios, 'pairs', '{:.2f}')})")
+              f"{common.ratio(ratios)}")
         exit_ratios = [a.exit_seconds / b.reached[0] for a, b in pairs
                        if a.exit_seconds is not None]
         if exit_ratios:
           print(f"this checkout's start to exit / {other_label}'s time to "
-                f"target: {statistics.median(exit_ratios):.2f}x "
-                f"({spread(exit_ratios, 'pairs', '{:.2f}')})")
+                f"target: {common.ratio(exit_ratios)}")
     missed = sum(not r.reached for side in runs.values() for r in side)
     if missed:
       sys.exit(f"error: {missed} run(s) did not reach accuracy "

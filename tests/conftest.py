@@ -7,9 +7,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# benchmarks/bench_soak.py starts local workers for tests/training/test_soak.py and
-# holds their ports (reserve_ports, used by tests/helpers/workers.py too).
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -288,7 +288,7 @@ def run_container(image: str, *args, name: str, timeout=300, **kwargs):
 def held_ports(count: int, uid: int):
   """`count` 127.0.0.1 ports held for processes of user `uid`; yields them.
 
-  As benchmarks/bench_soak.reserve_ports does for local workers: TensorFlow's
+  As tests/helpers/workers.reserve_ports does for local workers: TensorFlow's
   gRPC server (with TF_GRPC_REUSE_PORT=1) binds a held port with
   SO_REUSEPORT, and no other process can take it in between. Linux allows
   that only to the user that created the holding socket, so the sockets are

@@ -1,4 +1,9 @@
-"""Checks of the per-operation eval metrics, shared by the smoke tests."""
+"""Checks of the per-operation eval metrics, shared by the smoke tests, and
+the eval line's reader (benchmarks/time_to_accuracy.py's too)."""
+
+from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -9,6 +14,17 @@ import pytest
 # tests/training/test_train.py holds the product to it.
 OPERATIONS = {"+": "add", "-": "sub", "*": "mul"}
 OPERATION_NAMES = tuple(OPERATIONS.values())
+
+
+# The trainer's eval line, as every version of it prints it (an absl prefix
+# allowed): the step and the accuracy.
+EVAL_LINE = re.compile(r"eval at step (\d+): loss [^,]+, accuracy (\d+\.\d+)")
+
+
+def parse_eval_line(line: str) -> tuple[int, float] | None:
+  """(step, accuracy) of a trainer eval line, else None."""
+  found = EVAL_LINE.search(line)
+  return (int(found.group(1)), float(found.group(2))) if found else None
 
 
 def eval_line(step):

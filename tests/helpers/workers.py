@@ -3,24 +3,43 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from bench_soak import reserve_ports  # benchmarks/: see conftest
 from tests.helpers import ROOT, SMOKE
+
+
+def reserve_ports(count: int) -> list[socket.socket]:
+  """`count` localhost ports, each held by a bound socket until closed.
+
+  SO_REUSEPORT: a worker started with TF_GRPC_REUSE_PORT=1 (TensorFlow's
+  gRPC server then binds with SO_REUSEPORT too) listens on a held port while
+  any other process gets "address in use" for it: no window between finding
+  a free port and the worker binding it. The sockets never listen, so every
+  connection goes to the worker.
+  """
+  sockets = []
+  for _ in range(count):
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    sockets.append(held)
+  return sockets
 
 
 class Workers:
   """N trainer processes with TF_CONFIG; logs under log_dir."""
 
   def __init__(self, count, flags, log_dir, with_chief=False, env=None,
-               worker_flags=None):
+               worker_flags=None, config=SMOKE):
     """with_chief: the first process is a `chief` task and the others
     `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers.
-    worker_flags: {process index: flags after `flags`} for some of them."""
+    worker_flags: {process index: flags after `flags`} for some of them.
+    config: the --config file of every process (log_dir: a pathlib.Path)."""
     # Held until kill() (see reserve_ports): no race for them.
     self.held_ports = reserve_ports(count)
     self.ports = [s.getsockname()[1] for s in self.held_ports]
@@ -42,7 +61,7 @@ class Workers:
               "type": task_type, "index": task_index}})}
       log = open(log_dir / f"worker-{index}.log", "w")
       self.processes.append(subprocess.Popen(
-          [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
+          [sys.executable, "-m", "trainer.task", f"--config={config}",
            "--strategy=multi_worker_mirrored", *flags,
            *(worker_flags or {}).get(index, [])],
           cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))

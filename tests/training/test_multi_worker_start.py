@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from bench_soak import reserve_ports  # benchmarks/: see conftest
 from tests.helpers import ROOT, SMOKE, error_lines
-from tests.helpers.workers import Workers
+from tests.helpers.workers import Workers, reserve_ports
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Soak: 2 MultiWorkerMirrored workers for thousands of steps keep their
-threads, memory and open files flat (benchmarks/bench_soak.py samples them).
+threads, memory and open files flat (tests/helpers/soak.py samples them, as
+benchmarks/bench_soak.py does from the command line).
 
 Each collective op once ran with a timeout that held a thread for 300 s:
 ~13 threads a step, 15,696 by step 1,150, then a worker aborted. A test of 40
@@ -9,9 +10,8 @@ after warm-up.
 
 import statistics
 
-import bench_soak  # benchmarks/, on sys.path from conftest
-
-from tests.helpers import ROOT
+from tests.helpers import SMOKE
+from tests.helpers import soak
 
 
 STEPS = 6000
@@ -31,15 +31,15 @@ MAX_RISE = {"threads": 10, "rss_mb": 20.0, "open_files": 4}
 
 
 def test_two_workers_stay_flat_for_thousands_of_steps(smoke_data, tmp_path):
-  flags = [f"--config={ROOT}/configs/smoke.py", f"--data_dir={smoke_data}",
-           f"--model_dir={tmp_path}/run", f"--config.train.num_steps={STEPS}",
+  flags = [f"--data_dir={smoke_data}", f"--model_dir={tmp_path}/run",
+           f"--config.train.num_steps={STEPS}",
            "--config.train.steps_per_loop=100",
            "--config.train.eval_every_steps=500",
            "--config.train.checkpoint_every_steps=500"]
   with open(tmp_path / "samples.txt", "w") as out:
-    result = bench_soak.run_soak(2, flags, str(tmp_path), interval=1.0,
-                                 timeout=900, out=out)
-    bench_soak.summarize(result, warmup=WARMUP, out=out)
+    result = soak.run_soak(2, SMOKE, flags, str(tmp_path), interval=1.0,
+                           timeout=900, out=out)
+    soak.summarize(result, warmup=WARMUP, out=out)
   report = (tmp_path / "samples.txt").read_text()
   print(report)
   assert result.codes == [0, 0], report
@@ -61,8 +61,8 @@ def test_two_workers_stay_flat_for_thousands_of_steps(smoke_data, tmp_path):
 
 
 def test_the_slope_is_per_1000_steps():
-  samples = [bench_soak.Sample(seconds=i, step=1000 * i, threads=150 + 13 * i,
-                               rss_mb=700.0, open_files=20)
+  samples = [soak.Sample(seconds=i, step=1000 * i, threads=150 + 13 * i,
+                         rss_mb=700.0, open_files=20)
              for i in range(1, 6)]
-  assert bench_soak.slope_per_1000_steps(samples, "threads") == 13
-  assert bench_soak.slope_per_1000_steps(samples, "rss_mb") == 0
+  assert soak.slope_per_1000_steps(samples, "threads") == 13
+  assert soak.slope_per_1000_steps(samples, "rss_mb") == 0

@@ -18,7 +18,6 @@ import sys
 import pytest
 import tensorflow as tf
 
-import time_to_accuracy  # benchmarks/ is on sys.path (tests/conftest.py)
 from configs import smoke
 from trainer import errors
 from trainer.model import export
@@ -28,6 +27,7 @@ from trainer.training import run_dir
 from trainer.training import summaries
 
 from tests.conftest import ROOT
+from tests.helpers import eval_checks
 
 # A smoke run evaluated over the whole eval split every 2 steps, slowly
 # enough to see the eval accuracy climb from chance (~0.03) to its plateau
@@ -59,7 +59,7 @@ def train_in_process(config, data_dir, model_dir):
 
 def eval_curve(lines):
   """{step: accuracy} of the run's eval lines."""
-  return dict(filter(None, map(time_to_accuracy.parse_eval_line, lines)))
+  return dict(filter(None, map(eval_checks.parse_eval_line, lines)))
 
 
 # --- the plan: one line per bad target ------------------------------------
@@ -106,14 +106,14 @@ def test_the_benchmark_reads_the_trainers_eval_line():
              "by_op": {name: {"loss": 0.1, "accuracy": 0.9, "examples": 100}
                        for name in ("add", "sub", "mul")}}
   line = summaries.eval_line(12000, metrics, 304)
-  assert time_to_accuracy.parse_eval_line(line) == (12000, 0.9877)
+  assert eval_checks.parse_eval_line(line) == (12000, 0.9877)
   # Through absl's default prefix (a run with --verbosity set) too.
-  assert time_to_accuracy.parse_eval_line(
+  assert eval_checks.parse_eval_line(
       "I1203 10:00:00.000 140 loop.py:400] " + line) == (12000, 0.9877)
   for other in ("train  40% | 80/200 steps, loss 0.5, accuracy 0.812",
                 "target: eval accuracy 0.9912 >= 0.99 at step 12000 after "
                 "301.4 s: stopping"):
-    assert time_to_accuracy.parse_eval_line(other) is None
+    assert eval_checks.parse_eval_line(other) is None
 
 
 # --- the runs ---------------------------------------------------------------
