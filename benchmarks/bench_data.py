@@ -32,22 +32,16 @@ def bench_generator(out_dir, num_shards, examples_per_shard, num_processes):
 
 
 def bench_pipeline(pattern, batch_size, training, num_batches):
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  files = input_pipeline.pipeline_files(
-      input_pipeline.list_split_files(pattern, 20, "training"),
+  from trainer.data import files as files_lib  # pylint: disable=g-import-not-at-top
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
+  files = pipeline.pipeline_files(
+      files_lib.list_split(pattern, "training", len_max_input=20).files,
       training=training, seed=0)
-  dataset = input_pipeline.make_dataset(
+  dataset = pipeline.make_dataset(
       files, batch_size, len_max_input=20, training=training, seed=0)
-  if num_batches:
-    dataset = dataset.take(num_batches)
-  iterator = iter(dataset)
-  next(iterator)  # warm-up: the first batch pays for opening files
-  count = 0
-  start = time.perf_counter()
-  for _ in iterator:
-    count += 1
-  seconds = time.perf_counter() - start
-  return count * batch_size / seconds, count
+  examples, seconds = pipeline.time_batches(dataset, batch_size,
+                                            num_batches=num_batches)
+  return examples / seconds, examples // batch_size
 
 
 def main():

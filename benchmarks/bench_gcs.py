@@ -17,7 +17,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 
 import common  # first: the checkout on sys.path
 
@@ -31,21 +30,16 @@ from trainer.data import generate  # pylint: disable=g-import-not-at-top,wrong-i
 
 
 def examples_per_second(pattern, training, num_batches, batch_size):
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  files = input_pipeline.pipeline_files(
-      input_pipeline.list_split_files(pattern, 20, "training"),
+  from trainer.data import files as files_lib  # pylint: disable=g-import-not-at-top
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
+  files = pipeline.pipeline_files(
+      files_lib.list_split(pattern, "training", len_max_input=20).files,
       training=training, seed=0)
-  dataset = input_pipeline.make_dataset(files, batch_size, len_max_input=20,
-                                        training=training)
-  if num_batches:
-    dataset = dataset.take(num_batches + 1)
-  iterator = iter(dataset)
-  next(iterator)  # the first batch pays for opening files
-  count = 0
-  start = time.perf_counter()
-  for _ in iterator:
-    count += 1
-  return count * batch_size / (time.perf_counter() - start)
+  dataset = pipeline.make_dataset(files, batch_size, len_max_input=20,
+                                  training=training)
+  examples, seconds = pipeline.time_batches(dataset, batch_size,
+                                            num_batches=num_batches)
+  return examples / seconds
 
 
 def _cpu_seconds(pid):

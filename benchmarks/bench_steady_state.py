@@ -96,7 +96,7 @@ def trainer_side(config, data_dir, strategy_name, xla_update=True,
   run_feeds = feeds.Feeds.of(plan.for_strategy(config, strategy, data_dir),
                              strategy)
   feeds_seconds = time.perf_counter() - start
-  return (loop_measure(trainer, run_feeds.train_iterator), run_feeds.files,
+  return (loop_measure(trainer, run_feeds.train_iterator), run_feeds.splits,
           feeds_seconds)
 
 
@@ -121,10 +121,10 @@ def in_memory_batches(config, files, num_batches):
   as two static-shape tensors [num_batches, batch, ...] in memory."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  batches = list(input_pipeline.make_dataset(
-      input_pipeline.pipeline_files(files["training"], training=True,
-                                    seed=config.seed),
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
+  batches = list(pipeline.make_dataset(
+      pipeline.pipeline_files(files["training"].files, training=True,
+                              seed=config.seed),
       config.train.global_batch_size,
       len_max_input=config.model.len_max_input, training=True,
       seed=config.seed).take(num_batches).as_numpy_iterator())
@@ -148,19 +148,19 @@ def pipeline_rates(config, files, num_batches):
   """{"streamed"|"cached": (examples/s, CPU us per example)} of the training
   input pipeline alone, on a one-thread tf.data pool."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import manifest  # pylint: disable=g-import-not-at-top
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
   batch_size = config.train.global_batch_size
   length = config.model.len_max_input
-  share = input_pipeline.pipeline_files(files["training"], training=True,
-                                        seed=config.seed)
-  cache = input_pipeline.fill_cache(
+  share = pipeline.pipeline_files(files["training"].files, training=True,
+                                  seed=config.seed)
+  cache = pipeline.fill_cache(
       share, manifest.count_examples(share), len_max_input=length)
   datasets = {
-      "streamed": input_pipeline.make_dataset(
+      "streamed": pipeline.make_dataset(
           share, batch_size, len_max_input=length, training=True,
           seed=config.seed),
-      "cached": input_pipeline.cached_dataset(
+      "cached": pipeline.cached_dataset(
           cache, batch_size, training=True, seed=config.seed)}
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1

@@ -14,8 +14,9 @@ import tensorflow as tf
 
 from configs import smoke
 from trainer import errors
-from trainer.data import input_pipeline
+from trainer.data import files as files_lib
 from trainer.data import manifest
+from trainer.data import pipeline
 from trainer.data import vocab
 from trainer.training import feeds
 from trainer.training import plan
@@ -27,13 +28,13 @@ LEN = 20
 @pytest.fixture(scope="module")
 def train_files(smoke_data):
   """The smoke data's 4 training shards of 500 examples."""
-  return input_pipeline.list_split_files(f"{smoke_data}/train-*.tfrecord",
-                                         LEN, "training")
+  return files_lib.list_split(f"{smoke_data}/train-*.tfrecord", "training",
+                              len_max_input=LEN).files
 
 
 @pytest.fixture(scope="module")
 def cache(train_files):
-  return input_pipeline.fill_cache(train_files, 2_000, len_max_input=LEN)
+  return pipeline.fill_cache(train_files, 2_000, len_max_input=LEN)
 
 
 def rows(x, y):
@@ -52,14 +53,14 @@ def epoch_rows(dataset_batches):
 def test_cache_holds_the_streamed_examples_as_uint8(cache, train_files):
   assert cache.x.dtype == cache.y.dtype == np.uint8
   assert cache.x.shape == (2_000, LEN) and cache.num_bytes == 2_000 * 21
-  streamed = input_pipeline.make_dataset(train_files, 100, len_max_input=LEN,
-                                         training=False)
+  streamed = pipeline.make_dataset(train_files, 100, len_max_input=LEN,
+                                   training=False)
   assert collections.Counter(rows(cache.x, cache.y)) == collections.Counter(
       epoch_rows(streamed.as_numpy_iterator()))
 
 
 def test_each_epoch_is_a_new_permutation_of_every_example(cache):
-  dataset = input_pipeline.cached_dataset(cache, 16, training=True, seed=3)
+  dataset = pipeline.cached_dataset(cache, 16, training=True, seed=3)
   assert dataset.element_spec == (tf.TensorSpec([16, LEN], tf.int32),
                                   tf.TensorSpec([16], tf.int32))
   per_epoch = 2_000 // 16  # 125 batches, 2,000 examples: none left out
@@ -74,7 +75,7 @@ def test_each_epoch_is_a_new_permutation_of_every_example(cache):
 
 def test_the_remainder_left_out_differs_between_epochs(cache):
   # 2,000 examples in batches of 48: 41 batches, 32 examples left out.
-  dataset = input_pipeline.cached_dataset(cache, 48, training=True, seed=3)
+  dataset = pipeline.cached_dataset(cache, 48, training=True, seed=3)
   everything = collections.Counter(rows(cache.x, cache.y))
   left_out = []
   two_epochs = batches(dataset, 82)
@@ -86,11 +87,11 @@ def test_the_remainder_left_out_differs_between_epochs(cache):
 
 
 def test_the_order_is_a_function_of_the_seed(cache, train_files):
-  refilled = input_pipeline.fill_cache(train_files, 2_000, len_max_input=LEN)
+  refilled = pipeline.fill_cache(train_files, 2_000, len_max_input=LEN)
 
   def first_batches(seed, examples=cache):
-    return batches(input_pipeline.cached_dataset(examples, 16, training=True,
-                                                 seed=seed), 3)
+    return batches(pipeline.cached_dataset(examples, 16, training=True,
+                                           seed=seed), 3)
   same, again, other = (first_batches(7), first_batches(7, refilled),
                         first_batches(8))
   assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
@@ -100,9 +101,9 @@ def test_the_order_is_a_function_of_the_seed(cache, train_files):
 
 @pytest.mark.parametrize("skip", [3, 125, 131])  # within, at, past an epoch
 def test_skip_batches_resumes_where_a_longer_run_was(cache, skip):
-  longer = batches(input_pipeline.cached_dataset(cache, 16, training=True,
-                                                 seed=3), skip + 4)
-  resumed = batches(input_pipeline.cached_dataset(
+  longer = batches(pipeline.cached_dataset(cache, 16, training=True,
+                                           seed=3), skip + 4)
+  resumed = batches(pipeline.cached_dataset(
       cache, 16, training=True, seed=3, skip_batches=skip), 4)
   for (x, y), (resumed_x, resumed_y) in zip(longer[skip:], resumed):
     np.testing.assert_array_equal(x, resumed_x)
@@ -110,21 +111,21 @@ def test_skip_batches_resumes_where_a_longer_run_was(cache, skip):
 
 
 def test_eval_from_the_cache_is_the_streamed_pass(smoke_data):
-  files = input_pipeline.list_split_files(f"{smoke_data}/eval-*.tfrecord",
-                                          LEN, "evaluation")
+  files = files_lib.list_split(f"{smoke_data}/eval-*.tfrecord", "evaluation",
+                               len_max_input=LEN).files
   # 256 examples in batches of 24: 10 batches, the last 16 left out.
-  eval_cache = input_pipeline.fill_cache(files, 240, len_max_input=LEN,
-                                         stream_batch_size=24)
-  streamed = list(input_pipeline.make_dataset(
+  eval_cache = pipeline.fill_cache(files, 240, len_max_input=LEN,
+                                   stream_batch_size=24)
+  streamed = list(pipeline.make_dataset(
       files, 24, len_max_input=LEN, training=False).as_numpy_iterator())
-  cached = list(input_pipeline.cached_dataset(
+  cached = list(pipeline.cached_dataset(
       eval_cache, 24, training=False).as_numpy_iterator())
   assert len(cached) == len(streamed) == 10
   for (x, y), (cached_x, cached_y) in zip(streamed, cached):
     np.testing.assert_array_equal(x, cached_x)
     np.testing.assert_array_equal(y, cached_y)
-  taken = input_pipeline.cached_dataset(eval_cache, 24, training=False,
-                                        take_batches=3)
+  taken = pipeline.cached_dataset(eval_cache, 24, training=False,
+                                  take_batches=3)
   assert len(list(taken)) == 3
 
 
@@ -132,7 +133,7 @@ def test_a_count_other_than_the_manifests_is_one_line(train_files):
   with pytest.raises(errors.UserError, match=(
       r"^4 file\(s\) in .* hold more examples than their manifest.json says "
       r"\(1,999 to read\): regenerate")):
-    input_pipeline.fill_cache(train_files, 1_999, len_max_input=LEN)
+    pipeline.fill_cache(train_files, 1_999, len_max_input=LEN)
 
 
 # --- through the run's Feeds ------------------------------------------------
@@ -181,9 +182,9 @@ def test_memory_cache_mb_0_streams_the_files_as_before(smoke_data,
   run_feeds = make_feeds(smoke_data, memory_cache_mb=0)
   assert cache_lines(log) == [
       "training split: streamed from files: memory_cache_mb=0"]
-  expected = input_pipeline.make_dataset(
-      input_pipeline.pipeline_files(train_files, training=True,
-                                    seed=config.seed), 16,
+  expected = pipeline.make_dataset(
+      pipeline.pipeline_files(train_files, training=True,
+                              seed=config.seed), 16,
       len_max_input=LEN, training=True, seed=config.seed,
       shuffle_buffer_size=config.data.shuffle_buffer_size)
   for x, y in batches(expected, 3):
@@ -291,7 +292,7 @@ def test_a_count_below_the_manifests_is_one_line(train_files):
   with pytest.raises(errors.UserError, match=(
       r"^4 file\(s\) in .* hold fewer examples than their manifest.json says "
       r"\(2,001 to read\): regenerate")):
-    input_pipeline.fill_cache(train_files, 2_001, len_max_input=LEN)
+    pipeline.fill_cache(train_files, 2_001, len_max_input=LEN)
 
 
 def test_a_shard_with_fewer_examples_than_its_manifest_entry_is_refused(

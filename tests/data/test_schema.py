@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from trainer import errors
+from trainer.data import pipeline
 from trainer.data import schema
-from trainer.data import input_pipeline
 from trainer.data import verify
 from trainer.data import vocab
 from tests.helpers import examples
@@ -71,8 +71,8 @@ def test_check_kind_reads_the_marker_and_nothing_else():
 
 def pipeline_error(files, batch_size=1):
   """The error the input pipeline raises reading `files`, None if none."""
-  dataset = input_pipeline.make_dataset(files, batch_size,
-                                        len_max_input=LEN, training=False)
+  dataset = pipeline.make_dataset(files, batch_size,
+                                  len_max_input=LEN, training=False)
   try:
     list(dataset)
   except tf.errors.InvalidArgumentError as e:

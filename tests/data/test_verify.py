@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import errors
-from trainer.data import input_pipeline
+from trainer.data import pipeline
 from trainer.data import verify
 from trainer.data import vocab
 
@@ -73,8 +73,8 @@ def test_find_bad_file_stops_at_the_first_and_within_its_budget(tmp_path):
 def test_a_pipeline_error_becomes_one_line_naming_the_file(tmp_path):
   files = [write_records(tmp_path / "a", [good()] * 20),
            write_records(tmp_path / "b", [good(), good(30)])]
-  dataset = input_pipeline.make_dataset(files, 4, len_max_input=7,
-                                        training=False)
+  dataset = pipeline.make_dataset(files, 4, len_max_input=7,
+                                  training=False)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     list(dataset)
   assert "assertion failed" in verify._tf_cause(raised.value)  # pylint: disable=protected-access

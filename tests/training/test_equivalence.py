@@ -552,11 +552,11 @@ def test_bfloat16_rounds_each_replica_s_partial_gradient(data_dir):
   # variables of |whole - halves| / |whole|: float32 1.6e-7, bfloat16 2.5e-3
   # (2^-9 = 2.0e-3), float16 3.1e-4 (2^-12 = 2.4e-4).
   import keras  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
   from trainer.training import train as train_lib  # pylint: disable=g-import-not-at-top
   config = _smoke_config()
   files = sorted(str(path) for path in data_dir.glob("train-*.tfrecord"))
-  x, y = next(iter(input_pipeline.make_dataset(
+  x, y = next(iter(pipeline.make_dataset(
       files, EXAMPLES, len_max_input=config.model.len_max_input,
       training=False)))
   split_differences = {}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -177,26 +176,46 @@ def _benchmark(flag_values) -> int:
     if value is not None and value <= 0:
       raise errors.UserError(f"--{name}={value} must be positive")
   tf = cli.import_tensorflow()
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  from trainer.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer import progress  # pylint: disable=g-import-not-at-top
+  from trainer.data import files as files_lib  # pylint: disable=g-import-not-at-top
+  from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import verify  # pylint: disable=g-import-not-at-top
   from trainer.training import plan  # pylint: disable=g-import-not-at-top
   training = split is schema.TRAIN
   pattern = plan.resolve(config, data_dir=data_dir).patterns[split.noun]
   files = []
+  bars = []  # the progress line, from the first timed call on
+
+  def report(examples: int, elapsed: float) -> None:
+    if not bars:
+      bars.append(progress.Progress(total=max(1, round(flag_values.seconds)),
+                                    unit="s", desc=f"benchmark {split.name}"))
+    bar = bars[0]
+    shown = min(int(elapsed), bar.total)  # whole seconds
+    if shown > bar.done:
+      bar.update(shown - bar.done,
+                 extra=f"{examples / elapsed:,.0f} examples/s")
+
   try:
-    storage.check_bucket(pattern, "--data_dir")
     # The trainer's path, for one input pipeline (trainer/training/feeds.py).
-    files = input_pipeline.list_split_files(pattern, len_max_input, split.noun)
-    dataset = input_pipeline.make_dataset(
-        input_pipeline.pipeline_files(files, training=training,
-                                      seed=config.seed),
+    split_files = files_lib.list_split(pattern, split.noun,
+                                       len_max_input=len_max_input)
+    files = split_files.files
+    dataset = pipeline.make_dataset(
+        pipeline.pipeline_files(files, training=training, seed=config.seed),
         batch_size, len_max_input=len_max_input, training=training,
         seed=config.seed, shuffle_buffer_size=shuffle_buffer_size)
     if not training:
       dataset = dataset.repeat()  # pass after pass until the time is spent
-    examples, seconds = _time_dataset(tf, dataset, batch_size,
-                                      flag_values.seconds, split.name)
+    examples, seconds = pipeline.time_batches(
+        dataset, batch_size, seconds=flag_values.seconds,
+        warm_up_s=min(WARM_UP_S, flag_values.seconds / 4), report=report)
+    for bar in bars:
+      bar.close()
+  except pipeline.NoBatchError:
+    raise errors.UserError(
+        f"the {split.name} split has fewer examples than --batch_size="
+        f"{batch_size}: not one batch") from None
   except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
     raise verify.describe_data_error(e, files, len_max_input,
                                       split.noun) from e
@@ -206,56 +225,6 @@ def _benchmark(flag_values) -> int:
         f"{batch_size}, {seconds:.1f} s, {examples:,} examples) from "
         f"{data_dir}")
   return 0
-
-
-def _time_dataset(tf, dataset, batch_size: int, seconds: float,
-                  split: str) -> tuple[int, float]:
-  """Reads batches for `seconds` after a warm-up; (examples, seconds).
-
-  Batches are taken inside one tf.function call of n batches at a time, as
-  the trainer's host loop takes them, so no Python runs per batch.
-  """
-  from trainer import progress  # pylint: disable=g-import-not-at-top
-  iterator = iter(dataset)
-
-  @tf.function
-  def take(num_batches):
-    for _ in tf.range(num_batches):
-      next(iterator)
-
-  try:
-    next(iterator)  # opens the files, fills the buffers
-  except StopIteration:
-    raise errors.UserError(
-        f"the {split} split has fewer examples than --batch_size="
-        f"{batch_size}: not one batch") from None
-  # Warm-up: also finds the batches per call that take ~0.1 s.
-  num_batches = 1
-  warm_up_s = min(WARM_UP_S, seconds / 4)
-  start = time.perf_counter()
-  while True:
-    call_start = time.perf_counter()
-    take(tf.constant(num_batches))
-    now = time.perf_counter()
-    if now - call_start < 0.1:
-      num_batches *= 2
-    if now - start >= warm_up_s:
-      break
-  bar = progress.Progress(total=max(1, round(seconds)), unit="s",
-                          desc=f"benchmark {split}")
-  batches = 0
-  start = time.perf_counter()
-  elapsed = 0.0
-  while elapsed < seconds:
-    take(tf.constant(num_batches))
-    batches += num_batches
-    elapsed = time.perf_counter() - start
-    shown = min(int(elapsed), bar.total)  # whole seconds
-    if shown > bar.done:
-      rate = batches * batch_size / elapsed
-      bar.update(shown - bar.done, extra=f"{rate:,.0f} examples/s")
-  bar.close()
-  return batches * batch_size, elapsed
 
 
 def _generate(flag_values) -> int:
