@@ -238,13 +238,15 @@ def test_cli_unknown_command(run, tmp_path, args):
 
 
 def test_generator_modules_import_no_tensorflow():
-  # The spawned workers import trainer.data.generate and their __main__
-  # (python -m trainer.data): TensorFlow there would cost seconds per worker.
-  # format, problems, vocab and manifest are the data package's
-  # no-TensorFlow core.
+  # The shard workers (python -m trainer.data.shard_worker) import only what
+  # builds a shard: TensorFlow there would cost seconds per worker, file
+  # access has no use there. The command and the generator load TensorFlow
+  # only when they touch files. schema, problems, vocab and manifest are the
+  # data package's no-TensorFlow core.
   for modules, absent in (
-      ("trainer.data.__main__, trainer.data.generate, trainer.data.problems",
-       ("tensorflow", "trainer.cloud.storage")),
+      ("trainer.data.shard_worker", ("tensorflow", "trainer.cloud.storage",
+                                     "trainer.data.manifest", "absl")),
+      ("trainer.data.__main__, trainer.data.generate", ("tensorflow",)),
       ("trainer.data.schema", ("tensorflow", "keras")),
       ("trainer.data.problems, trainer.data.vocab, trainer.data.manifest, "
        "trainer.data.schema", ("tensorflow", "keras"))):
