@@ -118,13 +118,6 @@ def _memory_available() -> int | None:
   return None
 
 
-def _nearest_existing_dir(path: str) -> str:
-  path = os.path.abspath(path)
-  while not os.path.isdir(path):
-    path = os.path.dirname(path)
-  return path
-
-
 def check_resources(spec: GenerateSpec, num_processes: int) -> None:
   """Refuses, before any work, what the disk or the memory cannot hold.
 
@@ -172,7 +165,7 @@ def check_resources(spec: GenerateSpec, num_processes: int) -> None:
   present = sum(os.path.getsize(p) for p in (
       spec.shard_path(i) for i in range(spec.num_shards)) if os.path.isfile(p))
   to_write = max(0, spec.num_shards * shard_bytes - present)
-  directory = _nearest_existing_dir(spec.out_dir)
+  directory, _ = storage.nearest_existing(spec.out_dir)
   free = shutil.disk_usage(directory).free
   if to_write > free:
     raise errors.UserError(
