@@ -103,6 +103,19 @@ def test_same_flags_give_the_same_bytes(tmp_path):
   assert all(a[name] != c[name] for name in a)
 
 
+@pytest.mark.parametrize("num_shards, num_processes", [(2, 2), (2, 4),
+                                                       (5, 2)])
+def test_any_number_of_workers_gives_the_same_bytes(tmp_path, num_shards,
+                                                     num_processes):
+  # Fewer shards than the workers could queue (2 each), and more: a worker
+  # given no shard, or a last one alone, ends cleanly.
+  generate.generate(spec(tmp_path / "one", num_shards=num_shards),
+                    num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path / "many", num_shards=num_shards),
+                    num_processes=num_processes, show_progress=False)
+  assert files_of(tmp_path / "many") == files_of(tmp_path / "one")
+
+
 def test_shard_does_not_depend_on_the_shard_count(tmp_path):
   generate.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
                     show_progress=False)

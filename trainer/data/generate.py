@@ -295,11 +295,13 @@ def _results(spec: GenerateSpec,
     asked[worker] += index is not None
 
   with selectors.DefaultSelector() as selector:
-    for worker in workers:
-      asked[worker] = 0
-      for _ in range(_QUEUED_PER_WORKER):
+    asked.update((worker, 0) for worker in workers)
+    for _ in range(_QUEUED_PER_WORKER):  # round-robin: the lowest first
+      for worker in workers:
         ask(worker)
-      selector.register(worker.stdout, selectors.EVENT_READ, worker)
+    for worker in workers:
+      if asked[worker]:  # (the others end at once: no shard left for them)
+        selector.register(worker.stdout, selectors.EVENT_READ, worker)
     while any(asked.values()):
       for key, _ in selector.select():
         worker = key.data
