@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import importlib.util
+import logging as std_logging
 import os
 import re
 import sys
@@ -16,6 +17,8 @@ import tempfile
 import time
 
 from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
 from trainer import errors
 from trainer import progress
@@ -65,6 +68,9 @@ def import_tensorflow():
 
 
 def _import_tensorflow_quietly():
+  # TensorFlow is imported here, never at the top of a module the entry
+  # points load first: a bad flag is one line before its seconds-long import,
+  # and a machine without it gets NO_TENSORFLOW, not a traceback.
   if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf
@@ -91,8 +97,6 @@ def log_plainly() -> None:
   without absl's prefix, and above a progress bar drawn on the terminal
   (progress.above); TensorFlow's Python INFO lines do not print.
   An explicit `--verbosity` still wins."""
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   handler = logging.get_absl_handler()
   writer = handler.python_handler  # the logging.StreamHandler that writes
 
@@ -250,7 +254,6 @@ def define_config_file(name: str, default: str, help_text: str):
   does not exist is one error line (exit 2): ml_collections resolves the
   default config's --config.* overrides from sys.argv here, at definition
   time, not at parse time."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   try:
     return config_flags.DEFINE_config_file(name, default, help_text,
                                            lock_config=True)

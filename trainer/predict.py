@@ -39,6 +39,7 @@ from absl import flags
 
 from trainer import cli
 from trainer import errors
+from trainer.cloud import storage
 from trainer.data import vocab
 # TensorFlow only once there are expressions to answer: --help and bad flags
 # stay fast.
@@ -114,7 +115,6 @@ def find_saved_model(model_dir: str) -> str:
       return candidate
   if "://" in model_dir:
     # A missing bucket reads as "no file": name the bucket instead.
-    from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
     storage.check_bucket(model_dir, "--model_dir")
   raise errors.UserError(
       f"--model_dir={model_dir}: no SavedModel ({SAVED_MODEL_FILE}) in "

@@ -26,6 +26,7 @@ from absl import flags
 
 from trainer import cli
 from trainer import errors
+from trainer.data import generate
 from trainer.training import plan
 from trainer.training import run_dir
 from trainer.training import stop
@@ -115,11 +116,12 @@ def _main():
     plan.resolve(config)
   except errors.UserError as e:
     return cli.fail(str(e), status=e.exit_status)
-  # TensorFlow loads here, not at import: the data generator's spawned
-  # workers re-import this module and need none of it.
+  # TensorFlow loads here, not at import: --help, --print_config and every
+  # flag or config error stay quick and TensorFlow-free, and a machine
+  # without it gets one line (cli.import_tensorflow). loop and strategy
+  # import it at their top, so they are imported after it.
   tf = cli.import_tensorflow()
   resume = "the same command"  # until the run directory is known
-  from trainer.data import generate  # pylint: disable=g-import-not-at-top
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()

@@ -103,6 +103,19 @@ def test_same_flags_give_the_same_bytes(tmp_path):
   assert all(a[name] != c[name] for name in a)
 
 
+@pytest.mark.parametrize("num_shards, num_processes", [(2, 2), (2, 4),
+                                                       (5, 2)])
+def test_any_number_of_workers_gives_the_same_bytes(tmp_path, num_shards,
+                                                     num_processes):
+  # Fewer shards than the workers could queue (2 each), and more: a worker
+  # given no shard, or a last one alone, ends cleanly.
+  generate.generate(spec(tmp_path / "one", num_shards=num_shards),
+                    num_processes=1, show_progress=False)
+  generate.generate(spec(tmp_path / "many", num_shards=num_shards),
+                    num_processes=num_processes, show_progress=False)
+  assert files_of(tmp_path / "many") == files_of(tmp_path / "one")
+
+
 def test_shard_does_not_depend_on_the_shard_count(tmp_path):
   generate.generate(spec(tmp_path / "two", num_shards=2), num_processes=1,
                     show_progress=False)
@@ -238,13 +251,15 @@ def test_cli_unknown_command(run, tmp_path, args):
 
 
 def test_generator_modules_import_no_tensorflow():
-  # The spawned workers import trainer.data.generate and their __main__
-  # (python -m trainer.data): TensorFlow there would cost seconds per worker.
-  # format, problems, vocab and manifest are the data package's
-  # no-TensorFlow core.
+  # The shard workers (python -m trainer.data.shard_worker) import only what
+  # builds a shard: TensorFlow there would cost seconds per worker, file
+  # access has no use there. The command and the generator load TensorFlow
+  # only when they touch files. schema, problems, vocab and manifest are the
+  # data package's no-TensorFlow core.
   for modules, absent in (
-      ("trainer.data.__main__, trainer.data.generate, trainer.data.problems",
-       ("tensorflow", "trainer.cloud.storage")),
+      ("trainer.data.shard_worker", ("tensorflow", "trainer.cloud.storage",
+                                     "trainer.data.manifest", "absl")),
+      ("trainer.data.__main__, trainer.data.generate", ("tensorflow",)),
       ("trainer.data.schema", ("tensorflow", "keras")),
       ("trainer.data.problems, trainer.data.vocab, trainer.data.manifest, "
        "trainer.data.schema", ("tensorflow", "keras"))):

@@ -5,9 +5,15 @@ filesystem (trainer/cloud/storage.py); the client is for moving and checking
 data sets (trainer/data/transfer.py), where it gives parallel uploads and
 server-side CRC32C checksums, and for run.lock's generation preconditions
 (trainer/training/run_lock.py).
+
+The client library and google.api_core are imported on first use (`_client`,
+`exceptions`): their import takes about a second, which every command and
+every run with local directories would pay at start for nothing.
 """
 
 from __future__ import annotations
+
+import google.auth.exceptions
 
 from trainer import errors
 
@@ -29,7 +35,6 @@ def make_client(need_project: bool = True):
   need_project=False: for reading and writing objects alone, which need no
   project (a TPU VM's or a user's credentials may name none).
   """
-  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
   from google.cloud import storage  # pylint: disable=g-import-not-at-top
   try:
     return storage.Client() if need_project else storage.Client(project=None)
@@ -42,15 +47,14 @@ def make_client(need_project: bool = True):
 
 def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
   """Maps a google.api_core error to a UserError naming bucket and remedy."""
-  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
-  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
+  api = exceptions()
   # One line: the client's message quotes the response body, newlines and all.
   message = " ".join((getattr(error, "message", None) or str(error)).split())
-  if isinstance(error, exceptions.NotFound):
+  if isinstance(error, api.NotFound):
     return failure(errors.missing_bucket(bucket, detail=message))
-  if isinstance(error, exceptions.Forbidden):
+  if isinstance(error, api.Forbidden):
     return failure(errors.permission_denied(what, bucket, detail=message))
-  if isinstance(error, (exceptions.Unauthorized,
+  if isinstance(error, (api.Unauthorized,
                         google.auth.exceptions.GoogleAuthError)):
     return failure(f"{NO_CREDENTIALS} ({message})")
   return failure(f"{what}: {type(error).__name__}: {message}")
@@ -58,6 +62,10 @@ def describe(error: Exception, bucket: str, what: str) -> errors.UserError:
 
 def api_errors() -> tuple[type[Exception], ...]:
   """What google-cloud-storage raises for a failed request (to `describe`)."""
-  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
-  import google.auth.exceptions  # pylint: disable=g-import-not-at-top
-  return (exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError)
+  return (exceptions().GoogleAPIError, google.auth.exceptions.GoogleAuthError)
+
+
+def exceptions():
+  """google.api_core.exceptions, imported on first use (see the module)."""
+  from google.api_core import exceptions as api  # pylint: disable=g-import-not-at-top
+  return api

@@ -7,12 +7,14 @@ through here or through TensorFlow's own ops, so a path may always be a
 
 TensorFlow is imported by the functions that touch files, not at import:
 the path helpers serve modules that load without it (`manifest`, `gcs`, the
-data generator, whose spawned worker processes must not import TensorFlow).
+data generator), which the command lines import before TensorFlow so that a
+bad flag is one quick line (trainer/cli.py import_tensorflow).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -72,6 +74,19 @@ def check_bucket(path: str, flag: str) -> None:
   if not present:
     raise errors.UserError(f"{flag}={path}: " + errors.missing_bucket(
         bucket, detail="or this account cannot see it"))
+
+
+def nearest_existing(path: str) -> tuple[str, list[str]]:
+  """Where a local `path` that may not exist yet would be made: its deepest
+  existing ancestor (or `path` itself), and the paths below it down to
+  `path`, deepest first (the directories `os.makedirs(path)` would make).
+  All absolute; the existing one may be a file."""
+  path = os.path.abspath(path)
+  missing = []
+  while not os.path.exists(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return path, missing
 
 
 def join(*parts: str) -> str:

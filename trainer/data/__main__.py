@@ -40,10 +40,18 @@ from absl import flags
 
 from trainer import cli
 from trainer import errors
+from trainer import progress
+from trainer.cloud import storage
+from trainer.configs import default
 from trainer.data import generate
+from trainer.data import manifest
 from trainer.data import schema
-# No TensorFlow (nor `storage`, `gcs`) at import: the generator's spawned
-# workers re-import this module as their __main__ and need none of it.
+from trainer.data import transfer
+from trainer.training import plan
+# No TensorFlow at import: a bad flag or command is one line before its
+# seconds-long import, and without TensorFlow installed the line that says so
+# (cli.import_tensorflow). `verify`, `files` and `pipeline` import it at their
+# top: the commands that use them import them after it.
 
 COMMANDS = ("generate", "upload", "verify", "benchmark")
 WARM_UP_S = 1.0  # benchmark: untimed reading first (at most a quarter of it)
@@ -84,7 +92,6 @@ def define_flags() -> None:
 def _transfer(command: str, flag_values) -> int:
   """upload and verify (google-cloud-storage)."""
   cli.import_tensorflow()
-  from trainer.data import transfer  # pylint: disable=g-import-not-at-top
   if command == "upload":
     for name in ("src", "dst"):
       if not flag_values[name].value:
@@ -106,11 +113,6 @@ def _transfer(command: str, flag_values) -> int:
 def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
   """`verify --deep`: the manifest check (if there is a manifest), then every
   record of every shard; prints each problem, returns the exit status."""
-  from trainer.configs import default  # pylint: disable=g-import-not-at-top
-  from trainer import progress  # pylint: disable=g-import-not-at-top
-  from trainer.data import transfer  # pylint: disable=g-import-not-at-top
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
   from trainer.data import verify  # pylint: disable=g-import-not-at-top
   if len_max_input is None:
     len_max_input = default.get_config().model.len_max_input
@@ -159,7 +161,6 @@ def _verify_deep(data_dir: str, len_max_input: int | None) -> int:
 
 def _benchmark(flag_values) -> int:
   """`benchmark`: examples/s of the trainer's input pipeline alone."""
-  from trainer.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   data_dir = flag_values.data_dir
   if not data_dir:
@@ -176,11 +177,9 @@ def _benchmark(flag_values) -> int:
     if value is not None and value <= 0:
       raise errors.UserError(f"--{name}={value} must be positive")
   tf = cli.import_tensorflow()
-  from trainer import progress  # pylint: disable=g-import-not-at-top
   from trainer.data import files as files_lib  # pylint: disable=g-import-not-at-top
   from trainer.data import pipeline  # pylint: disable=g-import-not-at-top
   from trainer.data import verify  # pylint: disable=g-import-not-at-top
-  from trainer.training import plan  # pylint: disable=g-import-not-at-top
   training = split is schema.TRAIN
   pattern = plan.resolve(config, data_dir=data_dir).patterns[split.noun]
   files = []

@@ -13,28 +13,27 @@ The command line is trainer/data/__main__.py.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import multiprocessing
+import json
 import os
+import selectors
 import shutil
 import signal
-from typing import TYPE_CHECKING, Iterator
+import subprocess
+import sys
+from typing import Iterator
 
 from absl import logging
 
 from trainer import errors
-from trainer.data import schema
+from trainer import progress
+from trainer.cloud import storage
+from trainer.data import manifest
 from trainer.data import problems
+from trainer.data import schema
+from trainer.data import shard_worker
 from trainer.data import vocab
-
-# The spawned generator workers import this module and the command's
-# (trainer.data, their __main__); they need no TensorFlow and no file access.
-# So `storage` and `manifest` (whose file access imports TensorFlow) are
-# imported inside the functions that read and write.
-if TYPE_CHECKING:
-  from trainer.data import manifest  # pylint: disable=g-bad-import-order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +64,6 @@ class GenerateSpec:
       raise errors.UserError(f"--seed={self.seed} must be non-negative")
 
   def shard_path(self, index: int) -> str:
-    from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
     return storage.join(
         self.out_dir,
         schema.shard_name(self.split, index, self.num_shards))
@@ -120,13 +118,6 @@ def _memory_available() -> int | None:
   return None
 
 
-def _nearest_existing_dir(path: str) -> str:
-  path = os.path.abspath(path)
-  while not os.path.isdir(path):
-    path = os.path.dirname(path)
-  return path
-
-
 def check_resources(spec: GenerateSpec, num_processes: int) -> None:
   """Refuses, before any work, what the disk or the memory cannot hold.
 
@@ -174,7 +165,7 @@ def check_resources(spec: GenerateSpec, num_processes: int) -> None:
   present = sum(os.path.getsize(p) for p in (
       spec.shard_path(i) for i in range(spec.num_shards)) if os.path.isfile(p))
   to_write = max(0, spec.num_shards * shard_bytes - present)
-  directory = _nearest_existing_dir(spec.out_dir)
+  directory, _ = storage.nearest_existing(spec.out_dir)
   free = shutil.disk_usage(directory).free
   if to_write > free:
     raise errors.UserError(
@@ -205,38 +196,45 @@ def _shard_builder(spec: GenerateSpec,
 
   Yields:
     An iterator over the built shards, in completion order. Leaving the
-    context cancels the shards not yet started.
+    context ends the workers, with the shards not yet built.
   """
   if num_processes == 1 or spec.num_shards == 1:
     yield (_build_shard(spec, i) for i in range(spec.num_shards))
     return
-  # spawn, not fork: the parent may have TensorFlow loaded, and forking a
-  # process with TensorFlow's threads running is unsafe.
-  pool = concurrent.futures.ProcessPoolExecutor(
-      max_workers=min(num_processes, spec.num_shards),
-      mp_context=multiprocessing.get_context("spawn"))
+  # Worker processes of their own (trainer/data/shard_worker.py says why),
+  # started with SIGINT ignored (an ignored signal stays ignored across exec,
+  # and Python then installs no KeyboardInterrupt handler): a Ctrl-C reaches
+  # the whole foreground process group, and only the parent is to answer
+  # it, by ending them.
+  workers = []
   try:
-    # The workers start (spawn) at submit. They start with SIGINT ignored
-    # (an ignored signal stays ignored across exec, and Python then installs
-    # no KeyboardInterrupt handler): a Ctrl-C reaches the whole foreground
-    # process group, and only the parent is to answer it, by ending them.
     with _sigint_ignored():
-      pending = {pool.submit(_build_shard, spec, index)
-                 for index in range(spec.num_shards)}
-    yield _results(pending)
-  except BaseException:
-    # An error or a signal (KeyboardInterrupt, the command's SIGTERM): the
-    # shards being built are not waited for, their workers end now, so none
-    # outlives this process (nor, through them, the resource tracker).
-    _end_workers(pool)
-    raise
+      for _ in range(min(num_processes, spec.num_shards)):
+        workers.append(_start_worker(spec))
+    yield _results(spec, workers)
   finally:
-    pool.shutdown(wait=True, cancel_futures=True)
+    # Done, an error or a signal (KeyboardInterrupt, the command's SIGTERM):
+    # the shards being built are not waited for, so no worker outlives this
+    # process.
+    _end_workers(workers)
+
+
+def _start_worker(spec: GenerateSpec) -> subprocess.Popen:
+  params = {"seed": spec.seed, "split": spec.split,
+            "examples_per_shard": spec.examples_per_shard,
+            "max_value": spec.max_value}
+  # This process's import path, as multiprocessing hands it to its children:
+  # a program that put the package on sys.path itself (benchmarks/) has its
+  # workers import the same trainer.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+  return subprocess.Popen(
+      [sys.executable, "-m", "trainer.data.shard_worker", json.dumps(params)],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
 
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-  """SIGINT ignored in this process meanwhile (and in what it spawns)."""
+  """SIGINT ignored in this process meanwhile (and in what it starts)."""
   try:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
   except ValueError:  # not the main thread: its signals are not ours
@@ -248,30 +246,76 @@ def _sigint_ignored() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def _end_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-  """Cancels the shards not started and terminates the pool's workers."""
-  pool.shutdown(wait=False, cancel_futures=True)
-  # The executor has no public way to end running workers before Python
-  # 3.14 (terminate_workers); its `_processes` maps pid -> Process.
-  processes = list((getattr(pool, "_processes", None) or {}).values())
-  for process in processes:
-    if process.is_alive():
-      process.terminate()
-  for process in processes:
-    process.join(timeout=10)
-    if process.is_alive():
-      process.kill()
-      process.join()
+def _end_workers(workers: list[subprocess.Popen]) -> None:
+  """Ends the workers (each exits at once when its stdin closes between
+  shards; terminated while it builds one) and closes their pipes."""
+  for worker in workers:
+    _send(worker, None)
+    if worker.poll() is None:
+      worker.terminate()
+  for worker in workers:
+    try:
+      worker.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      worker.kill()
+      worker.wait()
+    worker.stdout.close()
 
 
-def _results(pending: set[concurrent.futures.Future]
-             ) -> Iterator[problems.Shard]:
-  """The shards of `pending` as they complete, each future dropped once
-  read: holding them all would keep every shard's bytes in this process
-  until the end, the whole split."""
-  for future in concurrent.futures.as_completed(pending):
-    pending.discard(future)
-    yield future.result()
+def _send(worker: subprocess.Popen, index: int | None) -> None:
+  """Asks `worker` to build shard `index`; None: no more (closes its stdin)."""
+  if worker.stdin.closed:
+    return
+  if index is None:
+    worker.stdin.close()
+  else:
+    worker.stdin.write(b"%d\n" % index)
+
+
+# Shard indices a worker holds at once: one to build and one to start next,
+# so no worker waits for this process between shards.
+_QUEUED_PER_WORKER = 2
+
+
+def _results(spec: GenerateSpec,
+             workers: list[subprocess.Popen]) -> Iterator[problems.Shard]:
+  """The shards of the split as the workers complete them, each shard index
+  handed to the next worker that is free.
+
+  Raises:
+    UserError: a worker ended before sending its shards (killed, or out of
+      memory: its own error is above on stderr).
+  """
+  indices = iter(range(spec.num_shards))
+  asked = {}  # worker -> the shards asked of it and not yet read
+
+  def ask(worker: subprocess.Popen) -> None:
+    index = next(indices, None)
+    _send(worker, index)
+    asked[worker] += index is not None
+
+  with selectors.DefaultSelector() as selector:
+    asked.update((worker, 0) for worker in workers)
+    for _ in range(_QUEUED_PER_WORKER):  # round-robin: the lowest first
+      for worker in workers:
+        ask(worker)
+    for worker in workers:
+      if asked[worker]:  # (the others end at once: no shard left for them)
+        selector.register(worker.stdout, selectors.EVENT_READ, worker)
+    while any(asked.values()):
+      for key, _ in selector.select():
+        worker = key.data
+        shard = shard_worker.read_shard(worker.stdout, spec.split)
+        if shard is None:
+          raise errors.UserError(
+              f"a shard worker process (pid {worker.pid}) ended with status "
+              f"{worker.wait()} before sending its shards: the complete "
+              "shards are kept and the same command resumes", exit_status=1)
+        asked[worker] -= 1
+        ask(worker)
+        if not asked[worker]:  # it ends, at the end of its stdin
+          selector.unregister(worker.stdout)
+        yield shard
 
 
 def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
@@ -284,8 +328,6 @@ def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
       another generation of this split; or shards of this split from another
       generation lie there.
   """
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
   storage.check_bucket(spec.out_dir, "--out_dir")
   if storage.exists(spec.out_dir) and not storage.isdir(spec.out_dir):
     raise errors.UserError(
@@ -318,7 +360,6 @@ def _check_out_dir(spec: GenerateSpec) -> manifest.Manifest | None:
 def _is_complete(spec: GenerateSpec,
                  existing: manifest.Manifest | None) -> bool:
   """True when the manifest records this very split and its files exist."""
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
   entry = existing.splits.get(spec.split) if existing else None
   if entry is None or entry.generator != spec.generator_params():
     return False
@@ -343,7 +384,6 @@ def _complete_entry(spec: GenerateSpec) -> manifest.SplitEntry | None:
 
 
 def _remove_stale_temporaries(spec: GenerateSpec) -> None:
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
   for path in storage.glob_in(spec.out_dir, f"{spec.split}-*"):
     if storage.is_temp_name(path):
       storage.remove(path)
@@ -365,9 +405,6 @@ def generate(spec: GenerateSpec, num_processes: int | None = None,
       before anything is written), or an existing shard whose bytes differ
       from what `spec` generates.
   """
-  from trainer import progress  # pylint: disable=g-import-not-at-top
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
   spec.validate()
   num_processes = resolve_num_processes(num_processes)
   check_resources(spec, num_processes)

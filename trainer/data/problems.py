@@ -8,7 +8,7 @@ Shard `index` of a split is a pure function of (seed, split, index,
 examples_per_shard, max_value): its random stream is spawned from the seed
 with the key (split, index), so no two shards and no two splits share one.
 The shard is built in memory as the exact bytes of a TFRecord file in the
-record format of `format` (its serializer writes them without TensorFlow),
+record format of `schema` (its serializer writes them without TensorFlow),
 so the generator's worker processes need no TensorFlow. This module is
 imported by those workers: keep TensorFlow out of it.
 """

@@ -22,9 +22,10 @@ error messages:
   record_assertions(parsed, len_max_input)  # in-graph, marked messages
   check_kind(message)               # -> "too_long" | ... | None
 
-No TensorFlow at import: the generator's spawned workers load this module
-(through `problems`); the functions that need TensorFlow import it when
-called.
+No TensorFlow at import: the generator's shard workers load this module
+(through `problems`: trainer/data/shard_worker.py), and TensorFlow would cost
+each of them seconds; the functions that need TensorFlow import it when
+called (`_tensorflow`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import sys
 from typing import Callable
 
 from trainer import errors
+from trainer import progress
 from trainer.cloud import gcs
 from trainer.cloud import storage
 from trainer.data import manifest
@@ -56,7 +57,6 @@ def upload(src: str, dst: str, num_threads: int = 8,
     UserError: a bad argument, no credentials, a missing bucket, no
       permission, or a failed upload (named).
   """
-  from trainer import progress  # pylint: disable=g-import-not-at-top
   bucket_name, prefix = storage.split_url(dst)
   if num_threads <= 0:
     raise gcs.failure(f"--num_threads={num_threads} must be positive")

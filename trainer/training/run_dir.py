@@ -29,8 +29,8 @@ from absl import logging
 from trainer import errors
 from trainer.cloud import storage  # imports TensorFlow on first file access
 
-# TensorFlow only inside the functions that need it: the entry point imports
-# this module before TensorFlow.
+# No TensorFlow at import: the entry point (trainer/task.py) imports this
+# module before TensorFlow loads (see check_compatible).
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -136,9 +136,7 @@ def check_writable(dirs: RunDirs) -> None:
     name, value = next(((n, v) for n, v in dirs.origin
                         if path.startswith(v.rstrip("/"))),
                        ("the run directory", path))
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-      existing = os.path.dirname(existing)
+    existing, _ = storage.nearest_existing(path)
     if not os.path.isdir(existing):
       raise errors.UserError(
           f"{name}={value}: {existing} is a file, not a directory: choose "
@@ -160,6 +158,8 @@ def _user() -> str:
 def check_compatible(dirs: RunDirs, config) -> None:
   """A run directory holding a checkpoint of another model shape is an
   error naming the fields that differ, not a crash at restore."""
+  # Here, not at the top: checkpoints imports TensorFlow, and trainer.task
+  # loads this module for its TF-free --help, --print_config and flag errors.
   from trainer.training import checkpoints  # pylint: disable=g-import-not-at-top
   path = posixpath.join(dirs.files, CONFIG_FILE)
   if not storage.exists(path):

@@ -60,6 +60,8 @@ from typing import Iterator
 from absl import logging
 
 from trainer import errors
+from trainer import procs
+from trainer.cloud import gcs
 from trainer.cloud import storage
 
 LOCK_NAME = "run.lock"
@@ -129,31 +131,11 @@ def _now() -> str:
       timespec="seconds")
 
 
-def _boot_id() -> str:
-  try:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-      return f.read().strip()
-  except OSError:
-    return ""
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-  """The fields of /proc/PID/stat after the command name (field 3 on), None
-  when it cannot be read (no such process, or not Linux)."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      stat = f.read()
-  except OSError:
-    return None
-  # The command name (field 2) may hold spaces: count from its closing ")".
-  return stat[stat.rindex(")") + 2:].split()
-
-
 def process_start(pid: int) -> str | None:
   """"<boot id>/<start time in clock ticks>" of a process (Linux), else
   None."""
-  fields = _proc_stat(pid)
-  return f"{_boot_id()}/{fields[19]}" if fields else None  # field 22
+  ticks = procs.start_ticks(pid)
+  return None if ticks is None else f"{procs.boot_id() or ''}/{ticks}"
 
 
 def why_stale(holder: Holder, stale_seconds: float) -> str | None:
@@ -190,8 +172,7 @@ def _pid_exists(pid: int) -> bool:
     return False
   except PermissionError:
     pass  # another user's: it exists
-  fields = _proc_stat(pid)
-  return not (fields and fields[0] == "Z")  # a zombie: dead, not yet reaped
+  return procs.state(pid) != "Z"  # a zombie: dead, not yet reaped
 
 
 def _duration(seconds: float) -> str:
@@ -246,10 +227,7 @@ def hold(checkpoints_dir: str, heartbeat_seconds: float | None = None,
   stale = _stale_seconds(stale_seconds)
   made = []  # the local directories made here, deepest first
   if storage.bucket_of(path) is None:
-    missing = os.path.abspath(checkpoints_dir)
-    while not os.path.exists(missing):
-      made.append(missing)
-      missing = os.path.dirname(missing)
+    _, made = storage.nearest_existing(checkpoints_dir)
     os.makedirs(checkpoints_dir, exist_ok=True)  # no TensorFlow needed here
     lock = _LocalLock(path)
   else:
@@ -484,11 +462,9 @@ class _GcsLock:
   module."""
 
   def __init__(self, path: str):
-    from trainer.cloud import gcs  # pylint: disable=g-import-not-at-top
     self.path = path
     self._bucket_name, name = storage.split_url(path)
     self._name = name
-    self._gcs = gcs
     self._bucket = self._call(lambda: gcs.make_client(need_project=False)
                               .bucket(self._bucket_name))
     self._holder: Holder | None = None
@@ -498,20 +474,19 @@ class _GcsLock:
     """function(), its google-cloud-storage errors as one-line UserErrors."""
     try:
       return function()
-    except self._gcs.api_errors() as e:
-      raise self._gcs.describe(e, self._bucket_name, self.path) from e
+    except gcs.api_errors() as e:
+      raise gcs.describe(e, self._bucket_name, self.path) from e
 
   def _write(self, holder: Holder, if_generation_match: int) -> bool:
     """Writes the lock if its generation is `if_generation_match` (0: if it
     does not exist); False when it is not."""
-    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
     blob = self._bucket.blob(self._name)
     try:
       self._call(lambda: blob.upload_from_string(
           holder.to_bytes(), content_type="application/json",
           if_generation_match=if_generation_match))
     except errors.UserError as e:
-      if isinstance(e.__cause__, exceptions.PreconditionFailed):
+      if isinstance(e.__cause__, gcs.exceptions().PreconditionFailed):
         return False
       raise
     self._holder, self._generation = holder, blob.generation
@@ -519,7 +494,7 @@ class _GcsLock:
 
   def _read(self) -> tuple[Holder, int] | None:
     """The lock's holder and generation, None when there is no lock."""
-    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+    api = gcs.exceptions()
 
     def read():
       blob = self._bucket.get_blob(self._name)
@@ -527,7 +502,7 @@ class _GcsLock:
         return None
       try:
         data = blob.download_as_bytes(if_generation_match=blob.generation)
-      except (exceptions.NotFound, exceptions.PreconditionFailed):
+      except (api.NotFound, api.PreconditionFailed):
         return None  # replaced or deleted meanwhile: look again
       return Holder.parse(data, self.path), blob.generation
 
@@ -561,13 +536,13 @@ class _GcsLock:
     return False
 
   def release(self) -> None:
-    from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
+    api = gcs.exceptions()
     try:
       self._bucket.blob(self._name).delete(
           if_generation_match=self._generation)
-    except (exceptions.NotFound, exceptions.PreconditionFailed):
+    except (api.NotFound, api.PreconditionFailed):
       pass  # taken over (said by the heartbeat) or deleted by hand
-    except self._gcs.api_errors() as e:
+    except gcs.api_errors() as e:
       logging.warning("could not delete the lock %s (%s): delete it by hand "
                       "(%s)", self.path, errors.first_line(e),
                       _delete_command(self.path))

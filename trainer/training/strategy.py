@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
+from trainer.cloud import storage
+from trainer.data import manifest
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
@@ -351,8 +353,6 @@ def _flatten(prefix: str, value) -> list[list[str]]:
 def _data_identity(data_dir: str | None) -> list[str]:
   """["the data set", what identifies it, what to show]: the manifest's
   sha256 (not the path: workers may mount it at different paths)."""
-  from trainer.cloud import storage  # pylint: disable=g-import-not-at-top
-  from trainer.data import manifest  # pylint: disable=g-import-not-at-top
   key = "the data set (--data_dir)"
   if data_dir is None:
     generated = "generated from config.data and config.seed"
