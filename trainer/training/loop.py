@@ -32,7 +32,6 @@ record in the input (trainer/data/verify.py names the file).
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import shutil
@@ -46,6 +45,7 @@ import tensorflow as tf
 
 from trainer import cli
 from trainer import errors
+from trainer import procs
 from trainer import progress
 from trainer.cloud import storage
 from trainer.model import export
@@ -488,14 +488,6 @@ class _Run:
       raise self._saved_first(self.feeds.data_error(e, "evaluation")) from e
     except errors.UserError as e:  # a bad record met filling the eval cache
       raise self._saved_first(e) from e
-    count = metrics["examples"]
-    if not count:  # a split smaller than a batch per input pipeline
-      raise errors.UserError(
-          "the evaluation pass read 0 examples from "
-          f"{len(self.feeds.files['evaluation'])} file(s): fewer than one "
-          "batch per input pipeline (config.train.global_batch_size="
-          f"{self.config.train.global_batch_size}); lower --config.train."
-          "global_batch_size or generate more eval examples")
     self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
     say(summaries.eval_line(self.step, metrics,
                             self.feeds.eval_split_examples))
@@ -536,18 +528,10 @@ class _Run:
 
 
 def _process_age(started: float) -> float:
-  """Seconds since this process started (Linux: its start time in /proc,
-  10 ms ticks), else since `started` (a time.perf_counter())."""
-  try:
-    with open("/proc/self/stat", encoding="ascii") as f:
-      # Field 22, starttime, in clock ticks after boot; the command name
-      # (field 2, in parentheses) may hold spaces.
-      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/uptime", encoding="ascii") as f:
-      uptime = float(f.read().split()[0])
-    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
-  except (OSError, ValueError, IndexError):
-    return time.perf_counter() - started
+  """Seconds since this process started (trainer/procs.py), else since
+  `started` (a time.perf_counter())."""
+  age = procs.age_seconds()
+  return time.perf_counter() - started if age is None else age
 
 
 def say(message: str) -> None:

@@ -26,6 +26,9 @@ from typing import Any
 from absl import logging
 import ml_collections
 import numpy as np
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -84,12 +87,6 @@ class Scalars:
     and `num_replicas`, as the trial trial_name(logdir), with eval/'s
     accuracy and loss as its metrics (see the module docstring for why
     there), titled by COMPARED_HPARAMS, SHOWN_HPARAMS first."""
-    # TensorBoard's hparams API; imported here: only the chief writes them.
-    # pylint: disable=g-import-not-at-top
-    from tensorboard.plugins.hparams import api as hp
-    from tensorboard.plugins.hparams import metadata as hp_metadata
-    from tensorboard.plugins.hparams import plugin_data_pb2
-    # pylint: enable=g-import-not-at-top
     hparams = {**config_hparams(config), "strategy": strategy,
                "num_replicas": num_replicas}
     experiment_summary = hp.hparams_config_pb(
