@@ -1,6 +1,8 @@
 """Shared test helpers."""
 
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -39,7 +41,8 @@ SLOW_FILES = frozenset({
     "test_run_lock.py", "test_target.py", "test_tensorboard.py",
     "test_package.py"})  # pip builds the wheel: ~20 s
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run", "smoke_run",
-                           "mirrored_smoke_run"})
+                           "mirrored_smoke_run", "half_trained",
+                           "tiny_disk"})
 
 
 def pytest_collection_modifyitems(items):
@@ -87,6 +90,39 @@ def mirrored_smoke_run(smoke_data, tmp_path_factory):
                                  "--num_cpu_devices=2")
 
 
+@pytest.fixture(scope="session")
+def half_trained(smoke_data, tmp_path_factory):
+  """A smoke run stopped at its checkpoint of step 20 (of 40): its
+  model_dir, which no test may write in (`resumable` is a copy)."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  run = shared.trainer_run_once(tmp_path_factory, "half_trained",
+                                smoke_data, "--config.train.num_steps=20")
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run.model_dir
+
+
+@pytest.fixture
+def resumable(half_trained, tmp_path):
+  """A copy of `half_trained`: resuming it trains steps 20..40."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  return shared.copy_of(half_trained, tmp_path)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 2 MiB tmpfs: a real file system that fills up."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                            str(mount_point)], capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield mount_point
+  finally:
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
 # --- GCS emulator -----------------------------------------------------------
 # tests/ is a package, so pytest (default "prepend" import mode) puts the
 # checkout on sys.path: the helpers import as tests.helpers.*.
@@ -130,8 +166,6 @@ def gcs(tmp_path_factory):
 
 
 # --- Fake Google Cloud APIs for the real gcloud ------------------------------
-import shutil  # noqa: E402
-
 from tests.helpers.cloud_fake import CloudFake  # noqa: E402
 
 

@@ -50,6 +50,14 @@ def once_per_session(tmp_path_factory, name, produce):
   return path
 
 
+def copy_of(model_dir, tmp_path):
+  """A copy of a shared run's model_dir, as tmp_path/run: for a test that
+  resumes or damages it (none may write in the shared one)."""
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  return copy
+
+
 @dataclasses.dataclass(frozen=True)
 class FinishedRun:
   """A trainer run that ended: its model_dir and what it printed."""
