@@ -57,12 +57,22 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
-  """The smoke config's data set (train and eval splits), generated once."""
+  """The smoke config's data set (train and eval splits), generated once
+per session: under xdist too, one directory both workers read, so that a
+run one worker made for both (tests/helpers/shared.py) names the same
+--data_dir as the other worker's tests (else a resume of it would say
+`resumed with changes: data.dir`)."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
   from trainer.data import generate  # pylint: disable=g-import-not-at-top
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  return generate.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                                 config.data, config.seed, num_processes=1)
+
+  def produce(root):
+    generate.ensure_dataset(str(root / "data"), config.data, config.seed,
+                            num_processes=1)
+
+  return str(shared.once_per_session(tmp_path_factory, "smoke_data", produce)
+             / "data")
 
 
 # --- Trainer runs that several tests read ------------------------------------

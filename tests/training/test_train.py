@@ -24,8 +24,8 @@ from trainer.training import plan
 from trainer.training import run_dir
 from trainer.training import train
 
-from tests.helpers.eval_checks import OPERATIONS, assert_by_op_adds_up, eval_line
 from tests.helpers import shared
+from tests.helpers.eval_checks import OPERATIONS, assert_by_op_adds_up, eval_line
 
 
 def read_scalars(logdir):
