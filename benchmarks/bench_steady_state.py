@@ -54,7 +54,6 @@ example (all threads).
 """
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess

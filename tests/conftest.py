@@ -1,30 +1,21 @@
 """Shared test helpers."""
 
 import os
+import shutil
 import subprocess
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def run_module(module, *args, env=None, timeout=300, cwd=None):
-  """Runs `python -m module args...`; returns the CompletedProcess.
-
-  `env` adds variables to this process's environment; a value None removes
-  that variable.
-  """
-  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-  full_env = {k: v for k, v in full_env.items() if v is not None}
-  return subprocess.run(
-      [sys.executable, "-m", module, *args], capture_output=True, text=True,
-      env=full_env, timeout=timeout, cwd=cwd or ROOT)
+# Every process of this checkout a test starts goes through trainer_process.
+from tests.helpers.trainer_process import run_module  # noqa: E402
 
 
 @pytest.fixture
 def run():
+  """run_module: `python -m module args...` run to its end."""
   return run_module
 
 
@@ -46,7 +37,8 @@ SLOW_FILES = frozenset({
     "test_run_lock.py", "test_target.py", "test_tensorboard.py",
     "test_package.py"})  # pip builds the wheel: ~20 s
 SLOW_FIXTURES = frozenset({"gcs", "cloud", "run", "smoke_run",
-                           "mirrored_smoke_run"})
+                           "mirrored_smoke_run", "half_trained",
+                           "tiny_disk"})
 
 
 def pytest_collection_modifyitems(items):
@@ -61,12 +53,22 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
-  """The smoke config's data set (train and eval splits), generated once."""
+  """The smoke config's data set (train and eval splits), generated once
+per session: under xdist too, one directory both workers read, so that a
+run one worker made for both (tests/helpers/shared.py) names the same
+--data_dir as the other worker's tests (else a resume of it would say
+`resumed with changes: data.dir`)."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
   from trainer.data import generate  # pylint: disable=g-import-not-at-top
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  return generate.ensure_dataset(str(tmp_path_factory.mktemp("smoke_data")),
-                                 config.data, config.seed, num_processes=1)
+
+  def produce(root):
+    generate.ensure_dataset(str(root / "data"), config.data, config.seed,
+                            num_processes=1)
+
+  return str(shared.once_per_session(tmp_path_factory, "smoke_data", produce)
+             / "data")
 
 
 # --- Trainer runs that several tests read ------------------------------------
@@ -92,6 +94,39 @@ def mirrored_smoke_run(smoke_data, tmp_path_factory):
   return shared.trainer_run_once(tmp_path_factory, "mirrored_smoke_run",
                                  smoke_data, "--strategy=mirrored",
                                  "--num_cpu_devices=2")
+
+
+@pytest.fixture(scope="session")
+def half_trained(smoke_data, tmp_path_factory):
+  """A smoke run stopped at its checkpoint of step 20 (of 40): its
+  model_dir, which no test may write in (`resumable` is a copy)."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  run = shared.trainer_run_once(tmp_path_factory, "half_trained",
+                                smoke_data, "--config.train.num_steps=20")
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run.model_dir
+
+
+@pytest.fixture
+def resumable(half_trained, tmp_path):
+  """A copy of `half_trained`: resuming it trains steps 20..40."""
+  from tests.helpers import shared  # pylint: disable=g-import-not-at-top
+  return shared.copy_of(half_trained, tmp_path)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 2 MiB tmpfs: a real file system that fills up."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                            str(mount_point)], capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield mount_point
+  finally:
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 # --- GCS emulator -----------------------------------------------------------
@@ -137,8 +172,6 @@ def gcs(tmp_path_factory):
 
 
 # --- Fake Google Cloud APIs for the real gcloud ------------------------------
-import shutil  # noqa: E402
-
 from tests.helpers.cloud_fake import CloudFake  # noqa: E402
 
 

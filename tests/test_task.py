@@ -20,6 +20,8 @@ from trainer.model import layers as model_lib
 
 from tests.helpers import closed_port, error_lines
 from tests.helpers.eval_checks import eval_line, OPERATION_NAMES, assert_by_op_adds_up
+from tests.helpers.trainer_process import (run_command, start,
+                                           trainer_command)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
@@ -143,12 +145,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
 
   # The README's first command (no --model_dir: a new run directory in the
   # cache), stopped; the printed hint is the command that resumes it.
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-         "XDG_CACHE_HOME": str(tmp_path / "cache")}
-  process = subprocess.Popen(
-      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags],
-      cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-      env=env)
+  env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+  process = start(trainer_command(*flags), stdout=subprocess.PIPE, env=env)
   stderr = []
   for line in process.stderr:  # the first progress line: training runs
     stderr.append(line)
@@ -173,8 +171,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(
   command = shlex.split(hint.group(3))
   assert command[:3] == ["python", "-m", "trainer.task"]
   assert command[-1] == f"--model_dir={interrupted}"
-  result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = run_command([sys.executable, *command[1:]], env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"resuming from {interrupted}/checkpoints/ckpt-{stopped_at}" in (
       result.stderr)

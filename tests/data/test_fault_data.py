@@ -1,32 +1,36 @@
-"""Empty, tiny and odd data, and absurd generate sizes, met by the real
-commands in real processes.
+"""The fault suite, data: damaged records, empty, tiny and odd data, and
+absurd or interrupted generate runs, met by the real commands in real
+processes.
 
 Every case asserts the one `error:` line, the exit status, no traceback,
-and what is left on disk: a refusal before training leaves no run
-directory; a refused generate writes nothing. Before these checks, 0-byte
-training shards made the trainer spin without a line (the training
-pipeline repeats its files, and an epoch of nothing repeats forever), and an
-eval split smaller than a batch reported "over 0 examples" and exit 0.
+and what is left on disk: a bad record met while training keeps the latest
+checkpoint; a refusal before training leaves no run directory; a refused
+generate writes nothing. Before these checks, 0-byte training shards made
+the trainer spin without a line (the training pipeline repeats its files,
+and an epoch of nothing repeats forever), and an eval split smaller than a
+batch reported "over 0 examples" and exit 0.
 """
 
 import glob
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from trainer.data import generate
+from trainer.data import vocab
 
-from tests.helpers import ROOT, alive, error_lines
+from tests.helpers import alive, error_lines, examples
+from tests.helpers.damage import (flip_bytes, random_bytes, restored_step,
+                                  truncate)
 from tests.helpers.trainer_process import (LONG_RUN, Trainer,
-                                           assert_one_error, run_trainer,
-                                           trainer_command)
+                                           assert_one_error, module_command,
+                                           run_module, run_trainer, start)
 
 TRAIN = "train-*-of-*.tfrecord"
+SHARD = "train-00000-of-00004.tfrecord"
 # The error must come within seconds (start-up included), not as a timeout.
 BOUND_S = 60
 
@@ -49,6 +53,83 @@ def refused_up_front(tmp_path, data_dir, *flags):
   assert not (tmp_path / "run").exists()  # nothing built, nothing written
   return result, seconds
 
+
+# --- Bad records ---------------------------------------------------------------
+
+def too_long(data):
+  """Records 0 and 1 short, records 2.. with inputs of 40 tokens (enough of
+  them that a few steps surely parse one)."""
+  del data
+  digit = vocab.TOKEN_IDS["1"]
+  return examples.file_bytes([([digit], [digit], [digit])] * 2 +
+                             [([digit] * 38, [digit], [digit])] * 300)
+
+
+def damaged_copy(smoke_data, tmp_path, damage, keep_manifest, shard=SHARD):
+  data_dir = copy_data(smoke_data, tmp_path, keep_manifest)
+  path = data_dir / shard
+  path.write_bytes(damage(path.read_bytes()))
+  return data_dir
+
+
+@pytest.mark.parametrize("damage, keep_manifest, shard, expected", [
+    (flip_bytes, True, SHARD, f"{SHARD}: record 3: corrupted record at byte"),
+    (truncate, False, SHARD,
+     f"{SHARD}: record 5: truncated record at byte"),
+    (random_bytes, False, SHARD, f"{SHARD}: record 0: corrupted record at "
+     "byte 0 (Is this even a TFRecord file?)"),
+    (flip_bytes, True, "eval-00001-of-00002.tfrecord",
+     "eval-00001-of-00002.tfrecord: record 3: corrupted record at byte"),
+], ids=["flipped", "truncated_no_manifest", "not_tfrecord", "flipped_eval"])
+def test_a_bad_record_names_the_file_and_keeps_the_checkpoint(
+    smoke_data, resumable, tmp_path, damage, keep_manifest, shard, expected):
+  data_dir = damaged_copy(smoke_data, tmp_path, damage, keep_manifest, shard)
+  result = run_trainer(f"--data_dir={data_dir}", f"--model_dir={resumable}")
+  line = assert_one_error(result, 2, f"{data_dir}/{expected}",
+                          "python -m trainer.data verify --deep --data_dir="
+                          f"{data_dir}")
+  assert "good record(s) before it" in line
+  # A bad training shard fails a training step; a bad evaluation shard, the
+  # evaluation after the last step's checkpoint.
+  assert restored_step(resumable) == (40 if "eval" in shard else 20)
+
+  # verify --deep finds the same file, and only it.
+  verify = run_module("trainer.data", "verify", "--deep",
+                      f"--data_dir={data_dir}", timeout=120)
+  assert verify.returncode == 1, verify.stderr
+  bad = [l for l in verify.stderr.splitlines() if l.startswith("bad: ")]
+  assert len(bad) == 1 and f"{data_dir}/{expected}" in bad[0], verify.stderr
+  assert "error: 1 bad file(s) of 6" in verify.stderr
+
+
+def test_an_over_long_record_says_how_far_to_raise_len_max_input(
+    smoke_data, resumable, tmp_path):
+  data_dir = damaged_copy(smoke_data, tmp_path, too_long, keep_manifest=False)
+  result = run_trainer(f"--data_dir={data_dir}", f"--model_dir={resumable}")
+  assert_one_error(
+      result, 2, f"{data_dir}/{SHARD}: record 2 has input length 40",
+      "over len_max_input=20", "raise --config.model.len_max_input to 40")
+  assert restored_step(resumable) == 20
+
+
+def test_a_truncated_shard_with_a_manifest_stops_before_training(
+    smoke_data, tmp_path):
+  data_dir = damaged_copy(smoke_data, tmp_path, truncate, keep_manifest=True)
+  result, _ = refused_up_front(tmp_path, data_dir)
+  assert_one_error(result, 2, f"{data_dir}/{SHARD} has ", "bytes but",
+                   "manifest.json says")
+
+
+def test_verify_deep_passes_good_data(smoke_data):
+  result = run_module("trainer.data", "verify", "--deep",
+                      f"--data_dir={smoke_data}", timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert f"ok: 6 file(s), 2,256 records in {smoke_data} read and fit" in (
+      result.stderr)
+  assert "verify: 100%" in result.stderr  # the progress bar
+
+
+# --- Empty, tiny and odd data -------------------------------------------------
 
 def test_zero_byte_training_shards_are_an_error_within_seconds(
     smoke_data, tmp_path):
@@ -151,11 +232,10 @@ def test_an_unreadable_data_dir_is_said_so(smoke_data, tmp_path):
   data_dir = copy_data(smoke_data, tmp_path)
   data_dir.chmod(0)
   try:
-    result = subprocess.run(
-        ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-         *trainer_command(f"--data_dir={data_dir}",
-                          f"--model_dir={tmp_path}/run")],
-        cwd=ROOT, capture_output=True, text=True, timeout=BOUND_S)
+    result = run_trainer(
+        f"--data_dir={data_dir}", f"--model_dir={tmp_path}/run",
+        prefix=["setpriv", "--bounding-set=-dac_override,-dac_read_search"],
+        timeout=BOUND_S)
   finally:
     data_dir.chmod(0o755)
   assert_one_error(result, 2)
@@ -197,9 +277,7 @@ def test_ctrl_c_after_sigterm_ends_a_first_host_loop_at_once(smoke_data,
 
 
 def run_generate(*flags):
-  return subprocess.run(
-      [sys.executable, "-m", "trainer.data", "generate", *flags], cwd=ROOT,
-      capture_output=True, text=True, timeout=60)
+  return run_module("trainer.data", "generate", *flags, timeout=60)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -220,6 +298,28 @@ def test_generate_refuses_what_cannot_be_held(tmp_path, flags, expected):
     assert f"and {tmp_path} has " in line and "free: lower --num_shards" in (
         line)
   assert not (tmp_path / "new").exists()
+
+
+def test_generate_on_a_full_disk_names_its_own_flag(tiny_disk):
+  # A full disk met while writing shards (the up-front check counts the
+  # bytes of the shards already there: here a stray 1.6 MB file under the
+  # last shard's name fools it). Before, the line advised another
+  # --model_dir, a flag generate does not have, and a 0-byte temporary
+  # shard stayed.
+  out_dir = tiny_disk / "data"
+  out_dir.mkdir()
+  (out_dir / "train-00003-of-00004.tfrecord").write_bytes(b"\0" * 1_600_000)
+  result = run_module(
+      "trainer.data", "generate", f"--out_dir={out_dir}", "--split=train",
+      "--num_shards=4", "--examples_per_shard=3000", "--num_processes=1",
+      timeout=120)
+  assert_one_error(result, 1, f"no space left on device writing {out_dir}/",
+                   ": free some space or choose another --out_dir; the "
+                   "complete shards are kept and the same command resumes")
+  assert "--model_dir" not in result.stderr
+  left = sorted(p.name for p in out_dir.iterdir())
+  assert not [name for name in left if ".tmp-" in name], left
+  assert "train-00000-of-00004.tfrecord" in left  # the complete shard kept
 
 
 def _children(pid):
@@ -254,10 +354,9 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
   # the parent and one per worker. SIGINT is restored for the child: a
   # process started in the background of a shell starts with it ignored.
   out_dir = tmp_path / "data"
-  process = subprocess.Popen(
-      [sys.executable, "-m", "trainer.data", "generate",
-       f"--out_dir={out_dir}", *SLOW_GENERATE], cwd=ROOT,
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+  process = start(
+      module_command("trainer.data", "generate", f"--out_dir={out_dir}",
+                     *SLOW_GENERATE),
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   children = set()
   try:
@@ -299,8 +398,6 @@ def test_a_stopped_generate_ends_its_workers_and_resumes(tmp_path, signum,
   assert len(list(out_dir.glob(TRAIN))) == 4
   assert sorted(p.name for p in out_dir.iterdir()) == sorted(
       [p.name for p in out_dir.glob(TRAIN)] + ["manifest.json"])
-  verify = subprocess.run(
-      [sys.executable, "-m", "trainer.data", "verify",
-       f"--data_dir={out_dir}"], cwd=ROOT, capture_output=True, text=True,
-      timeout=60)
+  verify = run_module("trainer.data", "verify", f"--data_dir={out_dir}",
+                      timeout=60)
   assert verify.returncode == 0, verify.stderr[-3000:]

@@ -11,12 +11,10 @@ import fcntl
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT, SMOKE
+from tests.helpers import trainer_process
 
 _DONE = "DONE"  # in a directory once_per_session filled
 
@@ -52,6 +50,14 @@ def once_per_session(tmp_path_factory, name, produce):
   return path
 
 
+def copy_of(model_dir, tmp_path):
+  """A copy of a shared run's model_dir, as tmp_path/run: for a test that
+  resumes or damages it (none may write in the shared one)."""
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  return copy
+
+
 @dataclasses.dataclass(frozen=True)
 class FinishedRun:
   """A trainer run that ended: its model_dir and what it printed."""
@@ -73,13 +79,9 @@ def trainer_run_once(tmp_path_factory, name, data_dir, *flags, env=None,
   """
 
   def produce(root):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
-         f"--data_dir={data_dir}", f"--model_dir={root / 'run'}", *flags],
-        capture_output=True, text=True, env=full_env, timeout=timeout,
-        cwd=ROOT)
+    result = trainer_process.run_trainer(
+        f"--data_dir={data_dir}", f"--model_dir={root / 'run'}", *flags,
+        env=env, timeout=timeout)
     (root / "stdout.txt").write_text(result.stdout)
     (root / "stderr.txt").write_text(result.stderr)
     (root / "returncode.txt").write_text(str(result.returncode))

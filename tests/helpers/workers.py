@@ -1,16 +1,15 @@
 """Trainer worker processes of one MultiWorkerMirrored run on 127.0.0.1."""
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.helpers import ROOT, SMOKE
+from tests.helpers import SMOKE
+from tests.helpers.trainer_process import module_command, start
 
 
 def reserve_ports(count: int) -> list[socket.socket]:
@@ -55,16 +54,16 @@ class Workers:
     self.processes = []
     for index, (task_type, task_index) in enumerate(tasks):
       worker_env = {
-          **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {}),
+          **(env or {}),
           "TMPDIR": str(self.tmp_dir), "TF_GRPC_REUSE_PORT": "1",
           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
               "type": task_type, "index": task_index}})}
       log = open(log_dir / f"worker-{index}.log", "w")
-      self.processes.append(subprocess.Popen(
-          [sys.executable, "-m", "trainer.task", f"--config={config}",
-           "--strategy=multi_worker_mirrored", *flags,
-           *(worker_flags or {}).get(index, [])],
-          cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
+      self.processes.append(start(
+          module_command("trainer.task", f"--config={config}",
+                         "--strategy=multi_worker_mirrored", *flags,
+                         *(worker_flags or {}).get(index, [])),
+          env=worker_env, stdout=log, stderr=subprocess.STDOUT))
 
   def wait(self, timeout):
     deadline = time.monotonic() + timeout

@@ -44,19 +44,17 @@ of every pair.
 
 import dataclasses
 import json
-import os
 import pathlib
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import ROOT
 from tests.helpers.shared import once_per_session
-from tests.helpers.workers import SMOKE, Workers
+from tests.helpers.trainer_process import start, trainer_command
+from tests.helpers.workers import Workers
 
 
 NUM_STEPS = 30
@@ -153,12 +151,9 @@ def _start(spec, data_dir, model_dir, log_dir):
   flags = spec.flags(data_dir, model_dir)
   if spec.workers:
     return Workers(spec.workers, flags, log_dir)
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  env.pop("TF_CONFIG", None)
   with open(log_dir / "worker-0.log", "w") as log:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", f"--config={SMOKE}", *flags],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return start(trainer_command(*flags), env={"TF_CONFIG": None},
+                 stdout=log, stderr=subprocess.STDOUT)
 
 
 def _codes(started):
@@ -208,7 +203,7 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
         log_dir.mkdir(parents=True)
         started = _start(spec, data_dir, root / spec.name, log_dir)
         running[spec.name] = (spec, started, time.monotonic(), log_dir)
-      for name, (spec, started, start, log_dir) in list(running.items()):
+      for name, (spec, started, began, log_dir) in list(running.items()):
         codes = _codes(started)
         failed = any(code not in (None, 0) for code in codes)
         if any(code is None for code in codes) and not failed:
@@ -219,7 +214,7 @@ def run_all(specs, data_dir, root, max_processes=2, timeout=900):
         logs = "\n".join(p.read_text()[-3000:]
                          for p in sorted(log_dir.glob("worker-*.log")))
         assert codes == [0] * len(codes), f"{name} exited {codes}:\n{logs}"
-        runs[name] = Run(name, root / name, log_dir, time.monotonic() - start)
+        runs[name] = Run(name, root / name, log_dir, time.monotonic() - began)
       assert time.monotonic() < deadline, f"still running: {sorted(running)}"
       time.sleep(0.2)
   finally:

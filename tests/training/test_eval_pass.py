@@ -7,7 +7,7 @@ import re
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_module
+from tests.helpers.trainer_process import run_module
 from tests.helpers.eval_checks import (OPERATION_NAMES, OPERATIONS,
                                        assert_by_op_adds_up, eval_line)
 from tests.helpers.workers import Workers

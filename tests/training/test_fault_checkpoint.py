@@ -30,8 +30,6 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import tensorflow as tf
@@ -39,9 +37,8 @@ import tensorflow as tf
 from configs import smoke
 from trainer.training import train
 
-from tests.helpers import ROOT
+from tests.helpers.trainer_process import start, trainer_command
 
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # One trainer start-up (3-6 s on 2 cores) per round.
 ROUND_MODES = ("temp", "merge", "sweep", "delay", "merge", "delay")
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -53,12 +50,10 @@ OVERRIDES = {"num_steps": 1_000_000, "steps_per_loop": 1,
 
 
 def start_trainer(data_dir, model_dir, log):
-  return subprocess.Popen(
-      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
-       f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-       *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items())],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  return start(trainer_command(
+      f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+      *(f"--config.train.{k}={v}" for k, v in OVERRIDES.items())),
+               stderr=log)
 
 
 def listdir(path):

@@ -7,8 +7,8 @@ import json
 import os
 import shutil
 
+from tests.helpers.damage import flip_bytes, restored_step
 from tests.helpers.trainer_process import assert_one_error, run_trainer
-from tests.training.test_faults import flip_bytes, restored_step
 
 EVAL_SHARD = "eval-00001-of-00002.tfrecord"
 

@@ -1,8 +1,10 @@
 """The fault suite, run directories: damaged checkpoints and state files, a
-diverged run, a run killed before its export, damaged run files. Each case
-runs the real trainer in a real process and asserts the line the user
-sees, the exit status and what is left on disk: nothing that could still
-be restored is overwritten, no wrong model is exported.
+diverged run, a run killed before its export, damaged run files, a run
+directory that is a file, read-only or full, and a resume its checkpoint
+cannot continue. Each case runs the real trainer in a real process and
+asserts the line the user sees, the exit status and what is left on disk:
+nothing that could still be restored is overwritten, no wrong model is
+exported.
 
 (In-process checks of trainer/training/checkpoints.py: test_checkpoints.py. A second
 run on the same directory: test_run_lock.py.)
@@ -12,29 +14,28 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import error_lines, shared
+from tests.helpers.damage import every_file, restored_step
 from tests.helpers.trainer_process import assert_one_error, run_trainer
 
 CKPT = "ckpt-{}.data-00000-of-00001"
 
 
-@pytest.fixture(scope="module")
-def finished(smoke_data, tmp_path_factory):
-  """A finished smoke run: ckpt-20 and ckpt-40, export and metrics of 40."""
-  model_dir = tmp_path_factory.mktemp("finished") / "run"
-  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return model_dir
+@pytest.fixture
+def finished(smoke_run):
+  """A finished smoke run (the session's one): ckpt-20 and ckpt-40, export
+  and metrics of 40. No test may write in it (`copy` is a copy)."""
+  assert smoke_run.returncode == 0, smoke_run.stderr[-3000:]
+  return smoke_run.model_dir
 
 
 @pytest.fixture
 def copy(finished, tmp_path):
-  model_dir = tmp_path / "run"
-  shutil.copytree(finished, model_dir)
-  return model_dir
+  return shared.copy_of(finished, tmp_path)
 
 
 def digests(directory):
@@ -241,3 +242,89 @@ def test_a_resume_with_changes_says_them_and_keeps_the_config_it_replaced(
   assert (config["train"]["learning_rate"], config["train"]["num_steps"]) == (
       0.001, 50)
   assert strict_json(copy / "metrics.json")["step"] == 50
+
+
+# --- A run directory that cannot be written, and a resume that cannot go on ---
+
+def test_model_dir_that_is_a_file(smoke_data, tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("not a directory")
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={path}")
+  assert_one_error(result, 2, f"--model_dir={path}: {path} is a file, not a "
+                   "directory: choose another --model_dir")
+
+
+def test_model_dir_not_writable(smoke_data, tmp_path):
+  # A read-only file system: not writable even for root, and no other user
+  # needs to read this checkout (a fresh clone may sit in a 0700 directory).
+  mount_point = tmp_path / "read_only"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m",
+                            "tmpfs", str(mount_point)], capture_output=True,
+                           text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    result = run_trainer(f"--data_dir={smoke_data}",
+                         f"--model_dir={mount_point}/runs/1")
+    assert_one_error(result, 2, f"--model_dir={mount_point}/runs/1: user ",
+                     f"cannot write in {mount_point} (permission denied or a "
+                     "read-only file system)")
+  finally:
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(directory):
+  """Writes to `directory` until its file system is full."""
+  with open(directory / "filler", "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * 65536)
+        f.flush()
+    except OSError:
+      pass
+
+
+def test_disk_full_is_one_line_and_keeps_the_checkpoint(
+    smoke_data, half_trained, tiny_disk):
+  model_dir = tiny_disk / "run"
+  shutil.copytree(half_trained, model_dir, ignore=shutil.ignore_patterns(
+      "export", "events.*"))
+  fill(tiny_disk)
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={model_dir}")
+  assert_one_error(result, 1, "no space left on device writing "
+                   f"{model_dir}/", "and python -m trainer.task --config=",
+                   f"--model_dir={model_dir} resumes from the latest")
+  # A failed write removes its temporary file (before: a 0-byte
+  # metrics.json.tmp-* stayed).
+  assert not [p for p in model_dir.rglob("*") if ".tmp-" in p.name]
+  (tiny_disk / "filler").unlink()
+  assert restored_step(model_dir) == 20
+
+
+# Before: num_steps below the checkpoint rewrote config.json with the lower
+# num_steps, which no longer described the checkpoint's model; float16 on a
+# float32 checkpoint failed with `expected dtype int64` and 15 warning lines
+# at the restore (float16 wraps the optimizer in a loss-scale optimizer).
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.train.num_steps=10",
+     "error: the checkpoint is at step 20, past --config.train.num_steps=10: "
+     "nothing to train; raise num_steps (or use another --model_dir)"),
+    ("--config.train.mixed_precision=float16",
+     "error: the checkpoint in {model_dir}/checkpoints was trained with "
+     "config.train.mixed_precision='float32', not 'float16' (float16 "
+     "checkpoints a loss-scale optimizer, the others do not): resume with "
+     "--config.train.mixed_precision=float32, or use another --model_dir, "
+     "or --start_over (the old checkpoints are moved aside)"),
+], ids=["num_steps_below_the_checkpoint", "float16_across_a_resume"])
+def test_a_resume_the_checkpoint_cannot_continue_is_refused_untouched(
+    resumable, smoke_data, flag, expected):
+  before = every_file(resumable)
+  result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
+                       flag)
+  assert_one_error(result, 2)
+  assert error_lines(result) == [expected.format(model_dir=resumable)]
+  assert "WARNING" not in result.stderr, result.stderr[-3000:]
+  after = every_file(resumable)
+  assert after == before  # config.json, metrics, checkpoints: untouched
+  assert restored_step(resumable) == 20

@@ -5,16 +5,14 @@ Real trainer processes with TF_CONFIG on 127.0.0.1 (tests/helpers/workers.py).
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.helpers import ROOT, SMOKE, error_lines
+from tests.helpers import error_lines
+from tests.helpers.trainer_process import start, trainer_command
 from tests.helpers.workers import Workers, reserve_ports
 
 
@@ -82,15 +80,13 @@ def start_lonely_worker_0(tmp_path, *flags):
   address, held sockets, lines of stderr as they come)."""
   held = reserve_ports(2)
   addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in held]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_GRPC_REUSE_PORT": "1",
+  env = {"TF_GRPC_REUSE_PORT": "1",
          "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
                                   "task": {"type": "worker", "index": 0}})}
-  process = subprocess.Popen(
-      [sys.executable, "-m", "trainer.task", f"--config={SMOKE}",
-       "--strategy=multi_worker_mirrored",
-       f"--model_dir={tmp_path / 'run'}", *flags],
-      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-      text=True,
+  process = start(
+      trainer_command("--strategy=multi_worker_mirrored",
+                      f"--model_dir={tmp_path / 'run'}", *flags),
+      env=env,
       # As a terminal's Ctrl-C finds it (see DESIGN.md, Signals).
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   lines = []

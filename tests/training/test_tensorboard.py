@@ -29,7 +29,7 @@ from trainer.model import layers as model_lib
 from trainer.training import plan
 from trainer.training import schedule as schedule_lib
 
-from tests.conftest import run_module
+from tests.helpers.trainer_process import run_module
 from tests.helpers import ROOT, SMOKE, closed_port
 
 HISTOGRAM_EVERY = 20  # smoke: 40 steps in host loops of 10

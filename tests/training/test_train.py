@@ -1,9 +1,11 @@
 """The training loop, in process on the default strategy."""
 
 import collections
+import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -22,6 +24,7 @@ from trainer.training import plan
 from trainer.training import run_dir
 from trainer.training import train
 
+from tests.helpers import shared
 from tests.helpers.eval_checks import OPERATIONS, assert_by_op_adds_up, eval_line
 
 
@@ -46,6 +49,61 @@ def run(config, data_dir, model_dir):
   return loop.train_and_evaluate(plan.for_strategy(config, strategy, data_dir),
                                  strategy,
                                  run_dir.RunDirs.under(str(model_dir)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeRun:
+  """The smoke config run once in process: its model_dir (no test writes
+  in it: `smoke_copy`), what train_and_evaluate returned, the absl lines it
+  logged, and the Keras compute dtype it left set."""
+  model_dir: pathlib.Path
+  results: dict
+  messages: list
+  compute_dtype: str
+
+
+class _Lines(logging.Handler):
+  """Keeps each record's message, as caplog.messages does."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def smoke_trained(smoke_data, tmp_path_factory):
+  """The 40 steps of the smoke config, run once (once per session under
+  xdist too) for the tests that read a plain run: a SmokeRun."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  def produce(root):
+    logger = logging.getLogger("absl")
+    lines, level = _Lines(), logger.level
+    logger.setLevel(logging.INFO)  # the run's lines: absl INFO
+    logger.addHandler(lines)
+    try:
+      results = run(smoke.get_config(), smoke_data, root / "run")
+    finally:
+      logger.removeHandler(lines)
+      logger.setLevel(level)
+    (root / "run.json").write_text(json.dumps({
+        "results": results, "messages": lines.messages,
+        "compute_dtype": keras.mixed_precision.global_policy().compute_dtype}))
+
+  root = shared.once_per_session(tmp_path_factory, "test_train_smoke_run",
+                                 produce)
+  done = json.loads((root / "run.json").read_text())
+  return SmokeRun(root / "run", done["results"], done["messages"],
+                  done["compute_dtype"])
+
+
+@pytest.fixture
+def smoke_copy(smoke_trained, tmp_path):
+  """A copy of smoke_trained's model_dir, for a test that resumes it."""
+  return shared.copy_of(smoke_trained.model_dir, tmp_path)
 
 
 def test_loss_decreases_and_summaries_are_written(smoke_data, tmp_path):
@@ -112,8 +170,8 @@ def test_eval_rows_without_an_operator_count_in_the_totals_only():
   assert trainer.trace_counts()["eval_loop"] == 1
 
 
-def test_each_function_is_traced_once(smoke_data, tmp_path):
-  results = run(smoke.get_config(), smoke_data, tmp_path)  # 4 host loops
+def test_each_function_is_traced_once(smoke_trained):
+  results = smoke_trained.results  # 4 host loops
   # fused_steps: the host loops' steps, 10 (steps_per_call) per XLA call;
   # fused_step (traced with train_loop, for a loop's last steps that do not
   # fill a call) never runs here: 10-step loops.
@@ -122,12 +180,12 @@ def test_each_function_is_traced_once(smoke_data, tmp_path):
                                      "eval_loop": 1}
 
 
-def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
+def test_outputs_and_rerun_at_final_step(smoke_data, smoke_trained,
+                                        smoke_copy, caplog):
   config = smoke.get_config()
-  caplog.set_level("INFO", logger="absl")
-  results = run(config, smoke_data, tmp_path)
+  results = smoke_trained.results
   assert results["step"] == 40 and not results["stopped"]
-  saved = json.loads((tmp_path / "config.json").read_text())
+  saved = json.loads((smoke_copy / "config.json").read_text())
   # The resolved config, and beside config.data's fields the data set's
   # identity: its directory and its manifest's sha256.
   identity = {"dir": str(smoke_data), "manifest_sha256": hashlib.sha256(
@@ -136,56 +194,52 @@ def test_outputs_and_rerun_at_final_step(smoke_data, tmp_path, caplog):
   expected["data"].update(identity)
   assert saved == expected
   assert results["data"] == identity
-  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  metrics = json.loads((smoke_copy / "metrics.json").read_text())
   assert metrics["step"] == 40 and metrics["eval"] == results["eval"]
   # The final eval line ends with the accuracy per operation.
-  lines = [m for m in caplog.messages if m.startswith("eval at step 40")]
+  lines = [m for m in smoke_trained.messages
+           if m.startswith("eval at step 40")]
   assert len(lines) == 1 and re.match(eval_line(40), lines[0]), lines
   by_op = results["eval"]["by_op"]
   assert lines[0].endswith(
       f"; + {by_op['add']['accuracy']:.4f}, - {by_op['sub']['accuracy']:.4f}"
       f", * {by_op['mul']['accuracy']:.4f}")
-  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
+  assert tf.train.latest_checkpoint(str(smoke_copy / "checkpoints")).endswith(
       "ckpt-40")
-  assert (tmp_path / "export" / "saved_model.pb").exists()
-  caplog.clear()
+  assert (smoke_copy / "export" / "saved_model.pb").exists()
   caplog.set_level("INFO", logger="absl")  # the run's lines: absl INFO
-  again = run(config, smoke_data, tmp_path)
+  again = run(config, smoke_data, smoke_copy)
   assert again == {"step": 40, "stopped": None}
   assert "already at step 40 of 40, and the export and metrics.json" in (
       caplog.text)
 
 
-def test_longer_run_resumes_and_continues_the_step_count(smoke_data, tmp_path,
-                                                        caplog):
+def test_longer_run_resumes_and_continues_the_step_count(smoke_data,
+                                                        smoke_copy, caplog):
   config = smoke.get_config()
-  run(config, smoke_data, tmp_path)
   config.train.num_steps = 60
-  caplog.clear()
   caplog.set_level("INFO", logger="absl")
-  results = run(config, smoke_data, tmp_path)
+  results = run(config, smoke_data, smoke_copy)
   assert "resuming from" in caplog.text
   assert results["step"] == 60
-  assert sorted(read_scalars(tmp_path / "train")["loss"]) == [
+  assert sorted(read_scalars(smoke_copy / "train")["loss"]) == [
       10, 20, 30, 40, 50, 60]
 
 
-def test_other_model_shape_is_a_clear_error(smoke_data, tmp_path):
+def test_other_model_shape_is_a_clear_error(smoke_data, smoke_copy):
   config = smoke.get_config()
-  run(config, smoke_data, tmp_path)
   config.model.hidden_size = 12
   with pytest.raises(errors.UserError, match=r"another model shape "
                      r"\(hidden_size: checkpoint 8 vs config 12\)"):
-    run(config, smoke_data, tmp_path)
+    run(config, smoke_data, smoke_copy)
 
 
-def test_export_matches_the_trained_model(smoke_data, tmp_path):
+def test_export_matches_the_trained_model(smoke_copy):
   config = smoke.get_config()
-  run(config, smoke_data, tmp_path)
   model = model_lib.build_model(config.model)
   tf.train.Checkpoint(model=model).restore(tf.train.latest_checkpoint(
-      str(tmp_path / "checkpoints"))).expect_partial()
-  exported = tf.saved_model.load(str(tmp_path / "export"))
+      str(smoke_copy / "checkpoints"))).expect_partial()
+  exported = tf.saved_model.load(str(smoke_copy / "export"))
   assert set(exported.signatures) == {"serving_default", "predict_text"}
 
   problems = ["x=3,y=4:x*y", "y=-12,x=34:y-x", "x=99,y=-99:x+y"]
@@ -252,20 +306,26 @@ def test_global_batch_must_divide_over_replicas():
 
 @pytest.mark.parametrize("precision, compute_dtype", [
     ("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float16")])
-def test_mixed_precision_smoke_runs_end_finite(smoke_data, tmp_path,
+def test_mixed_precision_smoke_runs_end_finite(smoke_data, tmp_path, request,
                                                precision, compute_dtype):
   import keras  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
-  config.train.mixed_precision = precision
-  try:
-    results = run(config, smoke_data, tmp_path)
-    assert keras.mixed_precision.global_policy().compute_dtype == (
-        compute_dtype)
-  finally:
-    keras.mixed_precision.set_global_policy("float32")
+  if config.train.mixed_precision == precision:  # the module's smoke run
+    smoke_trained = request.getfixturevalue("smoke_trained")
+    results, model_dir = smoke_trained.results, smoke_trained.model_dir
+    assert smoke_trained.compute_dtype == compute_dtype
+  else:
+    config.train.mixed_precision = precision
+    model_dir = tmp_path
+    try:
+      results = run(config, smoke_data, model_dir)
+      assert keras.mixed_precision.global_policy().compute_dtype == (
+          compute_dtype)
+    finally:
+      keras.mixed_precision.set_global_policy("float32")
   assert np.isfinite(results["train"]["loss"])
   assert np.isfinite(results["eval"]["loss"])
-  scalars = read_scalars(tmp_path / "train")
+  scalars = read_scalars(model_dir / "train")
   assert all(np.isfinite(v) for v in scalars["loss"].values())
   assert scalars["loss"][40] < scalars["loss"][10]
 
