@@ -11,22 +11,7 @@ from trainer.data import files as files_lib
 from trainer.data import generate
 from trainer.data import manifest
 
-LEN = 20
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  """4 train shards of 60 examples, generated for real."""
-  out_dir = tmp_path_factory.mktemp("shards")
-  generate.generate(
-      generate.GenerateSpec(str(out_dir), "train", 4, 60, 100, seed=5),
-      num_processes=1, show_progress=False)
-  return out_dir
-
-
-def split_files(pattern, len_max_input=LEN):
-  return files_lib.list_split(str(pattern), "training",
-                              len_max_input=len_max_input).files
+from tests.data.conftest import LEN, split_files
 
 
 def test_manifest_longer_than_len_max_input_is_an_error(shards):

@@ -8,29 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.data import files as files_lib
-from trainer.data import generate
 from trainer.data import pipeline
 from trainer.data import problems
 from trainer.data import vocab
 from tests.helpers import examples
 
-LEN = 20
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  """4 train shards of 60 examples, generated for real."""
-  out_dir = tmp_path_factory.mktemp("shards")
-  generate.generate(
-      generate.GenerateSpec(str(out_dir), "train", 4, 60, 100, seed=5),
-      num_processes=1, show_progress=False)
-  return out_dir
-
-
-def split_files(pattern, len_max_input=LEN):
-  return files_lib.list_split(str(pattern), "training",
-                              len_max_input=len_max_input).files
+from tests.data.conftest import LEN, split_files
 
 
 def expected_pairs(seed, split, num_shards, per_shard, max_value=100):
