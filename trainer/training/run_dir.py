@@ -88,9 +88,11 @@ class RunDirs:
                             if environ.get(name)))
 
   def all(self) -> list[str]:
-    """Each distinct directory once, in a fixed order."""
+    """Each distinct directory once, in a fixed order (best_export aside:
+    it is below one of them or beside AIP_MODEL_DIR, and only with
+    config.train.keep_best)."""
     return list(dict.fromkeys((self.checkpoints, self.logs, self.export,
-                               self.files, self.best_export)))
+                               self.files)))
 
   def describe(self) -> str:
     """One line naming where each output goes."""
