@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.target_loss = 0.0
   config.train.checkpoint_every_steps = 5_000  # save a checkpoint this often
   config.train.keep_checkpoints = 3  # checkpoints kept in model_dir
+  # Keep the checkpoint of the best evaluation by this eval metric apart from
+  # the rotating ones and export it too: "accuracy" (highest) or "loss"
+  # (lowest); "" = off.
+  config.train.keep_best = ""
   # A resumed run replays the data order exactly (skips the batches already
   # trained on: costs a re-read of them) instead of drawing a new order.
   config.train.exact_resume = False

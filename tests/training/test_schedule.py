@@ -112,6 +112,9 @@ class Recorder:
     self.calls.append(("evaluate", step))
     return End.TARGET if step in self.reach else None
 
+  def keep_best(self, step):
+    self.calls.append(("keep_best", step))
+
   def profile_start(self, step):
     self.calls.append(("profile_start", step))
 

@@ -20,23 +20,34 @@ start again at step 0 and overwrite the good checkpoints. Here instead:
 
 Only the chief repairs (renames, rewrites); other workers of a multi-worker
 run verify the same files and reach the same checkpoint.
+
+The best checkpoint (config.train.keep_best, `Best`) lives apart, in
+`best/` below the checkpoints directory, with `best.json` naming its step,
+metric and value: rotation (CheckpointManager deletes only the checkpoints
+its state file names), the fallback past damaged checkpoints and a resume
+never touch it; --start_over moves it aside with the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import posixpath
 import re
+from typing import Any, Mapping
 
 from absl import logging
 import tensorflow as tf
 
 from trainer import errors
 from trainer.cloud import storage
+from trainer.training import plan as plan_lib
 
 PREFIX = "ckpt"  # tf.train.CheckpointManager's default checkpoint_name
 STATE_FILE = "checkpoint"  # TensorFlow's name for the state file
+BEST_SUBDIR = "best"  # the best checkpoint's directory, in the checkpoints'
+BEST_FILE = "best.json"  # in it: {"step", "metric", "value"} of that one
 DAMAGED_SUFFIX = ".damaged"
 _FILE = re.compile(rf"^{PREFIX}-(\d+)\.(index|data-\d+-of-\d+)$")
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -220,6 +231,101 @@ class Saver:
       self._manager.save(checkpoint_number=step)
 
 
+class Best:
+  """The checkpoint of the best evaluation so far (config.train.keep_best),
+  in `best/` below the checkpoints directory, and `best.json` beside it
+  saying its step, metric and value, so a resumed run knows the best so far.
+
+  Every worker offers every evaluation (the eval metrics are all-reduced,
+  so all decide alike) and takes part in each save; the chief's `write` is
+  the run's directory, another worker's a temporary one (as for `Saver`).
+  A save writes the new checkpoint, then best.json, then deletes the older
+  one: a kill at any point leaves best.json naming a whole checkpoint.
+  """
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, metric: str,
+               read: str, write: str):
+    """`metric`: "accuracy" or "loss"; `read`, `write`: the checkpoints
+    directories to read the best so far from (the chief's) and to save to
+    (this worker's)."""
+    self._checkpoint = checkpoint
+    self.metric = metric
+    self._write = storage.join(write, BEST_SUBDIR)
+    # {"step", "metric", "value"} of the best so far, or None; and where this
+    # process reads its checkpoint (a worker's own copy once it saved one).
+    self.record: dict[str, Any] | None = None
+    self.prefix: str | None = None
+    self._load(storage.join(read, BEST_SUBDIR))
+
+  def _load(self, directory: str) -> None:
+    """The best so far of an earlier process, if best.json names a
+    checkpoint of `directory` that verifies and is of this metric."""
+    path = storage.join(directory, BEST_FILE)
+    if not storage.exists(path):
+      return
+    try:
+      saved = storage.read_json(path)
+      record = {"step": int(saved["step"]), "metric": str(saved["metric"]),
+                "value": float(saved["value"])}
+    except (ValueError, KeyError, TypeError) as e:
+      logging.warning("%s is not a best.json this trainer wrote (%s): the "
+                      "next evaluation's checkpoint becomes the best", path,
+                      errors.first_line(e))
+      return
+    if record["metric"] != self.metric:
+      logging.warning("the best checkpoint in %s is the best eval %s, not %s"
+                      " (config.train.keep_best changed): the next "
+                      "evaluation's checkpoint replaces it", directory,
+                      record["metric"], self.metric)
+      return
+    found = [f for f in find(directory) if f.step == record["step"]]
+    reason = verify(found[0]) if found else "its files are missing"
+    if reason:
+      logging.warning("the best checkpoint %s/%s-%d cannot be restored (%s): "
+                      "the next evaluation's checkpoint becomes the best",
+                      directory, PREFIX, record["step"], reason)
+      return
+    self.record, self.prefix = record, found[0].prefix
+
+  def better(self, step: int, value: float) -> bool:
+    """Whether `value` (of an evaluation at `step`) beats the best so far:
+    strictly (a tie keeps the earlier one), and finite."""
+    if not math.isfinite(value):
+      return False
+    if self.record is None:
+      return True
+    best = self.record["value"]
+    return value != best and plan_lib.at_least(self.metric, value, best)
+
+  def offer(self, step: int, metrics: Mapping[str, Any]) -> bool:
+    """Keeps the checkpoint of this step (the current weights) if its eval
+    `metrics` are the best so far; returns whether it did."""
+    value = float(metrics[self.metric])
+    if not self.better(step, value):
+      return False
+    storage.makedirs(self._write)
+    prefix = storage.join(self._write, f"{PREFIX}-{step}")
+    older = find(self._write)
+    for found in older:
+      if found.step == step:  # another timeline's (a fallback): not in place
+        for path in found.files:
+          storage.remove(path)
+    self._checkpoint.write(prefix)
+    record = {"step": step, "metric": self.metric, "value": value}
+    storage.write_json_atomic(storage.join(self._write, BEST_FILE), record)
+    for found in older:
+      if found.step != step:
+        for path in found.files:
+          storage.remove(path)
+    self.record, self.prefix = record, prefix
+    return True
+
+  def restore_model(self, model) -> None:
+    """Loads the best checkpoint's weights into `model` (the trainer's: the
+    checkpoint's `model`; the optimizer and step are left as they are)."""
+    tf.train.Checkpoint(model=model).read(self.prefix).expect_partial()
+
+
 def _rewrite_state(directory: str) -> None:
   """The state file naming the checkpoints that are there, oldest first,
   with their files' times (CheckpointManager deletes by them)."""
@@ -244,11 +350,14 @@ def _rewrite_state(directory: str) -> None:
 
 
 def move_aside(directory: str) -> str | None:
-  """Moves every checkpoint file and the state file of `directory` into a
-  new `replaced-<UTC time>/` below it (for --start_over); returns that
-  directory, or None when there was nothing to move."""
+  """Moves every checkpoint file and the state file of `directory`, and the
+  best checkpoint's files (best/), into a new `replaced-<UTC time>/` below
+  it (for --start_over); returns that directory, or None when there was
+  nothing to move."""
   paths = _checkpoint_files(directory)
-  if not paths:
+  best = storage.join(directory, BEST_SUBDIR)
+  best_paths = storage.glob_in(best, "*") if storage.isdir(best) else []
+  if not paths and not best_paths:
     return None
   time = datetime.datetime.now(datetime.timezone.utc).strftime(
       "%Y%m%dT%H%M%SZ")
@@ -256,6 +365,11 @@ def move_aside(directory: str) -> str | None:
   storage.makedirs(target)
   for path in paths:
     storage.rename(path, storage.join(target, posixpath.basename(path)))
+  if best_paths:  # file by file: GCS has no directory to rename
+    storage.makedirs(storage.join(target, BEST_SUBDIR))
+    for path in best_paths:
+      storage.rename(path, storage.join(target, BEST_SUBDIR,
+                                        posixpath.basename(path)))
   return target
 
 

@@ -4,8 +4,10 @@
 once, build the Trainer (model, optimizer, compiled steps), restore the
 latest checkpoint, then run host loops until `num_steps`; after each, the
 stop vote, then the schedule's rows due there (checkpoint, histograms,
-evaluation, profile: trainer/training/schedule.py; at num_steps the final
-evaluation); then export the SavedModel and write the metrics; the
+evaluation, the best checkpoint kept, profile:
+trainer/training/schedule.py; at num_steps the final evaluation); then
+export the SavedModel (and the best evaluation's, with
+config.train.keep_best) and write the metrics; the
 chief's last line says how long the run took and the commands that show it
 (done_line).
 The config comes checked, as a RunPlan (trainer/training/plan.py).
@@ -195,7 +197,8 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
     signals.finishing()
   reached = not finished and _reached_before(paths.read, run_plan.target,
                                              start_step)
-  if (finished or reached) and _complete(paths.read, trainer, start_step):
+  if (finished or reached) and _complete(paths.read, trainer, start_step,
+                                         run_plan.keep_best):
     at = (f"at step {start_step}, where an evaluation reached "
           f"{run_plan.target.field}={run_plan.target.value}" if reached else
           f"already at step {start_step} of {config.train.num_steps}")
@@ -229,9 +232,10 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
           "ended before writing them)" if finished else ""))
 
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
-  run = _Run(run_plan, trainer, feeds, out, start_step, strategy, started)
+  run = _Run(run_plan, trainer, feeds, paths, start_step, strategy, started)
   if finished:  # trained already: the final evaluation alone
     run.evaluate(run.step)
+    run.keep_best(run.step)
     end = schedule_lib.End.FINISH
   else:
     end = run.train(signals)
@@ -261,6 +265,8 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
              "weights_sha256": trainer.weights_sha256(), "data": data}
   if run_plan.target:
     results["target"] = run.target_record()
+  if run.best:  # after the last step's weights are recorded: it loads others
+    results["best"] = run.export_best(out.best_export)
   # Every worker prints it: workers of one run must agree.
   say(f"final weights sha256: {results['weights_sha256']}")
   run_dir.write_metrics(out, results)
@@ -305,24 +311,29 @@ def _reached_before(dirs: run_dir.RunDirs, target: plan_lib.Target | None,
 
 
 def _complete(dirs: run_dir.RunDirs, trainer: train_lib.Trainer,
-              step: int) -> bool:
+              step: int, keep_best: str | None) -> bool:
   """Whether the run in `dirs` is finished at `step`: its SavedModel is
-  there and metrics.json is of this step and of these very weights."""
+  there and metrics.json is of this step and of these very weights (and,
+  with `keep_best`, names the best of that metric: exported before it)."""
   metrics = run_dir.read_metrics(dirs)
+  best = (metrics or {}).get("best")
   return bool(metrics and metrics.get("step") == step and
               metrics.get("weights_sha256") == trainer.weights_sha256() and
-              export.is_saved_model(dirs.export))
+              export.is_saved_model(dirs.export) and (
+                  not keep_best or (isinstance(best, dict) and
+                                    best.get("metric") == keep_best)))
 
 
 class _Run:
   """One run's host loops and what runs between them: the rows of the
   schedule (its actions are the methods named for them: checkpoint,
-  histograms, evaluate, profile_start, profile_stop), the stop vote,
-  TensorBoard summaries and the progress line."""
+  histograms, evaluate, keep_best, profile_start, profile_stop), the stop
+  vote, TensorBoard summaries and the progress line."""
 
   def __init__(self, run_plan: plan_lib.RunPlan, trainer: train_lib.Trainer,
-               feeds: feeds_lib.Feeds, out: run_dir.RunDirs, start_step: int,
+               feeds: feeds_lib.Feeds, paths: run_dir.Paths, start_step: int,
                strategy: tf.distribute.Strategy, started: float):
+    read, out = paths.read, paths.write
     self.config = run_plan.config
     self.trainer = trainer
     self.schedule = schedule_lib.Schedule.of(run_plan, self)
@@ -333,6 +344,11 @@ class _Run:
     self.any_worker = strategy_lib.any_worker(strategy)
     self.saver = checkpoints.Saver(trainer.checkpoint, out.checkpoints,
                                    self.config.train.keep_checkpoints)
+    # The best evaluation's checkpoint (config.train.keep_best), known from
+    # the chief's directory (a resume's best so far), saved to this worker's.
+    self.best = checkpoints.Best(
+        trainer.checkpoint, run_plan.keep_best, read.checkpoints,
+        out.checkpoints) if run_plan.keep_best else None
     self.scalars = summaries.Scalars(out.logs)
     self.is_chief = strategy_lib.is_chief(strategy)
     # The hparams' "strategy": the class the run's "strategy:" line names,
@@ -478,6 +494,30 @@ class _Run:
         say(summaries.target_line(self.reached, step, stopping=True))
         return schedule_lib.End.TARGET
     return None
+
+  def keep_best(self, step: int) -> None:
+    """The schedule's row after an evaluation: with config.train.keep_best,
+    keeps this step's checkpoint apart if its evaluation is the best yet
+    (every worker: they all save; the metrics are all-reduced, so all
+    decide alike)."""
+    if self.best and self.best.offer(step, self.last_eval):
+      record = self.best.record
+      say(f"best eval {record['metric']} so far: {record['value']:.4f} at "
+          f"step {step}: kept in {self.best.prefix}")
+
+  def export_best(self, export_dir: str) -> dict[str, Any]:
+    """Exports the best checkpoint's weights as a SavedModel in
+    `export_dir`; returns metrics.json's "best": {step, metric, value,
+    checkpoint, export}. Loads those weights into the model: after
+    everything that reads the last step's."""
+    self.best.restore_model(self.trainer.model)
+    export.export_saved_model(self.trainer.model, export_dir,
+                              self.config.model.len_max_input)
+    record = {**self.best.record, "checkpoint": self.best.prefix,
+              "export": export_dir}
+    say(f"best: eval {record['metric']} {record['value']:.4f} at step "
+        f"{record['step']}, exported to {export_dir}")
+    return record
 
   def _eval_pass(self) -> dict[str, Any]:
     """One eval pass: says it, writes eval/ scalars and returns the metrics

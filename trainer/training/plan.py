@@ -109,6 +109,8 @@ class RunPlan:
     per_replica_batch_size: global_batch_size / num_replicas.
     profile: the traced window, or None.
     target: the eval value that ends the run, or None (train to num_steps).
+    keep_best: the eval metric whose best checkpoint the run keeps and
+      exports ("accuracy" or "loss"), or None (config.train.keep_best "").
   """
   config: ml_collections.ConfigDict
   num_replicas: int
@@ -119,6 +121,7 @@ class RunPlan:
   per_replica_batch_size: int
   profile: ProfileWindow | None
   target: Target | None = None
+  keep_best: str | None = None
 
   @property
   def replicas_per_pipeline(self) -> int:
@@ -163,6 +166,7 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
   _check_fields(config)
   profile = _profile_window(config)
   target = _target(config)
+  keep_best = _keep_best(config)
   _check_replicas(config, num_replicas, on_tpu)
   patterns, sources = {}, {}
   for split, pattern in ((schema.TRAIN, config.data.train_files),
@@ -182,7 +186,7 @@ def resolve(config: ml_collections.ConfigDict, *, num_replicas: int = 1,
                  pattern_sources=types.MappingProxyType(sources),
                  per_replica_batch_size=(config.train.global_batch_size //
                                          num_replicas),
-                 profile=profile, target=target)
+                 profile=profile, target=target, keep_best=keep_best)
 
 
 def for_strategy(config: ml_collections.ConfigDict, strategy,
@@ -331,6 +335,24 @@ def _target(config: ml_collections.ConfigDict) -> Target | None:
         "but config.train.eval_every_steps=0: set it to how often to "
         "evaluate (e.g. 1000)")
   return target
+
+
+def _keep_best(config: ml_collections.ConfigDict) -> str | None:
+  """config.train.keep_best: "accuracy" or "loss" (which way is better:
+  `comparison`), or None when it is "" (off).
+
+  Raises:
+    UserError: any other value.
+  """
+  value = config.train.keep_best
+  if not value:
+    return None
+  if value not in _HIGHER_IS_BETTER:
+    raise errors.UserError(
+        f"config.train.keep_best={value!r} is not one of "
+        f"{', '.join(repr(m) for m in _HIGHER_IS_BETTER)} (the eval metric to "
+        "keep the best checkpoint of) or '' (off)")
+  return value
 
 
 def check_tpu_paths(run_plan: RunPlan, dirs) -> None:

@@ -5,13 +5,18 @@ With `--model_dir=DIR` everything goes under DIR:
   DIR/checkpoints/     checkpoints (a re-run resumes from the latest)
   DIR/train/, eval/    TensorBoard scalars
   DIR/export/          the SavedModel
+  DIR/best/            the SavedModel of the best evaluation
+                       (config.train.keep_best; its checkpoint:
+                       DIR/checkpoints/best/)
   DIR/config.json      the resolved config; metrics.json: the final metrics
 
 A Vertex AI custom job (a `baseOutputDirectory`) instead sets AIP_MODEL_DIR,
 AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR; without --model_dir the run
 writes the SavedModel into AIP_MODEL_DIR (where Vertex AI looks for it), the
 config and metrics files beside it, checkpoints into AIP_CHECKPOINT_DIR and
-the TensorBoard logs into AIP_TENSORBOARD_LOG_DIR.
+the TensorBoard logs into AIP_TENSORBOARD_LOG_DIR; the best evaluation's
+SavedModel goes beside AIP_MODEL_DIR, in best/ (inside it only when
+AIP_MODEL_DIR is a bucket's root).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from trainer.cloud import storage  # imports TensorFlow on first file access
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+BEST_EXPORT_SUBDIR = "best"  # the best evaluation's SavedModel (keep_best)
 # Vertex AI's variables (set from a custom job's baseOutputDirectory).
 VERTEX_ENV = ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR")
 
@@ -45,6 +51,7 @@ class RunDirs:
   logs: str  # TensorBoard: train/ and eval/ below it
   export: str  # the SavedModel
   files: str  # config.json and metrics.json
+  best_export: str  # the best evaluation's SavedModel (config.train.keep_best)
   # Where these came from, for messages: ((flag or variable, value), ...).
   origin: tuple[tuple[str, str], ...] = ()
 
@@ -53,7 +60,9 @@ class RunDirs:
     """Every output under one directory (--model_dir)."""
     return cls(checkpoints=posixpath.join(model_dir, "checkpoints"),
                logs=model_dir, export=posixpath.join(model_dir, "export"),
-               files=model_dir, origin=(("--model_dir", model_dir),))
+               files=model_dir,
+               best_export=posixpath.join(model_dir, BEST_EXPORT_SUBDIR),
+               origin=(("--model_dir", model_dir),))
 
   @classmethod
   def from_vertex_env(cls, environ: Mapping[str, str] = os.environ
@@ -74,11 +83,14 @@ class RunDirs:
     logs = environ.get("AIP_TENSORBOARD_LOG_DIR", "").rstrip("/") or (
         posixpath.join(parent, "logs"))
     return cls(checkpoints=checkpoints, logs=logs, export=model, files=model,
+               best_export=posixpath.join(parent, BEST_EXPORT_SUBDIR),
                origin=tuple((name, environ[name]) for name in VERTEX_ENV
                             if environ.get(name)))
 
   def all(self) -> list[str]:
-    """Each distinct directory once, in a fixed order."""
+    """Each distinct directory once, in a fixed order (best_export aside:
+    it is below one of them or beside AIP_MODEL_DIR, and only with
+    config.train.keep_best)."""
     return list(dict.fromkeys((self.checkpoints, self.logs, self.export,
                                self.files)))
 

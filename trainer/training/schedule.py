@@ -37,6 +37,7 @@ class Action(enum.Enum):
   CHECKPOINT = "checkpoint"
   HISTOGRAMS = "histograms"  # weight histograms and the gradient norm
   EVALUATE = "evaluate"      # may end training: the target
+  KEEP_BEST = "keep best"    # the evaluation's checkpoint, if the best yet
   PROFILE_START = "profile start"  # the traced window's bounds
   PROFILE_STOP = "profile stop"
 
@@ -57,6 +58,7 @@ class Actions(Protocol):
   def checkpoint(self, step: int) -> None: ...
   def histograms(self, step: int) -> None: ...
   def evaluate(self, step: int) -> End | None: ...
+  def keep_best(self, step: int) -> None: ...
   def profile_start(self, step: int) -> None: ...
   def profile_stop(self, step: int) -> None: ...
 
@@ -106,6 +108,7 @@ class Schedule:
         lambda name: None)
     histograms = (_ANY_END - {End.STOP}) if train.histogram_every_steps else (
         frozenset())
+    keep_best = bool(run_plan.keep_best)
     return cls(
         num_steps=train.num_steps, steps_per_loop=train.steps_per_loop,
         # In the order they run at one step: the checkpoint first (what can
@@ -120,6 +123,13 @@ class Schedule:
             # The final evaluation is the one at num_steps.
             Row(Action.EVALUATE, train.eval_every_steps,
                 at=frozenset({End.FINISH}), run=bind("evaluate")),
+            # Wherever an evaluation ran (at the target too: its step is an
+            # evaluation's), right after it: config.train.keep_best.
+            Row(Action.KEEP_BEST,
+                train.eval_every_steps if keep_best else 0,
+                at=(frozenset({End.FINISH, End.TARGET}) if keep_best
+                    else frozenset()),
+                run=bind("keep_best")),
             # The traced steps are whole host loops (on every worker: all
             # workers run the same loops); a run resumed inside the window
             # traces from its first step.
