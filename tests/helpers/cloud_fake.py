@@ -15,7 +15,8 @@ Saying no as the APIs do:
 
 * Bodies: every request body in _BODIES (TPU v2 nodes create/patch,
   getGuestAttributes, queuedResources create; Compute
-  setCommonInstanceMetadata; Vertex AI customJobs create; Cloud Build v1
+  setCommonInstanceMetadata; Vertex AI customJobs and
+  hyperparameterTuningJobs create; Cloud Build v1
   builds create; Artifact Registry v1 repositories create) is read with the
   Cloud SDK's own message class and apitools (``check_body``): an unknown
   name at any depth, a value of the wrong type or an enum value not listed
@@ -34,7 +35,9 @@ Saying no as the APIs do:
 * Vertex AI: ``custom_job_errors``: the chief pool (the first) has exactly one
   replica, a non-empty pool a machineSpec.machineType and exactly one of
   containerSpec / pythonPackageSpec, acceleratorCount needs acceleratorType;
-  answered 400 ``List of found errors:\t1.Field: job_spec...; Message: ...``.
+  answered 400 ``List of found errors:\t1.Field: job_spec...; Message: ...``;
+  ``tuning_job_errors`` likewise for a hyperparameter tuning job (trial
+  counts, the study's metrics and parameters, the trial's job spec).
 * Operations, for tests: ``slow_next(kind, polls=N, seconds=S)`` answers the
   next operation of kind (OPERATION_KINDS, e.g. "tpu.nodes.create")
   done=false to N reads and for S seconds (a node is CREATING meanwhile);
@@ -103,7 +106,11 @@ What gcloud 528 does, measured against this fake:
   stdout is empty; stderr has ``Using endpoint [...]`` and ``CustomJob
   [projects/P/locations/R/customJobs/ID] is submitted successfully.``;
   ``--format=value(name)`` prints the name on stdout. ``cancel`` POSTs
-  ``:cancel``. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
+  ``:cancel``. ``ai hp-tuning-jobs create --config=spec.yaml`` POSTs
+  ``.../hyperparameterTuningJobs`` with the file's studySpec, trial counts
+  and trialJobSpec (gcloud itself refuses a name its message lacks before
+  sending) and prints ``Hyperparameter tuning job [ID] submitted
+  successfully`` on stderr. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
   ``/v2/entries:list``, which is not faked: LOGGING points here so it fails at
   once with NOT_FOUND instead of trying the internet.
 * Artifact Registry (v1; the override has the path ``/artifactregistry/``,
