@@ -368,8 +368,14 @@ study_number() {
   local value=$1 where=$2 what=$3
   [[ "$value" =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]] ||
     die "$where: $what must be a number, got '$value'"
-  # %.15g: a JSON number (1e-4 becomes 0.0001), every decimal digit a double keeps.
-  LC_ALL=C printf '%.15g' "$value"
+  # %.15g: a JSON number (1e-4 becomes 0.0001), every decimal digit a double
+  # keeps; an exponent gets a mantissa with a dot and a signed exponent
+  # (1e-10 becomes 1.0e-10): gcloud reads the file as YAML 1.1, where 1e-10
+  # is not a number (measured: ruamel warns, MantissaNoDotYAML1_1Warning).
+  local number
+  number=$(LC_ALL=C printf '%.15g' "$value")
+  [[ "$number" != *e* || "$number" == *.* ]] || number=${number/e/.0e}
+  echo "$number"
 }
 
 # Reads the study file $1 (see usage) into `study` (the JSON of a StudySpec),

@@ -315,7 +315,7 @@ STUDY = """\
 metric accuracy maximize
 max_trials 6
 parallel_trials 2      # at a time
-param config.train.learning_rate double 1e-4 0.01 log
+param config.train.learning_rate double 1e-8 0.01 log
 param config.train.warmup_steps integer 0 500
 param config.model.hidden_size categorical 12,15,24
 param config.train.min_learning_rate_ratio discrete 0,0.05,0.1
@@ -344,7 +344,7 @@ def test_tune_creates_a_tuning_job_whose_trials_run_the_submit_job(cloud, tmp_pa
       "algorithm": "RANDOM_SEARCH",
       "parameters": [
           {"parameterId": "config.train.learning_rate", "scaleType": "UNIT_LOG_SCALE",
-           "doubleValueSpec": {"minValue": 0.0001, "maxValue": 0.01}},
+           "doubleValueSpec": {"minValue": 1e-8, "maxValue": 0.01}},
           {"parameterId": "config.train.warmup_steps", "scaleType": "UNIT_LINEAR_SCALE",
            "integerValueSpec": {"minValue": "0", "maxValue": "500"}},
           {"parameterId": "config.model.hidden_size",
@@ -359,6 +359,8 @@ def test_tune_creates_a_tuning_job_whose_trials_run_the_submit_job(cloud, tmp_pa
   assert pool["containerSpec"] == {"imageUri": "example.com/trainer:1", "args": [
       "--config=configs/smoke.py", "--strategy=default", "--data_dir=gs://b/arith",
       "--config.train.num_steps=200"]}
+  # 1e-8 went as 1.0e-08: gcloud reads YAML 1.1, where 1e-08 is no number.
+  assert "YAML1_1Warning" not in result.stderr
   (job_id,) = cloud.tuning_jobs
   assert result.stdout.splitlines() == [
       f"tuning job: {job_id} (6 trials, 2 at a time)",
