@@ -13,9 +13,9 @@ the metric's tag (the study's metricId) with its value as a string, the step
 as a string, the time, the trial id. The file holds the last 100 entries and
 is rewritten whole at each report. This is the format cloudml-hypertune's
 HyperTune.report_hyperparameter_tuning_metric writes; it is written here
-rather than through that package because the package is these twenty lines
-(one file, not updated since 2019) and would be a dependency of every
-install for a feature only Vertex AI trials use. Unlike the package, the
+rather than through that package because the package is about twenty lines
+(one small file) and would be a dependency of every install for a feature
+only Vertex AI trials use. Unlike the package, the
 file is replaced atomically (written beside it, then renamed), so a reader
 never sees half a line.
 
