@@ -6,6 +6,7 @@
 #   DATA_DIR=gs://BUCKET/arith MODEL_DIR=gs://BUCKET/runs/v1 \
 #     launch/vertex_ai.sh submit       # builds the image first if needed
 #   launch/vertex_ai.sh build gpu      # or build an image ahead of time
+#   launch/vertex_ai.sh tune study.txt   # a hyperparameter tuning job
 #   launch/vertex_ai.sh status JOB_ID
 #   launch/vertex_ai.sh logs JOB_ID
 #   launch/vertex_ai.sh cancel JOB_ID
@@ -34,6 +35,22 @@ Subcommands:
                    entry point is `python -m trainer.task` and its arguments
                    are --config, --strategy, --data_dir and the flags given
                    here; prints the job id and its console URL
+  tune STUDY [flags]
+                   create a hyperparameter tuning job: its trials are the
+                   job submit would create (same image, machines and flags),
+                   each given the study's parameters as --config.* flags;
+                   STUDY is a file of lines (# comments):
+                     metric accuracy maximize     (or: metric loss minimize)
+                     max_trials 12
+                     parallel_trials 3
+                     param config.train.learning_rate double 1e-4 1e-2 log
+                     param config.train.warmup_steps integer 0 500
+                     param config.model.hidden_size categorical 12,15,24
+                     param config.train.min_learning_rate_ratio discrete 0,0.01,0.1
+                     algorithm random             (optional: grid, random;
+                                                   default Vertex AI's Bayesian)
+                   scales: linear (default), log, reverse_log. Each trial
+                   writes under MODEL_DIR/TRIAL_ID/; prints the job id
   status JOB_ID    the job's state, and its error if it failed, on one line
   logs JOB_ID      stream the job's logs
   cancel JOB_ID    cancel the job
@@ -60,8 +77,8 @@ Environment (default):
   IMAGE              submit: run this image instead (no build); its entry
                      point must take the trainer's flags, with --config
                      paths relative to its working directory
-  DATA_DIR           submit: gs:// data set (required)
-  MODEL_DIR          submit: gs:// output directory of the job (required)
+  DATA_DIR           submit, tune: gs:// data set (required)
+  MODEL_DIR          submit, tune: gs:// output directory of the job (required)
   STAGING_DIR        build: gs:// directory for the uploaded source (see above)
   POLL_SECONDS       build: seconds between build status checks (default 30)
   MACHINE_TYPE       n1-standard-8 (TPU: e.g. ct5lp-hightpu-4t)
@@ -77,12 +94,14 @@ Environment (default):
 USAGE
 }
 
-select_subcommand "${1:-}" build submit status logs cancel
+select_subcommand "${1:-}" build submit tune status logs cancel
 shift
 case "$subcommand" in
   build)
     [[ $# -le 1 ]] || die "usage: launch/vertex_ai.sh build [cpu|gpu|tpu]" ;;
   submit) ;;
+  tune)
+    [[ $# -ge 1 && "$1" != -* ]] || die "usage: launch/vertex_ai.sh tune STUDY [trainer flags]" ;;
   *)
     [[ $# -eq 1 && "$1" =~ ^[0-9]+$ ]] ||
       die "usage: launch/vertex_ai.sh $subcommand JOB_ID (the number submit printed)" ;;
@@ -281,11 +300,13 @@ worker_pool() {
 POOL
 }
 
-submit() {
+# Sets `pools` to the job's worker pools (JSON: the chief pool, then the
+# workers'), running the image (built first when missing, or IMAGE) with
+# the trainer's flags: --config, --strategy, --data_dir, then the arguments.
+job_pools() {
   local strategy default_config
   strategy_for "$kind" "$workers"
   local config=${CONFIG:-$default_config}
-  local job_name=${JOB_NAME:-masked-attention-$(date +%Y%m%d-%H%M%S)}
   local trainer_args=("--config=$config" "--strategy=$strategy")
   [[ "$strategy" == tpu ]] && trainer_args+=(--tpu=local)
   trainer_args+=("--data_dir=$DATA_DIR" "$@")
@@ -297,18 +318,23 @@ submit() {
   echo "vertex_ai: PROJECT=$project REGION=$region MACHINE_TYPE=$machine_type" \
     "ACCELERATOR=${accelerator_type:-none}${accelerator_type:+ x$accelerator_count}" \
     "WORKERS=$workers${tpu_topology:+ TPU_TOPOLOGY=$tpu_topology} IMAGE=$image" >&2
-
-  # The job spec (JSON is YAML): the chief pool, then the workers' pool. The
-  # trainer finds its output directories in AIP_MODEL_DIR,
-  # AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR, which Vertex AI sets from
-  # baseOutputDirectory.
-  local work_dir
-  make_temp_dir work_dir
-  local spec=$work_dir/job.yaml err=$work_dir/gcloud.err pools
   pools=$(worker_pool 1 "${trainer_args[@]}")
   if ((workers > 1)); then
     pools+=","$'\n'$(worker_pool $((workers - 1)) "${trainer_args[@]}")
   fi
+}
+
+submit() {
+  local pools
+  job_pools "$@"
+  # The job spec (JSON is YAML): the chief pool, then the workers' pool. The
+  # trainer finds its output directories in AIP_MODEL_DIR,
+  # AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR, which Vertex AI sets from
+  # baseOutputDirectory.
+  local job_name=${JOB_NAME:-masked-attention-$(date +%Y%m%d-%H%M%S)}
+  local work_dir
+  make_temp_dir work_dir
+  local spec=$work_dir/job.yaml err=$work_dir/gcloud.err
   cat >"$spec" <<SPEC
 {
   "workerPoolSpecs": [
@@ -336,9 +362,201 @@ SPEC
   echo "next: launch/vertex_ai.sh status $job_id; launch/vertex_ai.sh logs $job_id; outputs in ${MODEL_DIR%/}/{model,checkpoints,logs}"
 }
 
+# A number of a study (a decimal, with an exponent or not), as JSON; dies
+# naming WHERE (FILE:LINE) and WHAT otherwise.
+study_number() {
+  local value=$1 where=$2 what=$3
+  [[ "$value" =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]] ||
+    die "$where: $what must be a number, got '$value'"
+  # %.15g: a JSON number (1e-4 becomes 0.0001), every decimal digit a double
+  # keeps; an exponent gets a mantissa with a dot and a signed exponent
+  # (1e-10 becomes 1.0e-10): gcloud reads the file as YAML 1.1, where 1e-10
+  # is not a number (measured: ruamel warns, MantissaNoDotYAML1_1Warning).
+  local number
+  number=$(LC_ALL=C printf '%.15g' "$value")
+  [[ "$number" != *e* || "$number" == *.* ]] || number=${number/e/.0e}
+  echo "$number"
+}
+
+# Reads the study file $1 (see usage) into `study` (the JSON of a StudySpec),
+# `max_trials` and `parallel_trials`; the trainer flags after it ($2...) may
+# not set a parameter of the study (Vertex AI adds its own value of each to
+# the same command line). Every mistake is one line naming the file's line.
+# The parameters are config fields: the ones docs/configuration.md lists.
+read_study() {
+  local file=$1 line number=0 word rest words
+  shift
+  [[ -f "$file" && -r "$file" ]] || die "study file '$file' not found"
+  local metric='' algorithm='' parameters=() ids=' ' kinds=' '
+  max_trials='' parallel_trials=''
+  local fields=$repo_root/docs/configuration.md
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    number=$((number + 1))
+    line=${line%%#*}
+    read -r -a words <<<"$line"
+    ((${#words[@]})) || continue
+    local where="$file:$number" key=${words[0]}
+    case "$key" in
+      metric)
+        [[ -z "$metric" ]] || die "$where: a second metric (a study here has one)"
+        ((${#words[@]} == 3)) || die "$where: usage: metric accuracy|loss maximize|minimize"
+        [[ "${words[1]}" == accuracy || "${words[1]}" == loss ]] ||
+          die "$where: the metric is accuracy or loss (what each evaluation reports), got '${words[1]}'"
+        case "${words[2]}" in
+          maximize | minimize) ;;
+          *) die "$where: the goal is maximize or minimize, got '${words[2]}'" ;;
+        esac
+        metric="{\"metricId\": \"${words[1]}\", \"goal\": \"${words[2]^^}\"}" ;;
+      max_trials | parallel_trials)
+        ((${#words[@]} == 2)) && [[ "${words[1]}" =~ ^[1-9][0-9]{0,5}$ ]] ||
+          die "$where: usage: $key N (a positive number of trials)"
+        printf -v "$key" '%s' "${words[1]}" ;;
+      algorithm)
+        ((${#words[@]} == 2)) || die "$where: usage: algorithm grid|random"
+        case "${words[1]}" in
+          grid) algorithm=GRID_SEARCH ;;
+          random) algorithm=RANDOM_SEARCH ;;
+          *) die "$where: the algorithm is grid or random (or no line: Vertex AI's default), got '${words[1]}'" ;;
+        esac ;;
+      param)
+        parameters+=("$(study_parameter "$where" "${words[@]:1}")") || exit 2
+        [[ "$ids" != *" ${words[1]} "* ]] || die "$where: ${words[1]} is a parameter twice"
+        ids+="${words[1]} "
+        kinds+="${words[2]} " ;;
+      *) die "$where: unknown line '$key' (metric, max_trials, parallel_trials, param, algorithm)" ;;
+    esac
+  done <"$file"
+  [[ -n "$metric" ]] || die "$file: no metric line (e.g. metric accuracy maximize)"
+  ((${#parameters[@]})) || die "$file: no param line: nothing to tune"
+  [[ -n "$max_trials" ]] || die "$file: no max_trials line (the number of trials)"
+  parallel_trials=${parallel_trials:-1}
+  ((parallel_trials <= max_trials)) ||
+    die "$file: parallel_trials $parallel_trials is more than max_trials $max_trials"
+  if [[ "$algorithm" == GRID_SEARCH && "$kinds" == *" double "* ]]; then
+    die "$file: grid search takes integer, discrete and categorical parameters only, not double ones"
+  fi
+  for word in "$@"; do
+    rest=${word#--}
+    rest=${rest%%=*}
+    [[ "$ids" != *" $rest "* ]] ||
+      die "$word: $rest is a parameter of the study in $file (each trial gets its own value)"
+  done
+  [[ -f "$fields" ]] || fields=''
+  for word in $ids; do
+    [[ -z "$fields" ]] || grep -qF "| \`$word\` |" "$fields" ||
+      die "$file: $word is not a config field (every field: docs/configuration.md)"
+  done
+  local joined
+  joined=$(IFS=,; echo "${parameters[*]}")
+  study="{\"metrics\": [$metric], \"parameters\": [$joined]${algorithm:+, \"algorithm\": \"$algorithm\"}}"
+}
+
+# One parameter of a study as JSON: WHERE NAME TYPE VALUES... [SCALE].
+study_parameter() {
+  local where=$1 name=${2:-} type=${3:-} scale_type='' low high values=() value json
+  shift 3 2>/dev/null || die "$where: usage: param config.SECTION.FIELD double|integer|discrete|categorical ..."
+  [[ "$name" =~ ^config\.[a-z0-9_]+(\.[a-z0-9_]+)+$ ]] ||
+    die "$where: a parameter is a config field, e.g. config.train.learning_rate, got '$name'"
+  case "$type" in
+    double | integer)
+      (($# == 2 || $# == 3)) || die "$where: usage: param $name $type MIN MAX [linear|log|reverse_log]"
+      low=$(study_number "$1" "$where" "MIN") || exit 2
+      high=$(study_number "$2" "$where" "MAX") || exit 2
+      if [[ "$type" == integer ]]; then
+        [[ "$1" =~ ^[+-]?[0-9]+$ && "$2" =~ ^[+-]?[0-9]+$ ]] ||
+          die "$where: an integer parameter's MIN and MAX are integers, got '$1' '$2'"
+      fi
+      awk -v a="$low" -v b="$high" 'BEGIN { exit !(a < b) }' ||
+        die "$where: MIN $1 must be below MAX $2"
+      json="\"${type}ValueSpec\": {\"minValue\": $low, \"maxValue\": $high}"
+      shift 2 ;;
+    discrete | categorical)
+      local scales=''
+      [[ "$type" == categorical ]] || scales=' [linear|log|reverse_log]'
+      (($# == 1 || $# == 2)) || die "$where: usage: param $name $type V1,V2,...$scales"
+      IFS=, read -r -a values <<<"$1"
+      ((${#values[@]})) || die "$where: no values"
+      local listed=()
+      for value in "${values[@]}"; do
+        if [[ "$type" == discrete ]]; then
+          listed+=("$(study_number "$value" "$where" "each value")") || exit 2
+        else
+          [[ -n "$value" ]] || die "$where: an empty value in '$1'"
+          listed+=("$(json_string "$value")")
+        fi
+      done
+      json="\"${type}ValueSpec\": {\"values\": [$(IFS=,; echo "${listed[*]}")]}"
+      shift ;;
+    *) die "$where: the type is double, integer, discrete or categorical, got '$type'" ;;
+  esac
+  if (($#)); then
+    [[ "$type" != categorical ]] || die "$where: a categorical parameter has no scale"
+    case "$1" in
+      linear) scale_type=UNIT_LINEAR_SCALE ;;
+      log) scale_type=UNIT_LOG_SCALE ;;
+      reverse_log) scale_type=UNIT_REVERSE_LOG_SCALE ;;
+      *) die "$where: the scale is linear, log or reverse_log, got '$1'" ;;
+    esac
+    if [[ "$scale_type" != UNIT_LINEAR_SCALE && "$type" != discrete ]]; then
+      awk -v a="$low" 'BEGIN { exit !(a > 0) }' ||
+        die "$where: a $1 scale needs MIN above 0, got $low"
+    fi
+  elif [[ "$type" != categorical ]]; then
+    scale_type=UNIT_LINEAR_SCALE
+  fi
+  echo "{\"parameterId\": \"$name\", $json${scale_type:+, \"scaleType\": \"$scale_type\"}}"
+}
+
+tune() {
+  local study_file=$1 pools
+  shift
+  job_pools "$@"
+  local job_name=${JOB_NAME:-masked-attention-tune-$(date +%Y%m%d-%H%M%S)}
+  local work_dir
+  make_temp_dir work_dir
+  local spec=$work_dir/tuning_job.yaml err=$work_dir/gcloud.err
+  # A HyperparameterTuningJob (JSON is YAML): every trial is a custom job
+  # of trialJobSpec, its command line the pools' args and then
+  # --PARAMETER=VALUE for each parameter of the study; Vertex AI sets each
+  # trial's AIP_* directories under MODEL_DIR/TRIAL_ID/.
+  cat >"$spec" <<SPEC
+{
+  "studySpec": $study,
+  "maxTrialCount": $max_trials,
+  "parallelTrialCount": $parallel_trials,
+  "trialJobSpec": {
+    "workerPoolSpecs": [
+$pools
+    ],
+    "baseOutputDirectory": {"outputUriPrefix": $(json_string "$MODEL_DIR")}
+  }
+}
+SPEC
+  if [[ "$dry_run" == "1" ]]; then
+    echo "# $spec (from $study_file):"
+    sed 's/^/# /' "$spec"
+  fi
+  local name
+  name=$(run gcloud ai hp-tuning-jobs create "${location[@]}" \
+    --display-name="$job_name" --config="$spec" --format='value(name)' 2>"$err") ||
+    die "Vertex AI refused the tuning job: $(gcloud_error "$err")"
+  if [[ "$dry_run" == "1" ]]; then
+    echo "$name"
+    return
+  fi
+  local job_id=${name##*/}
+  [[ "$job_id" =~ ^[0-9]+$ ]] || die "gcloud did not return a tuning job name (got '$name')"
+  echo "tuning job: $job_id ($max_trials trials, $parallel_trials at a time)"
+  echo "next: gcloud ai hp-tuning-jobs describe $job_id ${location[*]}; each trial's outputs in ${MODEL_DIR%/}/TRIAL_ID/{model,checkpoints,logs}"
+}
+
 # Settings first: a mistake is one line before any gcloud call.
 case "$subcommand" in
   submit)
+    submit_checks
+    [[ -n "${IMAGE:-}" ]] || build_checks ;;
+  tune)
+    read_study "$@"
     submit_checks
     [[ -n "${IMAGE:-}" ]] || build_checks ;;
   build)
@@ -360,6 +578,10 @@ cmd_build() {
 
 cmd_submit() {
   submit "$@"
+}
+
+cmd_tune() {
+  tune "$@"
 }
 
 cmd_status() {

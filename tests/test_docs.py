@@ -349,6 +349,9 @@ def test_the_docs_local_commands_run(run):
         assert "(4 host(s))" in result.stderr and "POD=1" in result.stderr
       else:
         assert "--tpu=local" in printed
+    elif "vertex_ai.sh tune" in command:
+      assert "gcloud ai hp-tuning-jobs create" in printed
+      assert '"parameterId": "config.train.learning_rate"' in printed
     elif "vertex_ai.sh" in command:
       assert "gcloud ai custom-jobs create" in printed
       assert '"--data_dir=gs://BUCKET/arith"' in printed

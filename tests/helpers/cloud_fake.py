@@ -15,7 +15,8 @@ Saying no as the APIs do:
 
 * Bodies: every request body in _BODIES (TPU v2 nodes create/patch,
   getGuestAttributes, queuedResources create; Compute
-  setCommonInstanceMetadata; Vertex AI customJobs create; Cloud Build v1
+  setCommonInstanceMetadata; Vertex AI customJobs and
+  hyperparameterTuningJobs create; Cloud Build v1
   builds create; Artifact Registry v1 repositories create) is read with the
   Cloud SDK's own message class and apitools (``check_body``): an unknown
   name at any depth, a value of the wrong type or an enum value not listed
@@ -34,7 +35,9 @@ Saying no as the APIs do:
 * Vertex AI: ``custom_job_errors``: the chief pool (the first) has exactly one
   replica, a non-empty pool a machineSpec.machineType and exactly one of
   containerSpec / pythonPackageSpec, acceleratorCount needs acceleratorType;
-  answered 400 ``List of found errors:\t1.Field: job_spec...; Message: ...``.
+  answered 400 ``List of found errors:\t1.Field: job_spec...; Message: ...``;
+  ``tuning_job_errors`` likewise for a hyperparameter tuning job (trial
+  counts, the study's metrics and parameters, the trial's job spec).
 * Operations, for tests: ``slow_next(kind, polls=N, seconds=S)`` answers the
   next operation of kind (OPERATION_KINDS, e.g. "tpu.nodes.create")
   done=false to N reads and for S seconds (a node is CREATING meanwhile);
@@ -103,7 +106,11 @@ What gcloud 528 does, measured against this fake:
   stdout is empty; stderr has ``Using endpoint [...]`` and ``CustomJob
   [projects/P/locations/R/customJobs/ID] is submitted successfully.``;
   ``--format=value(name)`` prints the name on stdout. ``cancel`` POSTs
-  ``:cancel``. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
+  ``:cancel``. ``ai hp-tuning-jobs create --config=spec.yaml`` POSTs
+  ``.../hyperparameterTuningJobs`` with the file's studySpec, trial counts
+  and trialJobSpec (gcloud itself refuses a name its message lacks before
+  sending) and prints ``Hyperparameter tuning job [ID] submitted
+  successfully`` on stderr. ``stream-logs`` GETs the job, then POSTs Cloud Logging's
   ``/v2/entries:list``, which is not faked: LOGGING points here so it fails at
   once with NOT_FOUND instead of trying the internet.
 * Artifact Registry (v1; the override has the path ``/artifactregistry/``,
@@ -226,7 +233,8 @@ def host_count(accelerator_type: str) -> int:
 # kind (an operation, except for customJobs.create which only fails).
 OPERATION_KINDS = ("tpu.nodes.create", "tpu.nodes.delete", "tpu.nodes.patch",
                    "tpu.queuedResources.create", "tpu.queuedResources.delete",
-                   "aiplatform.customJobs.create")
+                   "aiplatform.customJobs.create",
+                   "aiplatform.hyperparameterTuningJobs.create")
 
 
 @dataclasses.dataclass
@@ -276,6 +284,64 @@ def custom_job_errors(job: dict) -> list[tuple[str, str]]:
     if len(tasks) != 1:
       errors.append((f"{where}.task", "Exactly one of container_spec and "
                      f"python_package_spec is required, got {len(tasks) or 'none'}."))
+  return errors
+
+
+_VALUE_SPECS = ("doubleValueSpec", "integerValueSpec", "discreteValueSpec",
+                "categoricalValueSpec")
+
+
+def tuning_job_errors(job: dict) -> list[tuple[str, str]]:
+  """(field, message) of each documented rule of Vertex AI's
+  HyperparameterTuningJob and StudySpec reference that `job` breaks (a body
+  already valid as a message): maxTrialCount and parallelTrialCount
+  required (positive); a study with at least one metric, each with a
+  metricId and a goal, and at least one parameter; a parameter has a
+  parameterId without whitespace, unique, exactly one value spec (a
+  oneof); a double or integer range has minValue <= maxValue, a discrete or
+  categorical one at least one value; a log scale needs a strictly
+  positive range; the trial's job spec obeys custom_job_errors."""
+  errors = []
+  for name in ("maxTrialCount", "parallelTrialCount"):
+    if int(job.get(name, 0)) <= 0:
+      errors.append((_snake(name), f"{name} must be greater than 0."))
+  study = job.get("studySpec") or {}
+  metrics = study.get("metrics", [])
+  if not metrics:
+    errors.append(("study_spec.metrics", "At least one metric is required."))
+  for index, metric in enumerate(metrics):
+    if not metric.get("metricId") or metric.get("goal", "GOAL_TYPE_UNSPECIFIED") == (
+        "GOAL_TYPE_UNSPECIFIED"):
+      errors.append((f"study_spec.metrics[{index}]", "metric_id and goal are required."))
+  parameters = study.get("parameters", [])
+  if not parameters:
+    errors.append(("study_spec.parameters", "At least one parameter is required."))
+  seen = set()
+  for index, parameter in enumerate(parameters):
+    where = f"study_spec.parameters[{index}]"
+    pid = parameter.get("parameterId", "")
+    if not pid or re.search(r"\s", pid) or pid in seen:
+      errors.append((f"{where}.parameter_id", f"parameter_id {pid!r} must be non-empty, "
+                     "without whitespace and unique."))
+    seen.add(pid)
+    specs = [k for k in _VALUE_SPECS if k in parameter]
+    if len(specs) != 1:
+      errors.append((f"{where}.parameter_value_spec", "Exactly one value spec is required, "
+                     f"got {len(specs) or 'none'}."))
+      continue
+    spec = parameter[specs[0]]
+    if specs[0] in ("doubleValueSpec", "integerValueSpec"):
+      low, high = float(spec.get("minValue", 0)), float(spec.get("maxValue", 0))
+      if low > high:
+        errors.append((f"{where}.{_snake(specs[0])}", f"min_value {low:g} is greater "
+                       f"than max_value {high:g}."))
+      if "LOG" in parameter.get("scaleType", "") and low <= 0:
+        errors.append((f"{where}.scale_type", "A log scale needs a strictly positive "
+                       "feasible space."))
+    elif not spec.get("values"):
+      errors.append((f"{where}.{_snake(specs[0])}.values", "At least one value is required."))
+  errors += [(f"trial_job_spec{f[len('job_spec'):]}", d) for f, d in
+             custom_job_errors({"jobSpec": job.get("trialJobSpec") or {}})]
   return errors
 
 
@@ -341,6 +407,7 @@ class CloudFake:
       self.nodes: dict[str, dict] = {}        # full name -> Node
       self.queued: dict[str, dict] = {}       # full name -> QueuedResource
       self.jobs: dict[str, dict] = {}         # numeric id -> CustomJob
+      self.tuning_jobs: dict[str, dict] = {}  # numeric id -> HyperparameterTuningJob
       self.operations: dict[str, dict] = {}   # full name -> Operation
       self.queued_active_after = 2
       self._qr_gets: dict[str, int] = {}
@@ -742,6 +809,20 @@ class CloudFake:
                          "state": "JOB_STATE_PENDING", "createTime": _now()}
     return self.jobs[job_id]
 
+  def tuning_job_create(self, m, q, body):
+    errors = tuning_job_errors(body)
+    if errors:
+      raise HttpError(400, "INVALID_ARGUMENT", "List of found errors:\t" + "".join(
+          f"{i}.Field: {f}; Message: {d}\t" for i, (f, d) in enumerate(errors, 1)),
+                      [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": f, "description": d} for f, d in errors]}])
+    self._plan("aiplatform.hyperparameterTuningJobs.create")
+    job_id = str(2000000000000000000 + next(self._ids))
+    self.tuning_jobs[job_id] = {
+        **body, "name": f"{_parent(m)}/hyperparameterTuningJobs/{job_id}",
+        "state": "JOB_STATE_PENDING", "createTime": _now()}
+    return self.tuning_jobs[job_id]
+
   def _job(self, m):
     job = self.jobs.get(m["id"])
     if job is None or job["name"] != _name(m):
@@ -901,6 +982,7 @@ _ROUTES = [
                            "POST": _C.job_create}),
     (_AI + r"/customJobs/(?P<id>\d+)", {"GET": _C.job_get}),
     (_AI + r"/customJobs/(?P<id>\d+):cancel", {"POST": _C.job_cancel}),
+    (_AI + "/hyperparameterTuningJobs", {"POST": _C.tuning_job_create}),
     # Cloud Build v1 and Artifact Registry v1 (CloudFake.env gives each a path).
     ("/cloudbuild/v1" + _LOC + "/builds", {"POST": _C.build_create}),
     ("/cloudbuild/v1" + _LOC + r"/builds/(?P<id>[^/:]+)", {"GET": _C.build_get}),
@@ -1001,6 +1083,9 @@ _BODIES = [
      "Metadata", "metadata_resource", "google.cloud.compute.v1"),
     ("POST", _AI + "/customJobs", "aiplatform", "v1", "GoogleCloudAiplatformV1CustomJob",
      "custom_job", "google.cloud.aiplatform.v1"),
+    ("POST", _AI + "/hyperparameterTuningJobs", "aiplatform", "v1",
+     "GoogleCloudAiplatformV1HyperparameterTuningJob", "hyperparameter_tuning_job",
+     "google.cloud.aiplatform.v1"),
     ("POST", _OPTIONAL_PREFIX + r"/v1/projects/[^/]+/locations/[^/]+/builds", "cloudbuild",
      "v1", "Build", "build", "google.devtools.cloudbuild.v1"),
     ("POST", _OPTIONAL_PREFIX + r"/v1/projects/[^/]+/builds", "cloudbuild", "v1", "Build",

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers.cloud_fake import HOSTS, custom_job_errors
+from tests.helpers.cloud_fake import HOSTS, custom_job_errors, tuning_job_errors
 
 TPU = "/v2/projects/test-project/locations/us-central2-b"
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
@@ -20,6 +20,12 @@ NODE = {"acceleratorType": "v4-8", "runtimeVersion": "tpu-vm-tf-2.17.0-pjrt"}
 POOL = {"machineSpec": {"machineType": "n1-standard-8"}, "replicaCount": "1",
         "containerSpec": {"imageUri": "us-docker.pkg.dev/p/r/trainer:abc",
                           "args": ["--strategy=default"]}}
+TUNING_JOBS = "/v1/projects/test-project/locations/us-central1/hyperparameterTuningJobs"
+DOUBLE = {"doubleValueSpec": {"minValue": 1e-4, "maxValue": 1e-2}, "scaleType": "UNIT_LOG_SCALE"}
+STUDY = {"metrics": [{"metricId": "accuracy", "goal": "MAXIMIZE"}],
+         "parameters": [{"parameterId": "config.train.learning_rate", **DOUBLE}]}
+TUNING_JOB = {"displayName": "t", "studySpec": STUDY, "maxTrialCount": 4,
+              "parallelTrialCount": 2, "trialJobSpec": {"workerPoolSpecs": [POOL]}}
 UNKNOWN = "Invalid JSON payload received. Unknown name \"{}\" at '{}': Cannot find field."
 # Bypass any proxy of the environment: the fake is on 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -91,6 +97,11 @@ BODY_CASES = [
      {"jobSpec": {"workerPoolSpecs": [{**POOL, "replicaCount": "two"}]}},
      "Invalid value at 'custom_job.job_spec.worker_pool_specs[0].replica_count' "
      "(TYPE_INT64), \"two\""),
+    ("POST", TUNING_JOBS, TUNING_JOB,
+     {**TUNING_JOB, "studySpec": {**STUDY, "metrics": [{"metricID": "accuracy"}]}},
+     "metricID", "hyperparameter_tuning_job.study_spec.metrics[0]",
+     {**TUNING_JOB, "studySpec": {**STUDY, "algorithm": "BAYESIAN"}},
+     "Invalid value at 'hyperparameter_tuning_job.study_spec.algorithm'"),
     ("POST", "/v1/projects/test-project/locations/us-central1/builds",
      {"steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}]},
      {"steps": [{"nmae": "gcr.io/cloud-builders/docker"}]}, "nmae", "build.steps[0]",
@@ -242,3 +253,32 @@ def test_compute_project_metadata_is_set_and_read(cloud):
   assert api(cloud, "GET", operation["selfLink"][len(cloud.url):]) == (200, operation)
   project = api(cloud, "GET", "/compute/v1/projects/test-project")[1]
   assert project["commonInstanceMetadata"]["items"] == items
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"maxTrialCount": 0}, "max_trial_count", "greater than 0"),
+    ({"studySpec": {**STUDY, "metrics": []}}, "study_spec.metrics", "At least one metric"),
+    ({"studySpec": {**STUDY, "metrics": [{"metricId": "accuracy"}]}},
+     "study_spec.metrics[0]", "goal are required"),
+    ({"studySpec": {**STUDY, "parameters": []}}, "study_spec.parameters",
+     "At least one parameter"),
+    ({"studySpec": {**STUDY, "parameters": [{"parameterId": "a b", **DOUBLE}]}},
+     "study_spec.parameters[0].parameter_id", "without whitespace"),
+    ({"studySpec": {**STUDY, "parameters": [{"parameterId": "a"}]}},
+     "study_spec.parameters[0].parameter_value_spec", "got none"),
+    ({"studySpec": {**STUDY, "parameters": [{"parameterId": "a", "doubleValueSpec": {
+        "minValue": 2, "maxValue": 1}}]}},
+     "study_spec.parameters[0].double_value_spec", "min_value 2 is greater"),
+    ({"studySpec": {**STUDY, "parameters": [{"parameterId": "a", "doubleValueSpec": {
+        "minValue": 0, "maxValue": 1}, "scaleType": "UNIT_LOG_SCALE"}]}},
+     "study_spec.parameters[0].scale_type", "strictly positive"),
+    ({"trialJobSpec": {"workerPoolSpecs": [{**POOL, "replicaCount": "2"}]}},
+     "trial_job_spec.worker_pool_specs[0].replica_count", "exactly 1 replica"),
+])
+def test_vertex_ai_refuses_a_tuning_job_that_breaks_its_documented_rules(
+    cloud, change, field, words):
+  error = refused(cloud, "POST", TUNING_JOBS, {**TUNING_JOB, **change})
+  assert error["message"].startswith(f"List of found errors:\t1.Field: {field}; Message: ")
+  assert words in error["message"]
+  assert not cloud.tuning_jobs
+  assert tuning_job_errors(TUNING_JOB) == []

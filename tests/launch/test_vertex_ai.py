@@ -307,3 +307,136 @@ def test_job_id_arguments_and_logs_command(cloud):
       "gcloud", "ai", "custom-jobs", "stream-logs", "123",
       "--region=us-central1", "--project=PROJECT"]
   assert cloud.requests == []
+
+
+TUNING_JOBS = "/v1/projects/test-project/locations/us-central1/hyperparameterTuningJobs"
+STUDY = """\
+# tune the peak learning rate and the width
+metric accuracy maximize
+max_trials 6
+parallel_trials 2      # at a time
+param config.train.learning_rate double 1e-8 0.01 log
+param config.train.warmup_steps integer 0 500
+param config.model.hidden_size categorical 12,15,24
+param config.train.min_learning_rate_ratio discrete 0,0.05,0.1
+algorithm random
+"""
+
+
+def study(tmp_path, text=STUDY):
+  path = tmp_path / "study.txt"
+  path.write_text(text)
+  return str(path)
+
+
+def test_tune_creates_a_tuning_job_whose_trials_run_the_submit_job(cloud, tmp_path):
+  """The study's parameters become the StudySpec (Vertex AI adds
+  --PARAMETER=VALUE to each trial's args: the trainer's --config.* flags);
+  each trial is the job submit would create, under MODEL_DIR."""
+  env = {**paths("b"), "IMAGE": "example.com/trainer:1", "CONFIG": "configs/smoke.py"}
+  result = ok(vertex_ai(cloud, "tune", study(tmp_path), "--config.train.num_steps=200",
+                        env=env))
+  (request,) = cloud.find("POST", TUNING_JOBS + "$")
+  body = request.body
+  assert body["displayName"] == "job-1"
+  assert body["studySpec"] == {
+      "metrics": [{"metricId": "accuracy", "goal": "MAXIMIZE"}],
+      "algorithm": "RANDOM_SEARCH",
+      "parameters": [
+          {"parameterId": "config.train.learning_rate", "scaleType": "UNIT_LOG_SCALE",
+           "doubleValueSpec": {"minValue": 1e-8, "maxValue": 0.01}},
+          {"parameterId": "config.train.warmup_steps", "scaleType": "UNIT_LINEAR_SCALE",
+           "integerValueSpec": {"minValue": "0", "maxValue": "500"}},
+          {"parameterId": "config.model.hidden_size",
+           "categoricalValueSpec": {"values": ["12", "15", "24"]}},
+          {"parameterId": "config.train.min_learning_rate_ratio",
+           "scaleType": "UNIT_LINEAR_SCALE",
+           "discreteValueSpec": {"values": [0, 0.05, 0.1]}}]}
+  assert (body["maxTrialCount"], body["parallelTrialCount"]) == (6, 2)
+  trial = body["trialJobSpec"]
+  assert trial["baseOutputDirectory"] == {"outputUriPrefix": "gs://b/runs/v1"}
+  (pool,) = trial["workerPoolSpecs"]
+  assert pool["containerSpec"] == {"imageUri": "example.com/trainer:1", "args": [
+      "--config=configs/smoke.py", "--strategy=default", "--data_dir=gs://b/arith",
+      "--config.train.num_steps=200"]}
+  # 1e-8 went as 1.0e-08: gcloud reads YAML 1.1, where 1e-08 is no number.
+  assert "YAML1_1Warning" not in result.stderr
+  (job_id,) = cloud.tuning_jobs
+  assert result.stdout.splitlines() == [
+      f"tuning job: {job_id} (6 trials, 2 at a time)",
+      f"next: gcloud ai hp-tuning-jobs describe {job_id} --region=us-central1 "
+      "--project=test-project; each trial's outputs in "
+      "gs://b/runs/v1/TRIAL_ID/{model,checkpoints,logs}"]
+  assert cloud.find("POST", JOBS) == []
+
+  # Dry: the spec and the command, no request.
+  cloud.reset()
+  dry = ok(vertex_ai(cloud, "tune", study(tmp_path), env={**env, "DRY_RUN": "1"}))
+  assert '#   "maxTrialCount": 6,' in dry.stdout
+  assert re.search(r"^gcloud ai hp-tuning-jobs create --region=us-central1 "
+                   r"--project=PROJECT --display-name=job-1 --config=\S+/tuning_job.yaml "
+                   r"--format=value\\\(name\\\)$", dry.stdout, re.M)
+  assert cloud.requests == []
+
+  # Vertex AI's refusal is one line.
+  cloud.fail_next("aiplatform.hyperparameterTuningJobs.create", "The following quota "
+                  "metrics exceed quota limits: custom_model_training_cpus", http_status=429)
+  refused = vertex_ai(cloud, "tune", study(tmp_path), env=env)
+  assert error_line(refused).startswith(
+      "error: Vertex AI refused the tuning job: RESOURCE_EXHAUSTED: The following quota")
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ("metric accuracy maximize\nmax_trials 2\n", (), "{f}: no param line: nothing to tune"),
+    ("max_trials 2\nparam config.train.learning_rate double 0.001 0.01\n", (),
+     "{f}: no metric line"),
+    ("metric f1 maximize\n", (), "{f}:1: the metric is accuracy or loss"),
+    ("metric loss up\n", (), "{f}:1: the goal is maximize or minimize, got 'up'"),
+    ("metric loss minimize\nmax_trials 0\n", (), "{f}:2: usage: max_trials N"),
+    ("\n# x\nparam config.train.learning_rate double 0.01 0.001\n", (),
+     "{f}:3: MIN 0.01 must be below MAX 0.001"),
+    ("param config.train.learning_rate double 0 0.01 log\n", (),
+     "{f}:1: a log scale needs MIN above 0, got 0"),
+    ("param config.train.learning_rate double 1e-4 big\n", (),
+     "{f}:1: MAX must be a number, got 'big'"),
+    ("param config.train.warmup_steps integer 0 1.5\n", (),
+     "{f}:1: an integer parameter's MIN and MAX are integers"),
+    ("param learning_rate double 0.001 0.01\n", (),
+     "{f}:1: a parameter is a config field, e.g. config.train.learning_rate"),
+    ("param config.train.lr double 0.001 0.01\nmetric loss minimize\nmax_trials 3\n", (),
+     "{f}: config.train.lr is not a config field"),
+    ("param config.model.hidden_size categorical 12,15 log\n", (),
+     "{f}:1: a categorical parameter has no scale"),
+    ("param config.train.warmup_steps integer 0 5\nparam config.train.warmup_steps "
+     "integer 0 9\n", (), "{f}:2: config.train.warmup_steps is a parameter twice"),
+    ("metric loss minimize\nmax_trials 3\nparallel_trials 4\n"
+     "param config.train.warmup_steps integer 0 5\n", (),
+     "{f}: parallel_trials 4 is more than max_trials 3"),
+    ("metric loss minimize\nmax_trials 3\nalgorithm grid\n"
+     "param config.train.learning_rate double 0.001 0.01\n", (),
+     "{f}: grid search takes integer, discrete and categorical parameters only"),
+    ("metric loss minimize\nmax_trials 3\nparam config.train.warmup_steps integer 0 5\n",
+     ("--config.train.warmup_steps=3",), "--config.train.warmup_steps=3: "
+     "config.train.warmup_steps is a parameter of the study in {f}"),
+    ("trials 3\n", (), "{f}:1: unknown line 'trials'"),
+])
+def test_a_bad_study_is_one_line_before_any_request(cloud, tmp_path, text, args, message):
+  path = study(tmp_path, text)
+  result = vertex_ai(cloud, "tune", path, *args,
+                     env={**paths("b"), "IMAGE": "example.com/trainer:1"})
+  assert result.returncode == 2
+  assert error_line(result).startswith("error: " + message.format(f=path))
+  assert cloud.requests == []
+
+
+def test_tune_needs_a_study_file_and_the_submit_settings(cloud, tmp_path):
+  env = {**paths("b"), "IMAGE": "example.com/trainer:1"}
+  for args, message in (
+      ((), "error: usage: launch/vertex_ai.sh tune STUDY [trainer flags]"),
+      (("--config.train.num_steps=3",),
+       "error: usage: launch/vertex_ai.sh tune STUDY [trainer flags]"),
+      ((str(tmp_path / "missing.txt"),), f"error: study file '{tmp_path}/missing.txt' not found")):
+    assert error_line(vertex_ai(cloud, "tune", *args, env=env)) == message
+  no_data = vertex_ai(cloud, "tune", study(tmp_path), env={**env, "DATA_DIR": "/data"})
+  assert error_line(no_data).startswith("error: DATA_DIR must be a gs:// URL")
+  assert cloud.requests == []

@@ -53,6 +53,7 @@ from trainer.cloud import storage
 from trainer.model import export
 from trainer.training import checkpoints
 from trainer.training import feeds as feeds_lib
+from trainer.training import hypertune
 from trainer.training import plan as plan_lib
 from trainer.training import run_dir
 from trainer.training import run_lock
@@ -351,6 +352,8 @@ class _Run:
         out.checkpoints) if run_plan.keep_best else None
     self.scalars = summaries.Scalars(out.logs)
     self.is_chief = strategy_lib.is_chief(strategy)
+    # A Vertex AI tuning trial's metric file (the chief's; None elsewhere).
+    self.hypertune = hypertune.Reporter.from_env() if self.is_chief else None
     # The hparams' "strategy": the class the run's "strategy:" line names,
     # without a leading underscore (DefaultDistributionStrategy).
     self.strategy_name = type(strategy).__name__.lstrip("_")
@@ -520,8 +523,9 @@ class _Run:
     return record
 
   def _eval_pass(self) -> dict[str, Any]:
-    """One eval pass: says it, writes eval/ scalars and returns the metrics
-    (train.Trainer.evaluate)."""
+    """One eval pass: says it, writes eval/ scalars (and, in a Vertex AI
+    tuning trial, the metric file: trainer/training/hypertune.py) and
+    returns the metrics (train.Trainer.evaluate)."""
     try:
       metrics = self.trainer.evaluate(self.feeds.eval_dataset)
     except _DATA_ERRORS as e:
@@ -532,6 +536,8 @@ class _Run:
     say(summaries.eval_line(self.step, metrics,
                             self.feeds.eval_split_examples))
     self.last_eval = metrics
+    if self.hypertune:
+      self.hypertune.report(self.step, metrics)
     if self.target:
       self.target_values.append((self.step, metrics[self.target.metric]))
     return metrics
