@@ -5,7 +5,8 @@ In process (default strategy, fixed synthetic batches): K = 2 at batch 16
 against K = 1 at batch 32 on the same examples, through each path of the
 one-replica step -- the fused XLA step, several steps a call and one
 (steps_per_call), and Keras's apply_gradients (xla_update=False, as on
-TPU) -- and the divergence flag.
+TPU) -- the divergence flag, and an exact resume's skip (K batches a step,
+on the smoke data).
 
 In real trainer processes (test_equivalence's full-batch data: every step
 of either side sees the whole training set, see its docstring): K = 2 at
@@ -30,6 +31,8 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from trainer.training import feeds
+from trainer.training import plan
 from trainer.training import train
 
 from tests.helpers.shared import once_per_session
@@ -120,6 +123,22 @@ def test_a_divergence_is_flagged_at_its_optimizer_step():
                                steps_per_call=1)
   assert 2 <= int(results[2]) <= STEPS, results  # the first step is finite
   assert int(trainer.step) == STEPS
+
+
+def test_an_exact_resume_skips_k_batches_a_step(smoke_data):
+  # Resumed at optimizer step 3 of K = 2: the pipeline starts at the 7th
+  # batch of the uninterrupted order (3 steps x 2 batches read before).
+  config = smoke.get_config()
+  config.train.accumulation_steps = 2
+  config.train.exact_resume = True
+  strategy = tf.distribute.get_strategy()
+  run_plan = plan.for_strategy(config, strategy, smoke_data)
+  whole = feeds.Feeds.of(run_plan, strategy).train_iterator
+  batches = [next(whole)[0].numpy() for _ in range(8)]
+  resumed = feeds.Feeds.of(run_plan, strategy, start_step=3).train_iterator
+  for expected in batches[6:]:
+    np.testing.assert_array_equal(next(resumed)[0].numpy(), expected)
+  assert not np.array_equal(batches[3], batches[6])
 
 
 # --- real processes, every strategy ------------------------------------
