@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 128  # examples per step, all replicas
   config.train.num_steps = 15_000  # optimizer steps (~1 min on 2 CPU cores)
+  # Gradient accumulation: batches of global_batch_size per optimizer step
+  # (an effective batch of this x global_batch_size; 1 = off). Steps, the
+  # schedule, checkpoints, resumes and the target count optimizer steps.
+  config.train.accumulation_steps = 1
   config.train.steps_per_loop = 200  # steps per host loop (one tf.function call)
   # Steps per XLA call on one replica: the host loop stacks this many batches
   # and runs their steps in one compiled call (1 = a call per step; several

@@ -47,6 +47,10 @@ def test_seeds_and_batch_counts_of_a_resumed_run(exact):
     assert run_plan.skip_batches(50) == 0
   config.train.eval_steps = 0
   assert plan.resolve(config).take_batches is None
+  # Accumulating 3 batches a step: a step read 3 batches per replica.
+  config.train.accumulation_steps = 3
+  run_plan = plan.resolve(config, num_replicas=4, num_input_pipelines=2)
+  assert run_plan.skip_batches(50) == (50 * 3 * 2 if exact else 0)
 
 
 def test_a_plan_is_frozen():
@@ -57,7 +61,8 @@ def test_a_plan_is_frozen():
     run_plan.patterns["training"] = "elsewhere"
 
 
-@pytest.mark.parametrize("field", ["steps_per_loop", "steps_per_call"])
+@pytest.mark.parametrize("field", ["steps_per_loop", "steps_per_call",
+                                   "accumulation_steps"])
 def test_each_bad_field_is_named_once_by_resolve(field):
   config = smoke.get_config()
   config.train[field] = 0

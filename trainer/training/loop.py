@@ -443,8 +443,8 @@ class _Run:
     if not self.train_metrics:  # the first host loop
       self._say_start_up(start, seconds, num_steps)
     self.step = end
-    examples_per_sec = num_steps * self.config.train.global_batch_size / (
-        seconds)
+    examples_per_sec = (num_steps * self.config.train.global_batch_size *
+                        self.config.train.accumulation_steps / seconds)
     self.train_metrics = {"loss": loss, "accuracy": accuracy,
                           "learning_rate": self.trainer.learning_rate(),
                           "steps_per_sec": num_steps / seconds,

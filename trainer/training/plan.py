@@ -137,10 +137,12 @@ class RunPlan:
 
   def skip_batches(self, start_step: int) -> int:
     """Per-replica batches each training pipeline skips to resume exactly
-    (config.train.exact_resume), else 0."""
+    (config.train.exact_resume), else 0. A step is an optimizer step: it
+    read config.train.accumulation_steps batches."""
     if not self.config.train.exact_resume:
       return 0
-    return start_step * self.replicas_per_pipeline
+    return (start_step * self.config.train.accumulation_steps *
+            self.replicas_per_pipeline)
 
   @property
   def take_batches(self) -> int | None:
@@ -214,6 +216,7 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
                         ("model", "len_max_input"), ("model", "num_heads"),
                         ("model", "num_layers"),
                         ("train", "global_batch_size"), ("train", "num_steps"),
+                        ("train", "accumulation_steps"),
                         ("train", "steps_per_loop"),
                         ("train", "steps_per_call"),
                         ("train", "keep_checkpoints")):

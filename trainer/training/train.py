@@ -21,6 +21,12 @@ README's "What a run does"), so the steps are written here:
     outer tf.function, so the host calls into the graph once per host loop;
   * the loss is summed per replica and divided by the global batch size, so
     summing over replicas gives the mean;
+  * gradient accumulation (config.train.accumulation_steps = K > 1): an
+    optimizer step takes K batches, stacked [K, batch, ...]; the replica's
+    compiled forward/backward runs them one after another in a loop and
+    sums their gradients (of losses summed and divided by K x the global
+    batch), so the update -- and the one all-reduce of several replicas --
+    sees the gradient of one step at K x the batch;
   * every shape is static, so each function is traced exactly once per run.
 
 When to train, evaluate, checkpoint and stop is `loop`'s business.
@@ -91,6 +97,8 @@ class Trainer:
     self.strategy = strategy
     train = config.train
     self.global_batch_size = train.global_batch_size
+    # Batches per optimizer step (gradient accumulation; 1 = off).
+    self.accumulation_steps = train.accumulation_steps
     self.num_replicas = strategy.num_replicas_in_sync
     self.use_xla = train.jit_compile and not isinstance(
         strategy, tf.distribute.TPUStrategy)
@@ -121,7 +129,11 @@ class Trainer:
     self.gradient_norm = tf.Variable(float("nan"), trainable=False,
                                      name="gradient_norm")
 
-    self.forward_backward = tf.function(self._forward_backward,
+    # One step's loss, correct count and gradients: of one batch, or of K
+    # accumulated ones (config.train.accumulation_steps).
+    self._gradients = (self._forward_backward if self.accumulation_steps == 1
+                       else self._accumulated_forward_backward)
+    self.forward_backward = tf.function(self._gradients,
                                         jit_compile=self.use_xla)
     self.forward = tf.function(self._forward, jit_compile=self.use_xla)
     # Adam's update in XLA too: fused with the step on one replica, a
@@ -187,16 +199,91 @@ class Trainer:
         trainable, non_trainable, x, y)
     return per_example, tf.reduce_sum(correct), non_trainable
 
-  def _forward_backward(self, trainable, non_trainable, x, y):
+  def _forward_backward(self, trainable, non_trainable, x, y,
+                        examples_per_step=None):
     with tf.GradientTape() as tape:
       tape.watch(trainable)
       per_example, correct, non_trainable = self._loss_and_correct(
           trainable, non_trainable, x, y)
-      # Summed per replica over the global batch: replica sums add to the mean.
-      loss = tf.reduce_sum(per_example) / self.global_batch_size
+      # Summed per replica over the global batch (times the accumulated
+      # batches): replica sums add to the mean.
+      loss = tf.reduce_sum(per_example) / (examples_per_step or
+                                           self.global_batch_size)
       scaled_loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, trainable)
     return loss, correct, gradients, non_trainable
+
+  # --- gradient accumulation (config.train.accumulation_steps) -------------
+
+  def _accumulated_forward_backward(self, trainable, non_trainable, xs, ys):
+    """_forward_backward over K = accumulation_steps batches, stacked as
+    xs [K, batch, len_max_input] and ys [K, batch]: one batch after another
+    in a loop (only one batch's activations alive at a time), gradients
+    summed.
+
+    Each batch's loss is summed and divided by K x the global batch, so the
+    sums are the loss and gradient of one step over the K x global batch
+    examples. Dense gradients add up in place; an embedding's IndexedSlices
+    are kept, slices of every batch concatenated (as the K x batch's would
+    be), because Adam squares slices before it sums repeated rows
+    (optimizer.py).
+    """
+    steps = self.accumulation_steps
+    examples = steps * self.global_batch_size
+    # The first batch outside the loop: the gradients' kinds and shapes.
+    loss, correct, gradients, non_trainable = self._forward_backward(
+        trainable, non_trainable, xs[0], ys[0], examples)
+    sliced = [isinstance(g, tf.IndexedSlices) for g in gradients]
+    dense = [g for g, s in zip(gradients, sliced) if not s]
+    slices = [(tf.TensorArray(g.values.dtype, size=steps,
+                              element_shape=g.values.shape).write(0, g.values),
+               tf.TensorArray(g.indices.dtype, size=steps,
+                              element_shape=g.indices.shape).write(
+                                  0, g.indices))
+              for g, s in zip(gradients, sliced) if s]
+
+    def body(k, loss, correct, dense, slices, non_trainable):
+      step_loss, step_correct, step_gradients, non_trainable = (
+          self._forward_backward(trainable, non_trainable, xs[k], ys[k],
+                                 examples))
+      step_dense = [g for g, s in zip(step_gradients, sliced) if not s]
+      step_slices = [g for g, s in zip(step_gradients, sliced) if s]
+      return (k + 1, loss + step_loss, correct + step_correct,
+              [total + g for total, g in zip(dense, step_dense)],
+              [(values.write(k, g.values), indices.write(k, g.indices))
+               for (values, indices), g in zip(slices, step_slices)],
+              non_trainable)
+
+    _, loss, correct, dense, slices, non_trainable = tf.while_loop(
+        lambda k, *_: k < steps, body,
+        (tf.constant(1), loss, correct, dense, slices, non_trainable))
+    dense, slices = iter(dense), iter(slices)
+    summed = []
+    for g, s in zip(gradients, sliced):
+      if not s:
+        summed.append(next(dense))
+        continue
+      values, indices = next(slices)
+      summed.append(tf.IndexedSlices(
+          tf.reshape(values.stack(), [-1, *g.values.shape[1:]]),
+          tf.reshape(indices.stack(), [-1]), g.dense_shape))
+    return loss, correct, summed, non_trainable
+
+  def _next_step_batches(self, iterator):
+    """One optimizer step's input from the train iterator: its next batch
+    (x, y), or with accumulation the next K, as (xs, ys) tuples of K
+    (per-replica values: stacked inside the replica, _stacked)."""
+    if self.accumulation_steps == 1:
+      return next(iterator)
+    batches = [next(iterator) for _ in range(self.accumulation_steps)]
+    return (tuple(x for x, _ in batches), tuple(y for _, y in batches))
+
+  @staticmethod
+  def _stacked(values):
+    """K batches (a tuple) stacked [K, ...]; one batch as it is."""
+    return tf.stack(values) if isinstance(values, tuple) else values
+
+  # --- steps ----------------------------------------------------------------
 
   def _step_results(self, loss, correct, gradients, gradient_norm):
     """What one replica's step reports, as one vector (one all-reduce):
@@ -231,7 +318,7 @@ class Trainer:
   def _fused_step(self, x, y):
     """One replica's whole step, compiled as one XLA function."""
     trainable, non_trainable = self._weights()
-    loss, correct, gradients, non_trainable = self._forward_backward(
+    loss, correct, gradients, non_trainable = self._gradients(
         trainable, non_trainable, x, y)
     self.update.assign(*self.update.apply(self.update.values(), trainable,
                                           gradients))
@@ -243,7 +330,8 @@ class Trainer:
 
   def _fused_steps(self, xs, ys):
     """steps_per_call whole steps (_fused_step) in one XLA call, on batches
-    stacked as xs [steps, batch, len_max_input] and ys [steps, batch].
+    stacked as xs [steps, batch, len_max_input] and ys [steps, batch]
+    ([steps, K, batch, ...] with K accumulated batches a step).
 
     Returns:
       _step_results' vector summed over the steps, but for its diverged
@@ -260,6 +348,7 @@ class Trainer:
     return totals
 
   def _replica_train_step(self, x, y):
+    x, y = self._stacked(x), self._stacked(y)
     if self.fused_step is not None:
       return self.fused_step(x, y)
     trainable, non_trainable = self._weights()
@@ -324,18 +413,20 @@ class Trainer:
       # iterator still yields one batch at a time, so the data order, skips
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
-        batches = [next(iterator) for _ in range(per_call)]
+        batches = [self._next_step_batches(iterator)
+                   for _ in range(per_call)]
         results = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM, self.strategy.run(
-                self.fused_steps, args=(tf.stack([x for x, _ in batches]),
-                                        tf.stack([y for _, y in batches]))),
+                self.fused_steps,
+                args=(tf.stack([self._stacked(x) for x, _ in batches]),
+                      tf.stack([self._stacked(y) for _, y in batches]))),
             axis=None)
         # Its diverged entry is the index of the call's first diverged step.
         sums = _add_results(sums, results, self.step + tf.cast(
             i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
-      x, y = next(iterator)
+      x, y = self._next_step_batches(iterator)
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
       # [loss, correct, diverged, gradient norm] summed over replicas: one
@@ -348,7 +439,8 @@ class Trainer:
     steps = tf.cast(num_steps, tf.float32)
     self.gradient_norm.assign(gradient_norm_sum / steps)
     return (loss_sum / steps,
-            tf.cast(correct, tf.float32) / (steps * self.global_batch_size),
+            tf.cast(correct, tf.float32) / (
+                steps * self.global_batch_size * self.accumulation_steps),
             first_diverged)
 
   def _eval_loop(self, dataset):
