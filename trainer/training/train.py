@@ -120,6 +120,11 @@ class Trainer:
     # _step_results); TensorBoard's train/gradient_norm. Not checkpointed.
     self.gradient_norm = tf.Variable(float("nan"), trainable=False,
                                      name="gradient_norm")
+    # The seconds the last host loop waited for its batches (the sum of its
+    # get_next calls: _next_batch); the run's time split reads it
+    # (trainer/training/timing.py). Not checkpointed.
+    self.input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                  name="input_wait")
 
     self.forward_backward = tf.function(self._forward_backward,
                                         jit_compile=self.use_xla)
@@ -318,13 +323,18 @@ class Trainer:
     # (loss, correct count, gradient norm) summed, the first diverged step.
     sums = (tf.constant(0.0), tf.constant(0, tf.int64), tf.constant(0.0),
             tf.constant(-1, tf.int64))
+    waited = tf.constant(0.0, tf.float64)  # seconds in get_next
     per_call = self.steps_per_call
     if per_call > 1:
       # Whole calls of per_call steps, then single steps for the rest: the
       # iterator still yields one batch at a time, so the data order, skips
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
-        batches = [next(iterator) for _ in range(per_call)]
+        batches = []
+        for _ in range(per_call):
+          batch, seconds = _next_batch(iterator)
+          batches.append(batch)
+          waited += seconds
         results = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM, self.strategy.run(
                 self.fused_steps, args=(tf.stack([x for x, _ in batches]),
@@ -335,7 +345,8 @@ class Trainer:
             i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
-      x, y = next(iterator)
+      (x, y), seconds = _next_batch(iterator)
+      waited += seconds
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
       # [loss, correct, diverged, gradient norm] summed over replicas: one
@@ -347,6 +358,7 @@ class Trainer:
     self.step.assign_add(tf.cast(num_steps, tf.int64))
     steps = tf.cast(num_steps, tf.float32)
     self.gradient_norm.assign(gradient_norm_sum / steps)
+    self.input_wait.assign(waited)
     return (loss_sum / steps,
             tf.cast(correct, tf.float32) / (steps * self.global_batch_size),
             first_diverged)
@@ -432,6 +444,19 @@ class Trainer:
   def learning_rate(self) -> float:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
+
+
+def _next_batch(iterator):
+  """next(iterator) inside a compiled host loop, and the seconds it took:
+  the host's wait for that batch (none when the pipeline had it ready).
+  The timestamps are ordered around the get_next by control dependencies
+  (a tf.timestamp is stateful: it runs once, where it stands)."""
+  start = tf.timestamp()
+  with tf.control_dependencies([start]):
+    batch = next(iterator)
+  with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
+    end = tf.timestamp()
+  return batch, end - start
 
 
 def _add_results(sums, results, diverged_step):
