@@ -330,11 +330,8 @@ class Trainer:
       # iterator still yields one batch at a time, so the data order, skips
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
-        batches = []
-        for _ in range(per_call):
-          batch, seconds = _next_batch(iterator)
-          batches.append(batch)
-          waited += seconds
+        batches, seconds = _next_batches(iterator, per_call)
+        waited += seconds
         results = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM, self.strategy.run(
                 self.fused_steps, args=(tf.stack([x for x, _ in batches]),
@@ -345,7 +342,7 @@ class Trainer:
             i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
-      (x, y), seconds = _next_batch(iterator)
+      [(x, y)], seconds = _next_batches(iterator, 1)
       waited += seconds
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
@@ -446,17 +443,19 @@ class Trainer:
     return float(optimizer.learning_rate)
 
 
-def _next_batch(iterator):
-  """next(iterator) inside a compiled host loop, and the seconds it took:
-  the host's wait for that batch (none when the pipeline had it ready).
-  The timestamps are ordered around the get_next by control dependencies
-  (a tf.timestamp is stateful: it runs once, where it stands)."""
+def _next_batches(iterator, count: int):
+  """`count` batches of `iterator` inside a compiled host loop, and the
+  seconds their get_next calls took: the host's wait for them (none when
+  the pipeline had them ready). The two timestamps are ordered around the
+  get_next calls by control dependencies (one pair per XLA call, not per
+  batch: each costs about as much as a small step's dispatch)."""
   start = tf.timestamp()
   with tf.control_dependencies([start]):
-    batch = next(iterator)
-  with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
+    batches = [next(iterator) for _ in range(count)]
+  with tf.control_dependencies(tf.nest.flatten(batches,
+                                               expand_composites=True)):
     end = tf.timestamp()
-  return batch, end - start
+  return batches, end - start
 
 
 def _add_results(sums, results, diverged_step):
