@@ -59,7 +59,7 @@ def main():
     clock = timing.Clock(time.perf_counter())
     timed_next = train._next_batches  # pylint: disable=protected-access
     if not accounted:  # traced now, with a plain get_next
-      train._next_batches = lambda it, n: ([next(it) for _ in range(n)], tf.constant(0.0, tf.float64))  # pylint: disable=protected-access
+      train._next_batches = lambda it, n, after: ([next(it) for _ in range(n)], tf.constant(0.0, tf.float64))  # pylint: disable=protected-access
     try:
       float(trainer.train_loop(iterator, num_steps)[0])
     finally:

@@ -131,4 +131,3 @@ def test_the_parts_add_up_to_the_wall_time_measured_from_outside(
   assert status == 0, stderr[-3000:]
   spent = json.loads((tmp_path / "metrics.json").read_text())["time"]
   assert spent["total"] == pytest.approx(wall, rel=0.03), (wall, spent)
-  assert spent["total"] < wall  # the process starts after Popen is called

@@ -15,9 +15,9 @@ the progress line, the stop vote, histograms, a profile's bounds).
 
 Two parts are estimates, moved out of the measured ones (`move`):
   * compile: the first call of a compiled function traces it and XLA
-    compiles it. The first host loop's time beyond its steps at the steady
-    rate (the later host loops' median seconds per step) is moved from
-    "train" to "compile"; likewise the first evaluation's time beyond the
+    compiles it. The first host loop's time (its input wait aside) beyond
+    its steps at the steady rate (the later host loops' median seconds per
+    step) is moved from "train" to "compile"; likewise the first evaluation's time beyond the
     median of the later ones (it also fills the eval cache). A run with a
     single host loop (or evaluation) has no steady rate: nothing is moved.
   * input_wait: the seconds the compiled host loop spent waiting for its
@@ -55,7 +55,8 @@ class Clock:
     self.origin = origin
     self._part = part
     self._mark = origin
-    # Seconds and steps of each host loop, and seconds of each evaluation:
+    # Seconds (input wait aside) and steps of each host loop, and seconds of
+    # each evaluation:
     # their first calls' compile time is what exceeds the later ones'.
     self.host_loops: list[tuple[float, int]] = []
     self.evaluations: list[float] = []

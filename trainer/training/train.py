@@ -330,7 +330,7 @@ class Trainer:
       # iterator still yields one batch at a time, so the data order, skips
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
-        batches, seconds = _next_batches(iterator, per_call)
+        batches, seconds = _next_batches(iterator, per_call, after=sums)
         waited += seconds
         results = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM, self.strategy.run(
@@ -342,7 +342,7 @@ class Trainer:
             i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
-      [(x, y)], seconds = _next_batches(iterator, 1)
+      [(x, y)], seconds = _next_batches(iterator, 1, after=sums)
       waited += seconds
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
@@ -443,13 +443,16 @@ class Trainer:
     return float(optimizer.learning_rate)
 
 
-def _next_batches(iterator, count: int):
+def _next_batches(iterator, count: int, after):
   """`count` batches of `iterator` inside a compiled host loop, and the
   seconds their get_next calls took: the host's wait for them (none when
   the pipeline had them ready). The two timestamps are ordered around the
-  get_next calls by control dependencies (one pair per XLA call, not per
-  batch: each costs about as much as a small step's dispatch)."""
-  start = tf.timestamp()
+  get_next calls by control dependencies, the first after the tensors
+  `after` (the previous step's results: a loop's next iteration may start
+  before its last one ends). One pair per XLA call, not per batch: each
+  costs about as much as a small step's dispatch."""
+  with tf.control_dependencies(tf.nest.flatten(after)):
+    start = tf.timestamp()
   with tf.control_dependencies([start]):
     batches = [next(iterator) for _ in range(count)]
   with tf.control_dependencies(tf.nest.flatten(batches,
