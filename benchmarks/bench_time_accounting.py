@@ -1,7 +1,7 @@
 """Prints what the run's time accounting costs per step, in pairs.
 
   python benchmarks/bench_time_accounting.py --data_dir=DATA [--repeats=7] \
-      [--loops=20] [--batch_size=16] [--strategy=default]
+      [--loops=20] [--batch_size=16] [--strategy=mirrored --num_cpu_devices=2]
 
 DATA: the smoke config's data set (tests/conftest.py's smoke_data, or
 `python -m trainer.task --config=configs/smoke.py` once).
@@ -36,6 +36,8 @@ def main():
   parser.add_argument("--loops", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--strategy", default="default")
+  parser.add_argument("--num_cpu_devices", type=int, default=0,
+                      help="split the CPU (e.g. 2 for --strategy=mirrored)")
   args = parser.parse_args()
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -47,7 +49,8 @@ def main():
 
   config = smoke.get_config()
   config.train.global_batch_size = args.batch_size
-  strategy = strategy_lib.make_strategy(args.strategy)
+  strategy = strategy_lib.make_strategy(
+      args.strategy, num_cpu_devices=args.num_cpu_devices)
   steps = config.train.steps_per_loop
   num_steps = tf.constant(steps)
 
