@@ -17,7 +17,10 @@ config.train.target_accuracy gets --config.train.target_accuracy=TARGET and
 ends by itself (its start-to-exit time, checkpoint and export included, is
 printed too); an older one is killed once its target line appears. A run
 that ends (or hits --timeout) without reaching the target is reported with
-its best accuracy, and the script exits with status 1 at the end.
+its best accuracy, and the script exits with status 1 at the end. A run that
+ends by itself also prints where its time went (metrics.json's "time":
+start-up, compile, training, input wait, evaluation, checkpointing, export,
+other; docs/running.md).
 
 --against=COMMIT checks COMMIT out (`git worktree add`, removed at the end)
 and runs it and this checkout in pairs on the same data, the order swapped
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -61,6 +65,9 @@ class Run:
   exit_seconds: float | None = None  # when it ended by itself
   status: int | None = None  # its exit status; None: killed here
   timed_out: bool = False
+  # metrics.json's "time" (where the time went, trainer/training/timing.py)
+  # of a run that ended by itself, when its trainer writes one.
+  time_split: dict[str, float] | None = None
 
   def best(self) -> tuple[float, int, float] | None:
     return max(self.evals, key=lambda e: e[2], default=None)
@@ -73,6 +80,8 @@ class Run:
               f"accuracy {accuracy:.4f})")
       if self.exit_seconds is not None:
         line += f"; start to exit {self.exit_seconds:.1f} s"
+      if self.time_split:
+        line += f"; {describe_split(self.time_split)}"
       return line
     why = ("timed out" if self.timed_out else
            f"exited with status {self.status} after {self.exit_seconds:.1f} s")
@@ -80,6 +89,27 @@ class Run:
     return (f"{self.label}: target {target:g} NOT reached ({why}); best "
             + (f"accuracy {best[2]:.4f} at step {best[1]}" if best else
                "accuracy: none (no eval line)"))
+
+
+def describe_split(split: dict[str, float]) -> str:
+  """metrics.json's "time" in one line: "time: training 71% (7.1 s),
+  start-up 2.0 s, compile 0.4 s, ...", the parts in the trainer's order."""
+  parts = [f"{part} {seconds:.1f} s" for part, seconds in split.items()
+           if part not in ("train", "total", "fraction_training")]
+  return (f"time: training {100 * split.get('fraction_training', 0):.0f}% "
+          f"({split.get('train', 0):.1f} s), " + ", ".join(parts)
+          + f"; total {split.get('total', 0):.1f} s")
+
+
+def read_time_split(model_dir: str) -> dict[str, float] | None:
+  """metrics.json's "time" in `model_dir`, or None (no such file or entry:
+  a run that did not finish, or an older trainer)."""
+  try:
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
+      split = json.load(f).get("time")
+  except (OSError, ValueError):
+    return None
+  return split if isinstance(split, dict) else None
 
 
 def trainer_command(config: str, data_dir: str, model_dir: str,
@@ -270,6 +300,7 @@ def main():
         run = run_once(f"{label}, run {i + 1}", checkout, command,
                        args.target, args.timeout,
                        os.path.join(work_dir, f"{name}.log"))
+        run.time_split = read_time_split(model_dir)
         runs[label].append(run)
         print(run.describe(args.target), flush=True)
         if not args.keep:

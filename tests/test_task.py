@@ -86,7 +86,8 @@ def test_a_finished_run_ends_with_its_time_and_the_commands_that_show_it(
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"model_dir: {model_dir}" in result.stdout
   found = re.fullmatch(
-      r"done in (\d+\.\d s|\d+ min \d\d s); look at it: (tensorboard .+); "
+      r"done in (\d+\.\d s|\d+ min \d\d s) \(training \d+%, the largest "
+      r"overhead: [^)]+\); look at it: (tensorboard .+); "
       r"try it: (python -m trainer\.predict .+)",
       result.stderr.splitlines()[-1])
   assert found, result.stderr[-3000:]

@@ -61,6 +61,7 @@ from trainer.training import schedule as schedule_lib
 from trainer.training import stop as stop_lib
 from trainer.training import strategy as strategy_lib
 from trainer.training import summaries
+from trainer.training import timing
 from trainer.training import train as train_lib
 
 # Iterating a distributed dataset inside tf.function warns about tf.data
@@ -181,6 +182,9 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   """Restores, trains to num_steps (or a stop, or the target), then
   evaluates and exports."""
   started = time.perf_counter()
+  # Where the time goes (metrics.json's "time"): start-up runs from the
+  # process's start until the first host loop.
+  clock = timing.Clock.since_process_start()
   config = run_plan.config
   trainer = train_lib.Trainer(config, strategy)
   restored = None if start_over else checkpoints.restore_or_refuse(
@@ -233,8 +237,10 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
           "ended before writing them)" if finished else ""))
 
   feeds = feeds_lib.Feeds(run_plan, strategy, files, start_step)
-  run = _Run(run_plan, trainer, feeds, paths, start_step, strategy, started)
+  run = _Run(run_plan, trainer, feeds, paths, start_step, strategy, started,
+             clock)
   if finished:  # trained already: the final evaluation alone
+    clock.switch("other")
     run.evaluate(run.step)
     run.keep_best(run.step)
     end = schedule_lib.End.FINISH
@@ -256,9 +262,10 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   eval_metrics = run.last_eval
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
-  export.export_saved_model(trainer.model, out.export,
-                            config.model.len_max_input,
-                            replace_whole=out.export != out.files)
+  with clock.during("export"):
+    export.export_saved_model(trainer.model, out.export,
+                              config.model.len_max_input,
+                              replace_whole=out.export != out.files)
   results = {"step": run.step, "stopped": None, "train": run.train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
@@ -267,9 +274,13 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   if run_plan.target:
     results["target"] = run.target_record()
   if run.best:  # after the last step's weights are recorded: it loads others
-    results["best"] = run.export_best(out.best_export)
+    with clock.during("export"):
+      results["best"] = run.export_best(out.best_export)
   # Every worker prints it: workers of one run must agree.
   say(f"final weights sha256: {results['weights_sha256']}")
+  # Until now: metrics.json's own write and the lines below are not in it.
+  split = clock.split()
+  results["time"] = timing.report(split)
   run_dir.write_metrics(out, results)
   if paths.is_chief:
     say(f"outputs: {out.describe()}")
@@ -277,13 +288,16 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
     say(summaries.target_line(results["target"], run.step, stopping=False))
   run.any_worker(False)  # a barrier: none ends while another still writes
   if paths.is_chief:  # the run's last line
-    say(done_line(time.perf_counter() - run.clock_start, paths.read))
+    say(done_line(clock.total(), paths.read, split))
   return results
 
 
-def done_line(seconds: float, dirs: run_dir.RunDirs) -> str:
-  """The last line of a finished run: how long it took (`seconds`) and the
-  commands that show it, e.g. "done in 1 min 02 s; look at it:
+def done_line(seconds: float, dirs: run_dir.RunDirs,
+              split: dict[str, float] | None = None) -> str:
+  """The last line of a finished run: how long it took (`seconds`), where
+  the time went (`split`, timing.Clock.split: training's share and the
+  largest overhead) and the commands that show it, e.g. "done in 1 min 02 s
+  (training 71%, the largest overhead: start-up 12 s); look at it:
   tensorboard --logdir RUN; try it: python -m trainer.predict
   --model_dir=RUN 'x=3,y=4:x*y'"."""
   minutes, whole_seconds = divmod(round(seconds), 60)
@@ -293,7 +307,8 @@ def done_line(seconds: float, dirs: run_dir.RunDirs) -> str:
           f"{hours} h {minutes:02d} min")
   # predict takes a run directory or the SavedModel's (Vertex AI's
   # AIP_MODEL_DIR): dirs.files is the one of the two this run has.
-  return (f"done in {took}; look at it: tensorboard --logdir "
+  where = f" ({timing.summary(split)})" if split else ""
+  return (f"done in {took}{where}; look at it: tensorboard --logdir "
           f"{shlex.quote(dirs.logs)}; try it: python -m trainer.predict "
           f"--model_dir={shlex.quote(dirs.files)} 'x=3,y=4:x*y'")
 
@@ -333,7 +348,8 @@ class _Run:
 
   def __init__(self, run_plan: plan_lib.RunPlan, trainer: train_lib.Trainer,
                feeds: feeds_lib.Feeds, paths: run_dir.Paths, start_step: int,
-               strategy: tf.distribute.Strategy, started: float):
+               strategy: tf.distribute.Strategy, started: float,
+               clock: timing.Clock | None = None):
     read, out = paths.read, paths.write
     self.config = run_plan.config
     self.trainer = trainer
@@ -370,6 +386,10 @@ class _Run:
     self.target_values: list[tuple[int, float]] = []
     self.reached: dict[str, Any] | None = None  # metrics.json's "target"
     self.stopped: stop_lib.StopReason | None = None  # what stopped the run
+    # Where the time goes: each host loop is "train" (its input wait moved
+    # out), the rows "checkpoint" and "eval"; between them "other".
+    self.clock = clock or timing.Clock(started)
+    self._logged_seconds = dict(self.clock.seconds)  # at the last write
 
   def train(self, signals: stop_lib.StopSignals) -> schedule_lib.End:
     """Host loops until training ends, running what the schedule says
@@ -409,7 +429,8 @@ class _Run:
   def checkpoint(self, step: int) -> None:
     """The schedule's checkpoint (once a step: the Saver skips a step it
     has)."""
-    self.saver.save(step)
+    with self.clock.during("checkpoint"):
+      self.saver.save(step)
 
   def histograms(self, step: int) -> None:
     """The chief writes the weight histograms and the gradient norm of the
@@ -429,6 +450,7 @@ class _Run:
     """Trains from self.step to `end` in one compiled call; writes its
     scalars and the progress line."""
     num_steps = end - self.step
+    self.clock.switch("train")  # start-up ends at the first one
     start = time.perf_counter()
     try:
       loss, accuracy, diverged = (
@@ -440,6 +462,13 @@ class _Run:
       raise self._diverged(int(diverged), num_steps, float(loss))
     loss, accuracy = float(loss), float(accuracy)
     seconds = time.perf_counter() - start
+    self.clock.switch("other")
+    # Inside the host loop: the compiled loop's own count. The compile
+    # estimate compares the loops' times without it (the first loop's wait
+    # holds the pipeline's start).
+    waited = float(self.trainer.input_wait.numpy())
+    self.clock.move("train", "input_wait", waited)
+    self.clock.host_loops.append((max(seconds - waited, 0.0), num_steps))
     if not self.train_metrics:  # the first host loop
       self._say_start_up(start, seconds, num_steps)
     self.step = end
@@ -449,9 +478,21 @@ class _Run:
                           "learning_rate": self.trainer.learning_rate(),
                           "steps_per_sec": num_steps / seconds,
                           "examples_per_sec": examples_per_sec}
-    self.scalars.write("train", self.step, self.train_metrics)
+    self.scalars.write("train", self.step,
+                       {**self.train_metrics, **self._time_scalars()})
     bar.update(num_steps, extra=f"loss {loss:.4f}, accuracy "
                f"{accuracy:.3f}, {examples_per_sec:,.0f} examples/s")
+
+  def _time_scalars(self) -> dict[str, float]:
+    """TensorBoard's train/time/PART_s: each part's seconds since the last
+    host loop's, compile aside (as measured: the first host loop's compile
+    time is in its time/train_s, the first evaluation's in time/eval_s;
+    metrics.json's "time" splits it out)."""
+    now = dict(self.clock.seconds)
+    scalars = {f"time/{part}_s": now[part] - self._logged_seconds[part]
+               for part in timing.PARTS if part != "compile"}
+    self._logged_seconds = now
+    return scalars
 
   def _diverged(self, step: int, num_steps: int,
                 loss: float) -> errors.UserError:
@@ -490,7 +531,8 @@ class _Run:
     """The schedule's evaluation: an eval pass (self.last_eval); End.TARGET
     when it reaches the target before num_steps (the workers vote on the
     all-reduced metrics: all end here)."""
-    metrics = self._eval_pass()
+    with self.clock.during("eval"):
+      metrics = self._eval_pass()
     if self.target and self.any_worker(self.target.reached_by(metrics)):
       self.reach(metrics)
       if step < self.schedule.num_steps:
@@ -526,12 +568,14 @@ class _Run:
     """One eval pass: says it, writes eval/ scalars (and, in a Vertex AI
     tuning trial, the metric file: trainer/training/hypertune.py) and
     returns the metrics (train.Trainer.evaluate)."""
+    start = time.perf_counter()
     try:
       metrics = self.trainer.evaluate(self.feeds.eval_dataset)
     except _DATA_ERRORS as e:
       raise self._saved_first(self.feeds.data_error(e, "evaluation")) from e
     except errors.UserError as e:  # a bad record met filling the eval cache
       raise self._saved_first(e) from e
+    self.clock.evaluations.append(time.perf_counter() - start)
     self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
     say(summaries.eval_line(self.step, metrics,
                             self.feeds.eval_split_examples))

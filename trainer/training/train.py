@@ -128,6 +128,11 @@ class Trainer:
     # _step_results); TensorBoard's train/gradient_norm. Not checkpointed.
     self.gradient_norm = tf.Variable(float("nan"), trainable=False,
                                      name="gradient_norm")
+    # The seconds the last host loop waited for its batches (the sum of its
+    # get_next calls: _next_batch); the run's time split reads it
+    # (trainer/training/timing.py). Not checkpointed.
+    self.input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                  name="input_wait")
 
     # One step's loss, correct count and gradients: of one batch, or of K
     # accumulated ones (config.train.accumulation_steps).
@@ -407,14 +412,16 @@ class Trainer:
     # (loss, correct count, gradient norm) summed, the first diverged step.
     sums = (tf.constant(0.0), tf.constant(0, tf.int64), tf.constant(0.0),
             tf.constant(-1, tf.int64))
+    waited = tf.constant(0.0, tf.float64)  # seconds in get_next
     per_call = self.steps_per_call
     if per_call > 1:
       # Whole calls of per_call steps, then single steps for the rest: the
       # iterator still yields one batch at a time, so the data order, skips
       # and resumes are the same whatever per_call is.
       for i in tf.range(num_steps // per_call):
-        batches = [self._next_step_batches(iterator)
-                   for _ in range(per_call)]
+        batches, seconds = _next_batches(iterator, per_call, after=sums,
+                                         read=self._next_step_batches)
+        waited += seconds
         results = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM, self.strategy.run(
                 self.fused_steps,
@@ -426,7 +433,9 @@ class Trainer:
             i * per_call, tf.int64) + tf.cast(results[2], tf.int64))
     done = num_steps // per_call * per_call if per_call > 1 else 0
     for i in tf.range(done, num_steps):
-      x, y = self._next_step_batches(iterator)
+      [(x, y)], seconds = _next_batches(iterator, 1, after=sums,
+                                        read=self._next_step_batches)
+      waited += seconds
       replica_results = self.strategy.run(self._replica_train_step,
                                           args=(x, y))
       # [loss, correct, diverged, gradient norm] summed over replicas: one
@@ -438,6 +447,7 @@ class Trainer:
     self.step.assign_add(tf.cast(num_steps, tf.int64))
     steps = tf.cast(num_steps, tf.float32)
     self.gradient_norm.assign(gradient_norm_sum / steps)
+    self.input_wait.assign(waited)
     return (loss_sum / steps,
             tf.cast(correct, tf.float32) / (
                 steps * self.global_batch_size * self.accumulation_steps),
@@ -524,6 +534,25 @@ class Trainer:
   def learning_rate(self) -> float:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
+
+
+def _next_batches(iterator, count: int, after, read=next):
+  """`count` steps' input of `iterator` (`read(iterator)` each: a batch, or
+  with accumulation K of them) inside a compiled host loop, and the
+  seconds their get_next calls took: the host's wait for them (none when
+  the pipeline had them ready). The two timestamps are ordered around the
+  get_next calls by control dependencies, the first after the tensors
+  `after` (the previous step's results: a loop's next iteration may start
+  before its last one ends). One pair per XLA call, not per batch: each
+  costs about as much as a small step's dispatch."""
+  with tf.control_dependencies(tf.nest.flatten(after)):
+    start = tf.timestamp()
+  with tf.control_dependencies([start]):
+    batches = [read(iterator) for _ in range(count)]
+  with tf.control_dependencies(tf.nest.flatten(batches,
+                                               expand_composites=True)):
+    end = tf.timestamp()
+  return batches, end - start
 
 
 def _add_results(sums, results, diverged_step):
