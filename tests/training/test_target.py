@@ -192,10 +192,16 @@ def test_the_benchmark_times_a_run_that_ends_at_its_target(benchmarked):
   assert float(accuracy) >= target
   found = re.search(
       rf"^{label}, run 1: time to target ([\d.]+) s \(step {step}, accuracy "
-      rf"{accuracy}\); start to exit ([\d.]+) s$", result.stdout, re.M)
+      rf"{accuracy}\); start to exit ([\d.]+) s; time: training \d+% "
+      r"\([\d.]+ s\), (.+); total ([\d.]+) s$", result.stdout, re.M)
   assert found, result.stdout
   to_target, to_exit = float(found.group(1)), float(found.group(2))
   assert 0 < to_target < to_exit
+  # The run's own time split (metrics.json "time"), every part named.
+  parts = dict(part.rsplit(" ", 2)[:2] for part in found.group(3).split(", "))
+  assert set(parts) == {"start_up", "compile", "input_wait", "eval",
+                        "checkpoint", "export", "other"}, found.group(3)
+  assert float(found.group(4)) <= to_exit
   assert re.search(
       rf"^{label}: time to target {found.group(1)} s \(median of 1 runs; min "
       rf"{found.group(1)}, max {found.group(1)}\); start to exit "
@@ -211,7 +217,7 @@ def test_a_run_at_its_target_ends_finished_and_a_rerun_has_nothing_to_do(
   with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   to_target, to_exit = (float(t) for t in re.search(
-      r"time to target ([\d.]+) s .*; start to exit ([\d.]+) s$",
+      r"time to target ([\d.]+) s .*; start to exit ([\d.]+) s; time: ",
       result.stdout, re.M).groups())
   reached = metrics["eval"]["accuracy"]
   assert reached >= target
