@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import posixpath
 import re
+from typing import Callable
 
 from absl import logging
 import tensorflow as tf
@@ -127,12 +128,14 @@ def verify(found: Found) -> str | None:
   return None
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
-                   repair: bool) -> Restored:
+def restore_newest(checkpoint: tf.train.Checkpoint | Callable[
+    [str], tf.train.Checkpoint], directory: str, *, repair: bool) -> Restored:
   """Restores the newest checkpoint of `directory` that verifies.
 
   Args:
-    checkpoint: what to restore into (every existing object must match).
+    checkpoint: what to restore into (every existing object must match), or
+      a function of the checkpoint's prefix that returns it (what a
+      checkpoint holds may decide: train.Trainer.checkpoint_for).
     directory: the checkpoints directory.
     repair: rename damaged files aside and rewrite the state file (the
       chief); False: only read (other workers).
@@ -159,7 +162,9 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
         storage.rename(path, path + DAMAGED_SUFFIX)
   if restored:
     try:
-      checkpoint.restore(restored.prefix).assert_existing_objects_matched()
+      into = (checkpoint(restored.prefix) if callable(checkpoint)
+              else checkpoint)
+      into.restore(restored.prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:  # unmatched objects, shapes
       raise errors.UserError(
           f"checkpoint {restored.prefix} does not fit this model "
@@ -171,7 +176,8 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
   return Restored(restored, tuple((f.name, r) for f, r in damaged), leftovers)
 
 
-def restore_or_refuse(checkpoint: tf.train.Checkpoint, directory: str, *,
+def restore_or_refuse(checkpoint: tf.train.Checkpoint | Callable[
+    [str], tf.train.Checkpoint], directory: str, *,
                       repair: bool) -> Found | None:
   """The newest checkpoint of `directory` that restores, restored (with
   `repair`, the chief's, damaged ones are set aside); None in a directory

@@ -181,9 +181,13 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   config = run_plan.config
   trainer = train_lib.Trainer(config, strategy)
   restored = None if start_over else checkpoints.restore_or_refuse(
-      trainer.checkpoint, paths.read.checkpoints, repair=paths.is_chief)
+      trainer.checkpoint_for, paths.read.checkpoints, repair=paths.is_chief)
   latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
+  if trainer.ema is not None and latest and not train_lib.has_ema(latest):
+    trainer.start_ema()
+    say(f"ema_decay={config.train.ema_decay} but {latest} holds no EMA of "
+        f"the weights: the EMA starts from the weights of step {start_step}")
   if start_step > config.train.num_steps:
     # Nothing written: config.json stays the checkpoint's.
     raise errors.UserError(
@@ -251,9 +255,10 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   eval_metrics = run.last_eval
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
-  export.export_saved_model(trainer.model, out.export,
-                            config.model.len_max_input,
-                            replace_whole=out.export != out.files)
+  with trainer.ema_in_model():  # the EMA weights, when on
+    export.export_saved_model(trainer.model, out.export,
+                              config.model.len_max_input,
+                              replace_whole=out.export != out.files)
   results = {"step": run.step, "stopped": None, "train": run.train_metrics,
              "eval": eval_metrics, "num_replicas": trainer.num_replicas,
              "trace_counts": trainer.trace_counts(),
@@ -490,7 +495,8 @@ class _Run:
       raise self._saved_first(e) from e
     self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
     say(summaries.eval_line(self.step, metrics,
-                            self.feeds.eval_split_examples))
+                            self.feeds.eval_split_examples,
+                            ema=self.trainer.ema is not None))
     self.last_eval = metrics
     if self.target:
       self.target_values.append((self.step, metrics[self.target.metric]))
