@@ -19,6 +19,7 @@ from trainer.data import vocab
 from trainer.model import layers as model_lib
 from trainer.training import train as train_lib
 
+from tests.helpers import shared
 from tests.helpers.trainer_process import run_trainer
 
 DECAY = 0.9
@@ -141,14 +142,14 @@ def checkpoint_weights(prefix):
   return arrays(model.trainable_variables), arrays(ema)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mirrored_ema(smoke_data, tmp_path_factory):
-  """A mirrored run on 2 CPU devices with EMA, a checkpoint per step."""
-  model_dir = tmp_path_factory.mktemp("mirrored_ema") / "run"
-  result = run_trainer(f"--data_dir={smoke_data}",
-                       f"--model_dir={model_dir}", *MIRRORED)
+  """A mirrored run on 2 CPU devices with EMA, a checkpoint per step (once
+  per session, under xdist too): (its model_dir, the FinishedRun)."""
+  result = shared.trainer_run_once(tmp_path_factory, "mirrored_ema",
+                                   smoke_data, *MIRRORED)
   assert result.returncode == 0, result.stderr[-3000:]
-  return model_dir, result
+  return result.model_dir, result
 
 
 def test_mirrored_ema_follows_the_recurrence(mirrored_ema):
