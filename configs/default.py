@@ -85,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Keras's apply_gradients outside XLA (the slower path, for comparison).
   config.train.xla_update = True
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
+  # Exponential moving average of the trainable weights, moved after every
+  # optimizer update (decay min(ema_decay, (1 + t) / (10 + t)) at update t),
+  # checkpointed, and used for evaluation and export; 0 = off, else in (0, 1).
+  config.train.ema_decay = 0.0
   # Collective ops of multi_worker_mirrored: AUTO | RING | NCCL.
   config.train.collective = "AUTO"
   # multi_worker_mirrored: seconds the chief (worker 0) waits for the other

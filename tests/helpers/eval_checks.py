@@ -18,7 +18,8 @@ OPERATION_NAMES = tuple(OPERATIONS.values())
 
 # The trainer's eval line, as every version of it prints it (an absl prefix
 # allowed): the step and the accuracy.
-EVAL_LINE = re.compile(r"eval at step (\d+): loss [^,]+, accuracy (\d+\.\d+)")
+EVAL_LINE = re.compile(r"eval(?: \(EMA weights\))? at step (\d+): loss [^,]+, "
+                       r"accuracy (\d+\.\d+)")
 
 
 def parse_eval_line(line: str) -> tuple[int, float] | None:

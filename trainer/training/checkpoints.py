@@ -35,7 +35,7 @@ import datetime
 import math
 import posixpath
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import tensorflow as tf
@@ -138,12 +138,14 @@ def verify(found: Found) -> str | None:
   return None
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
-                   repair: bool) -> Restored:
+def restore_newest(checkpoint: tf.train.Checkpoint | Callable[
+    [str], tf.train.Checkpoint], directory: str, *, repair: bool) -> Restored:
   """Restores the newest checkpoint of `directory` that verifies.
 
   Args:
-    checkpoint: what to restore into (every existing object must match).
+    checkpoint: what to restore into (every existing object must match), or
+      a function of the checkpoint's prefix that returns it (what a
+      checkpoint holds may decide: train.Trainer.checkpoint_for).
     directory: the checkpoints directory.
     repair: rename damaged files aside and rewrite the state file (the
       chief); False: only read (other workers).
@@ -170,7 +172,9 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
         storage.rename(path, path + DAMAGED_SUFFIX)
   if restored:
     try:
-      checkpoint.restore(restored.prefix).assert_existing_objects_matched()
+      into = (checkpoint(restored.prefix) if callable(checkpoint)
+              else checkpoint)
+      into.restore(restored.prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:  # unmatched objects, shapes
       raise errors.UserError(
           f"checkpoint {restored.prefix} does not fit this model "
@@ -182,7 +186,8 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str, *,
   return Restored(restored, tuple((f.name, r) for f, r in damaged), leftovers)
 
 
-def restore_or_refuse(checkpoint: tf.train.Checkpoint, directory: str, *,
+def restore_or_refuse(checkpoint: tf.train.Checkpoint | Callable[
+    [str], tf.train.Checkpoint], directory: str, *,
                       repair: bool) -> Found | None:
   """The newest checkpoint of `directory` that restores, restored (with
   `repair`, the chief's, damaged ones are set aside); None in a directory
@@ -320,10 +325,10 @@ class Best:
     self.record, self.prefix = record, prefix
     return True
 
-  def restore_model(self, model) -> None:
-    """Loads the best checkpoint's weights into `model` (the trainer's: the
-    checkpoint's `model`; the optimizer and step are left as they are)."""
-    tf.train.Checkpoint(model=model).read(self.prefix).expect_partial()
+  def restore(self, **objects) -> None:
+    """Loads the best checkpoint's `objects` (the trainer's checkpoint's
+    names: model=, ema=); the optimizer and step are left as they are."""
+    tf.train.Checkpoint(**objects).read(self.prefix).expect_partial()
 
 
 def _rewrite_state(directory: str) -> None:

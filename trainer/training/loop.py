@@ -188,9 +188,13 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   config = run_plan.config
   trainer = train_lib.Trainer(config, strategy)
   restored = None if start_over else checkpoints.restore_or_refuse(
-      trainer.checkpoint, paths.read.checkpoints, repair=paths.is_chief)
+      trainer.checkpoint_for, paths.read.checkpoints, repair=paths.is_chief)
   latest = restored.prefix if restored else None
   start_step = int(trainer.step.numpy())
+  if trainer.ema is not None and latest and not train_lib.has_ema(latest):
+    trainer.start_ema()
+    say(f"ema_decay={config.train.ema_decay} but {latest} holds no EMA of "
+        f"the weights: the EMA starts from the weights of step {start_step}")
   if start_step > config.train.num_steps:
     # Nothing written: config.json stays the checkpoint's.
     raise errors.UserError(
@@ -262,7 +266,8 @@ def _run(run_plan: plan_lib.RunPlan, strategy, files: dict[str, list[str]],
   eval_metrics = run.last_eval
   # The SavedModel first, metrics.json last: a run is finished when both are
   # there and metrics.json names this checkpoint's weights (_complete).
-  with clock.during("export"):
+  # The EMA weights, when on (config.train.ema_decay).
+  with clock.during("export"), trainer.ema_in_model():
     export.export_saved_model(trainer.model, out.export,
                               config.model.len_max_input,
                               replace_whole=out.export != out.files)
@@ -553,11 +558,15 @@ class _Run:
   def export_best(self, export_dir: str) -> dict[str, Any]:
     """Exports the best checkpoint's weights as a SavedModel in
     `export_dir`; returns metrics.json's "best": {step, metric, value,
-    checkpoint, export}. Loads those weights into the model: after
-    everything that reads the last step's."""
-    self.best.restore_model(self.trainer.model)
-    export.export_saved_model(self.trainer.model, export_dir,
-                              self.config.model.len_max_input)
+    checkpoint, export}. Loads those weights (and their EMA, when on: the
+    weights that evaluation judged) into the model: after everything that
+    reads the last step's."""
+    trainer = self.trainer
+    self.best.restore(model=trainer.model,
+                      **({"ema": trainer.ema} if trainer.ema else {}))
+    with trainer.ema_in_model():
+      export.export_saved_model(trainer.model, export_dir,
+                                self.config.model.len_max_input)
     record = {**self.best.record, "checkpoint": self.best.prefix,
               "export": export_dir}
     say(f"best: eval {record['metric']} {record['value']:.4f} at step "
@@ -578,7 +587,8 @@ class _Run:
     self.clock.evaluations.append(time.perf_counter() - start)
     self.scalars.write("eval", self.step, summaries.eval_scalars(metrics))
     say(summaries.eval_line(self.step, metrics,
-                            self.feeds.eval_split_examples))
+                            self.feeds.eval_split_examples,
+                            ema=self.trainer.ema is not None))
     self.last_eval = metrics
     if self.hypertune:
       self.hypertune.report(self.step, metrics)

@@ -251,6 +251,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         "config.train.min_learning_rate_ratio="
         f"{train.min_learning_rate_ratio} must be in [0, 1]")
+  if not 0 <= train.ema_decay < 1:  # False for nan too
+    raise errors.UserError(
+        f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0: off; "
+        "e.g. 0.999)")
   if train.mixed_precision not in POLICIES:
     raise errors.UserError(
         f"config.train.mixed_precision={train.mixed_precision!r} is not one "

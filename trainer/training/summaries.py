@@ -184,10 +184,11 @@ def eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def eval_line(step: int, metrics: dict[str, Any],
-              split_examples: int | None) -> str:
+              split_examples: int | None, ema: bool = False) -> str:
   """"eval at step N: loss L, accuracy A over C examples; + 0.9, ...";
   `split_examples`: what a full pass of the split holds (manifests), to
-  say how many static shapes left out, or None."""
+  say how many static shapes left out, or None; `ema`: the metrics are of
+  the EMA of the weights ("eval (EMA weights) at step N")."""
   by_op = ", ".join(
       f"{operator} " + (f"{op_metrics['accuracy']:.4f}"
                         if op_metrics["examples"] else "n/a")
@@ -200,7 +201,7 @@ def eval_line(step: int, metrics: dict[str, Any],
     over = (f"{count:,} of {split_examples:,} examples "
             f"({split_examples - count:,} left out: static shapes drop each "
             "input pipeline's last partial batch)")
-  return (f"eval at step {step}: loss {metrics['loss']:.4f}, accuracy "
+  return (f"eval{' (EMA weights)' if ema else ''} at step {step}: loss {metrics['loss']:.4f}, accuracy "
           f"{metrics['accuracy']:.4f} over {over}; {by_op}")
 
 

@@ -27,13 +27,18 @@ README's "What a run does"), so the steps are written here:
     sums their gradients (of losses summed and divided by K x the global
     batch), so the update -- and the one all-reduce of several replicas --
     sees the gradient of one step at K x the batch;
-  * every shape is static, so each function is traced exactly once per run.
+  * every shape is static, so each function is traced exactly once per run;
+  * with config.train.ema_decay, an exponential moving average of the
+    trainable weights is updated right after each optimizer update, in the
+    same compiled function (moving_average), and evaluation and export use
+    it.
 
 When to train, evaluate, checkpoint and stop is `loop`'s business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -121,8 +126,23 @@ class Trainer:
       self.optimizer = optimizer
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    self.checkpoint = tf.train.Checkpoint(
+    # --- EMA of the weights (config.train.ema_decay; None: off) ---------
+    # One float32 variable per trainable weight, started from the weights,
+    # moved after each optimizer update (moving_average), kept in
+    # checkpoints as "ema".
+    self.ema_decay = train.ema_decay
+    self.ema = None
+    if self.ema_decay:
+      with strategy.scope():
+        self.ema = [
+            tf.Variable(tf.convert_to_tensor(v.value), trainable=False,
+                        name="ema_" + v.path.replace("/", "_"))
+            for v in self.model.trainable_variables]
+    self._checkpoint_without_ema = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, step=self.step)
+    self.checkpoint = (tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, step=self.step,
+        ema=self.ema) if self.ema else self._checkpoint_without_ema)
     # The mean over the last host loop's steps of the global norm of the
     # gradient each step applied (NaN: not known on this path; see
     # _step_results); TensorBoard's train/gradient_norm. Not checkpointed.
@@ -154,7 +174,7 @@ class Trainer:
       if not optimizer_lib.is_distributed(self.model.trainable_variables[0]):
         self.fused_step = tf.function(self._fused_step, jit_compile=True)
       else:
-        self.apply_update = tf.function(self.update.apply, jit_compile=True)
+        self.apply_update = tf.function(self._apply_update, jit_compile=True)
     # Steps per XLA call (config.train.steps_per_call): on the fused path
     # the host loop stacks this many batches and runs their steps in one
     # compiled call (one dispatch, not one per step); elsewhere a call is a
@@ -325,8 +345,8 @@ class Trainer:
     trainable, non_trainable = self._weights()
     loss, correct, gradients, non_trainable = self._gradients(
         trainable, non_trainable, x, y)
-    self.update.assign(*self.update.apply(self.update.values(), trainable,
-                                          gradients))
+    self._assign_update(*self._apply_update(
+        self.update.values(), trainable, gradients, self._ema_values()))
     optimizer_lib.assign_variables(self.model.non_trainable_variables,
                                    non_trainable)
     # One replica: its gradient is the one applied.
@@ -369,16 +389,79 @@ class Trainer:
       gradient_norm = (self._gradient_norm(gradients)
                        if self.num_replicas == 1 else
                        tf.constant(np.nan, tf.float32))
+      updates = tf.convert_to_tensor(self.optimizer.iterations)
       self.optimizer.apply_gradients(
           zip(gradients, self.model.trainable_variables))
+      if self.ema is not None:  # read after the update (control deps)
+        optimizer_lib.assign_variables(self.ema, moving_average(
+            self._ema_values(), self._weights()[0], self.ema_decay, updates))
       return self._step_results(loss, correct, gradients, gradient_norm)
     summed = tf.distribute.get_replica_context().all_reduce(
         tf.distribute.ReduceOp.SUM, gradients)
     results = self._step_results(loss, correct, gradients,
                                  self._gradient_norm(summed))
-    self.update.assign(*self.apply_update(self.update.values(), trainable,
-                                          summed))
+    self._assign_update(*self.apply_update(
+        self.update.values(), trainable, summed, self._ema_values()))
     return results
+
+  # --- the update and the EMA of the weights ------------------------------
+
+  def _apply_update(self, state, params, gradients, ema):
+    """Adam's update (optimizer.TensorAdam) and the EMA moved after it,
+    on tensors: (new state, new params, new EMA; [] when EMA is off)."""
+    new_state, new_params = self.update.apply(state, params, gradients)
+    if self.ema is None:
+      return new_state, new_params, []
+    # state[0]: the optimizer's iterations before this update.
+    return new_state, new_params, moving_average(ema, new_params,
+                                                 self.ema_decay, state[0])
+
+  def _assign_update(self, state, params, ema) -> None:
+    """Writes the update and the EMA back, in one assignment (one merge
+    call on mirrored variables)."""
+    optimizer_lib.assign_variables(
+        [*self.update.state, *self.update.trainable_variables,
+         *(self.ema or [])], [*state, *params, *ema])
+
+  def _ema_values(self) -> list[tf.Tensor]:
+    """This replica's EMA of the weights, as tensors ([] when off)."""
+    return [tf.convert_to_tensor(v) for v in self.ema or []]
+
+  def evaluated_weights(self):
+    """The trainable weights evaluation and export use: the EMA when on,
+    else the weights themselves (this replica's, as tensors)."""
+    return self._ema_values() if self.ema is not None else self._weights()[0]
+
+  def checkpoint_for(self, prefix: str) -> tf.train.Checkpoint:
+    """What to restore the checkpoint `prefix` into: self.checkpoint, or,
+    with EMA on and a checkpoint saved without it, the checkpoint without
+    the EMA (start_ema then starts it from the restored weights)."""
+    if self.ema is not None and not has_ema(prefix):
+      return self._checkpoint_without_ema
+    return self.checkpoint
+
+  def start_ema(self) -> None:
+    """Sets the EMA to the current weights (a run resumed with EMA on
+    from a checkpoint without one)."""
+    for average, weight in zip(self.ema, self.model.trainable_variables):
+      average.assign(tf.convert_to_tensor(weight.value))
+
+  @contextlib.contextmanager
+  def ema_in_model(self):
+    """With EMA on: the model holds the EMA weights inside the block (for
+    export), its own weights again after it; without EMA: nothing."""
+    if self.ema is None:
+      yield
+      return
+    weights = [tf.convert_to_tensor(v.value)
+               for v in self.model.trainable_variables]
+    for variable, average in zip(self.model.trainable_variables, self.ema):
+      variable.assign(tf.convert_to_tensor(average))
+    try:
+      yield
+    finally:
+      for variable, value in zip(self.model.trainable_variables, weights):
+        variable.assign(value)
 
   def _forward(self, trainable, non_trainable, x, y):
     """One replica's eval sums: totals, and per operation ([operators])."""
@@ -396,7 +479,7 @@ class Trainer:
     }
 
   def _replica_eval_step(self, x, y):
-    return self.forward(*self._weights(), x, y)
+    return self.forward(self.evaluated_weights(), self._weights()[1], x, y)
 
   # --- host loops ---------------------------------------------------------
 
@@ -553,6 +636,26 @@ def _next_batches(iterator, count: int, after, read=next):
                                                expand_composites=True)):
     end = tf.timestamp()
   return batches, end - start
+
+
+def moving_average(ema, params, decay: float, updates) -> list[tf.Tensor]:
+  """The EMA of the weights after one more optimizer update: each average
+  moved to `decay_t` × itself + (1 - `decay_t`) × its new weight, where
+  decay_t = min(decay, (1 + updates) / (10 + updates)) and `updates` is the
+  number of optimizer updates before this one (tf.train.
+  ExponentialMovingAverage's num_updates, Model Garden's dynamic decay): the
+  average follows the weights closely early on, when they move most."""
+  updates = tf.cast(updates, tf.float32)
+  decay_t = tf.minimum(tf.constant(decay, tf.float32),
+                       (1.0 + updates) / (10.0 + updates))
+  return [average * decay_t + tf.cast(param, average.dtype) * (1.0 - decay_t)
+          for average, param in zip(ema, params)]
+
+
+def has_ema(prefix: str) -> bool:
+  """Whether the checkpoint `prefix` holds an EMA of the weights."""
+  return any(name.startswith("ema/")
+             for name, _ in tf.train.list_variables(prefix))
 
 
 def _add_results(sums, results, diverged_step):
