@@ -52,13 +52,19 @@ def test_two_workers_train_identically_and_only_the_chief_writes(
 
 def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
     smoke_data, tmp_path):
-  # A Vertex AI job of 2 machines: TF_CONFIG with a `chief` and one
-  # `worker`, AIP_* directories, no --model_dir.
+  # A Vertex AI tuning trial of 2 machines: TF_CONFIG with a `chief` and one
+  # `worker`, AIP_* directories, no --model_dir, CLOUD_ML_TRIAL_ID; with the
+  # best checkpoint kept and an EMA of the weights (one run for all of it).
   base = tmp_path / "base"
+  metric_file = tmp_path / "hypertune" / "output.metrics"
   env = {"AIP_MODEL_DIR": f"{base}/model/",
          "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
-         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
-  workers = Workers(2, [f"--data_dir={smoke_data}"], tmp_path,
+         "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/",
+         "CLOUD_ML_TRIAL_ID": "7", "CLOUD_ML_HP_METRIC_FILE": str(metric_file)}
+  workers = Workers(2, [f"--data_dir={smoke_data}",
+                        "--config.train.eval_every_steps=20",
+                        "--config.train.keep_best=loss",
+                        "--config.train.ema_decay=0.9"], tmp_path,
                     with_chief=True, env=env)
   try:
     assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
@@ -74,6 +80,26 @@ def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
   assert (base / "checkpoints" / "checkpoint").exists()
   assert list((base / "logs" / "train").glob("events.out.tfevents.*"))
   assert list(workers.tmp_dir.iterdir()) == []
+  # The EMA evaluates on both workers alike (all-reduced), and so one best.
+  evals = [re.findall(r"eval \(EMA weights\) at step (\d+): loss ([\d.]+)",
+                      log) for log in (chief, other)]
+  assert evals[0] == evals[1] and [s for s, _ in evals[0]] == ["20", "40"]
+  best = metrics["best"]
+  losses = {int(step): float(loss) for step, loss in evals[0]}
+  assert best["metric"] == "loss" and best["step"] in losses
+  assert best["value"] == pytest.approx(min(losses.values()), abs=1e-4)
+  assert (base / "best" / "saved_model.pb").exists()  # beside AIP_MODEL_DIR
+  # The chief's time split adds up to its total.
+  time_split = metrics["time"]
+  assert sum(v for k, v in time_split.items() if k not in (
+      "total", "fraction_training")) == pytest.approx(time_split["total"],
+                                                     rel=0.01)
+  # The trial's measurements, reported by the chief, one per metric.
+  entries = [json.loads(line) for line in metric_file.read_text().splitlines()]
+  assert [(e["global_step"], "loss" in e) for e in entries] == [
+      ("20", False), ("20", True), ("40", False), ("40", True)]
+  assert {e["trial"] for e in entries} == {"7"}
+  assert float(entries[-1]["loss"]) == pytest.approx(metrics["eval"]["loss"])
 
 
 def checkpoint_saved(model_dir, step):
