@@ -364,6 +364,17 @@ class HttpError(Exception):
     self.details = details or []
 
 
+def _invalid_fields(errors):
+  """Vertex AI's 400 for a job body with bad fields ([(field, description)]):
+  "List of found errors:\t1.Field: F; Message: D\t..." and a BadRequest
+  detail with a fieldViolation each."""
+  return HttpError(400, "INVALID_ARGUMENT", "List of found errors:\t" + "".join(
+      f"{i}.Field: {f}; Message: {d}\t" for i, (f, d) in enumerate(errors, 1)),
+                   [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                     "fieldViolations": [{"field": f, "description": d}
+                                         for f, d in errors]}])
+
+
 # google.rpc.Code numbers of the statuses the fake answers with.
 RPC_CODES = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
              "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
@@ -799,10 +810,7 @@ class CloudFake:
   def job_create(self, m, q, body):
     errors = custom_job_errors(body)
     if errors:
-      raise HttpError(400, "INVALID_ARGUMENT", "List of found errors:\t" + "".join(
-          f"{i}.Field: {f}; Message: {d}\t" for i, (f, d) in enumerate(errors, 1)),
-                      [{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                        "fieldViolations": [{"field": f, "description": d} for f, d in errors]}])
+      raise _invalid_fields(errors)
     self._plan("aiplatform.customJobs.create")
     job_id = str(1000000000000000000 + next(self._ids))
     self.jobs[job_id] = {**body, "name": f"{_parent(m)}/customJobs/{job_id}",
@@ -812,10 +820,7 @@ class CloudFake:
   def tuning_job_create(self, m, q, body):
     errors = tuning_job_errors(body)
     if errors:
-      raise HttpError(400, "INVALID_ARGUMENT", "List of found errors:\t" + "".join(
-          f"{i}.Field: {f}; Message: {d}\t" for i, (f, d) in enumerate(errors, 1)),
-                      [{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                        "fieldViolations": [{"field": f, "description": d} for f, d in errors]}])
+      raise _invalid_fields(errors)
     self._plan("aiplatform.hyperparameterTuningJobs.create")
     job_id = str(2000000000000000000 + next(self._ids))
     self.tuning_jobs[job_id] = {
