@@ -23,9 +23,6 @@ control), so they tell a wrong step apart. `pytest -s` prints each run's
 time and largest difference.
 """
 
-import json
-import time
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -35,9 +32,8 @@ from trainer.training import feeds
 from trainer.training import plan
 from trainer.training import train
 
-from tests.helpers.shared import once_per_session
 from tests.training.test_equivalence import (  # pylint: disable=unused-import
-    _MIRRORED, FLOAT32, NUM_STEPS, Run, Spec, data_dir, run_all,
+    _MIRRORED, FLOAT32, NUM_STEPS, Spec, data_dir, runs_once,
     scaled_difference)
 
 BATCH = 16  # the micro-batch of the in-process tests
@@ -156,22 +152,7 @@ SPECS = [
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):  # pylint: disable=redefined-outer-name
   """Every Spec run once (2 processes at a time), shared by the tests."""
-
-  def run_every_spec(root):
-    started = time.monotonic()
-    finished = run_all(SPECS, data_dir, root)
-    print(f"\naccumulation runs ({time.monotonic() - started:.1f} s):")
-    for run in finished.values():
-      print(f"  {run.name}: {run.seconds:.1f} s")
-    (root / "seconds.json").write_text(json.dumps(
-        {run.name: run.seconds for run in finished.values()}))
-
-  root = once_per_session(tmp_path_factory, "accumulation_runs",
-                          run_every_spec)
-  seconds = json.loads((root / "seconds.json").read_text())
-  return {spec.name: Run(spec.name, root / spec.name,
-                         root / "logs" / spec.name, seconds[spec.name])
-          for spec in SPECS}
+  return runs_once(SPECS, data_dir, tmp_path_factory, "accumulation_runs")
 
 
 @pytest.mark.parametrize("name", ["accumulated_default",

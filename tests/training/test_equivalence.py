@@ -241,25 +241,31 @@ def data_dir(tmp_path_factory):
                           _generate_data)
 
 
-@pytest.fixture(scope="module")
-def runs(data_dir, tmp_path_factory):
-  """Every Spec run once, shared by the tests; prints each one's wall time."""
+def runs_once(specs, data_dir, tmp_path_factory, name):
+  """Every Spec of `specs` run once per session (2 processes at a time) under
+  the session's `name` directory; {name: Run}. Prints each one's wall
+  time."""
 
   def run_every_spec(root):
     started = time.monotonic()
-    finished = run_all(SPECS, data_dir, root)
-    print(f"\nequivalence runs ({time.monotonic() - started:.1f} s in all, "
+    finished = run_all(specs, data_dir, root)
+    print(f"\n{name} ({time.monotonic() - started:.1f} s in all, "
           "2 processes at a time):")
     for run in finished.values():
       print(f"  {run.name}: {run.seconds:.1f} s")
     (root / "seconds.json").write_text(json.dumps(
         {run.name: run.seconds for run in finished.values()}))
 
-  root = once_per_session(tmp_path_factory, "equivalence_runs",
-                          run_every_spec)
+  root = once_per_session(tmp_path_factory, name, run_every_spec)
   seconds = json.loads((root / "seconds.json").read_text())
   return {spec.name: Run(spec.name, root / spec.name, root / "logs" / spec.name,
-                         seconds[spec.name]) for spec in SPECS}
+                         seconds[spec.name]) for spec in specs}
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+  """Every Spec run once, shared by the tests."""
+  return runs_once(SPECS, data_dir, tmp_path_factory, "equivalence_runs")
 
 
 def _smoke_config():
