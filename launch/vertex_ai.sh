@@ -89,6 +89,21 @@ Environment (default):
   CONFIG             configs/default.py (gpu.py with GPUs, tpu.py on TPUs)
   JOB_NAME           masked-attention-<date>-<time> (the display name)
   REPO_DIR           the git checkout to build (default: this repository)
+  SPOT               submit, tune: 0; 1 runs the job on Spot VMs (cheaper, can
+                     be preempted: the trainer checkpoints on SIGTERM)
+  FLEX_START         submit, tune: 0; 1 queues the job with Dynamic Workload
+                     Scheduler until all its GPUs are free at once (GPU
+                     machines only, TIMEOUT at most 7d; not with SPOT)
+  MAX_WAIT           with FLEX_START=1: how long the job may wait for its
+                     machines (Vertex AI's default 1 day; 0: no limit)
+  TIMEOUT            submit, tune: the longest the job (each trial) may run
+                     (Vertex AI's default 7 days)
+                     TIMEOUT and MAX_WAIT: seconds, or a number with s, m, h
+                     or d (90m, 24h, 7d)
+  RESTART_ON_WORKER_RESTART
+                     submit, tune: 0; 1 restarts the whole job when one of
+                     its machines restarts (e.g. a preempted Spot VM): every
+                     worker then resumes from MODEL_DIR/checkpoints
   DRY_RUN            1: print every command (the build config and the job
                      spec too), run nothing; the image counts as missing
 USAGE
@@ -116,6 +131,11 @@ workers=${WORKERS:-1}
 tpu_topology=${TPU_TOPOLOGY:-}
 repo_dir=${REPO_DIR:-$repo_root}
 poll_seconds=${POLL_SECONDS:-30}
+spot=${SPOT:-0}
+flex_start=${FLEX_START:-0}
+max_wait=${MAX_WAIT:-}
+timeout=${TIMEOUT:-}
+restart_on_worker_restart=${RESTART_ON_WORKER_RESTART:-0}
 
 # The machines' kind (tpu, gpu, cpu) in `kind`: it picks the strategy and
 # the image variant.
@@ -141,6 +161,66 @@ machine_checks() {
   fi
 }
 
+# Prints the seconds of duration VALUE of variable NAME: a whole number of
+# seconds, or one with a unit s, m, h or d (90m, 24h, 7d); dies otherwise.
+duration_seconds() {
+  local name=$1 value=$2 number unit
+  [[ "$value" =~ ^([0-9]{1,9})([smhd]?)$ ]] ||
+    die "$name must be a duration: seconds or a number with s, m, h or d (e.g. 86400, 90m, 24h, 7d), got '$value'"
+  number=$((10#${BASH_REMATCH[1]}))
+  unit=${BASH_REMATCH[2]}
+  case "$unit" in
+    m) number=$((number * 60)) ;;
+    h) number=$((number * 3600)) ;;
+    d) number=$((number * 86400)) ;;
+  esac
+  echo "$number"
+}
+
+# Sets `scheduling` to the job spec's "scheduling" entry (JSON, with its
+# leading comma) from SPOT, FLEX_START, MAX_WAIT, TIMEOUT and
+# RESTART_ON_WORKER_RESTART; empty when none is set. Durations go as the
+# API's Duration strings ("86400s").
+scheduling_checks() {
+  local name fields=() seconds
+  for name in SPOT FLEX_START RESTART_ON_WORKER_RESTART; do
+    case "${!name:-0}" in
+      0 | 1) ;;
+      *) die "$name must be 0 or 1, got '${!name}'" ;;
+    esac
+  done
+  if [[ "$spot" == 1 && "$flex_start" == 1 ]]; then
+    die "SPOT=1 and FLEX_START=1 are two scheduling strategies: choose one"
+  fi
+  if [[ "$flex_start" == 1 && "$kind" != gpu ]]; then
+    die "FLEX_START=1 queues GPU machines (Dynamic Workload Scheduler): set ACCELERATOR_TYPE, or drop FLEX_START"
+  fi
+  [[ "$spot" != 1 ]] || fields+=('"strategy": "SPOT"')
+  [[ "$flex_start" != 1 ]] || fields+=('"strategy": "FLEX_START"')
+  if [[ -n "$max_wait" ]]; then
+    [[ "$flex_start" == 1 ]] ||
+      die "MAX_WAIT=$max_wait is the wait for FLEX_START=1 machines: set FLEX_START=1, or drop MAX_WAIT"
+    seconds=$(duration_seconds MAX_WAIT "$max_wait") || exit 2
+    fields+=("\"maxWaitDuration\": \"${seconds}s\"")
+  fi
+  if [[ -n "$timeout" ]]; then
+    seconds=$(duration_seconds TIMEOUT "$timeout") || exit 2
+    ((seconds > 0)) || die "TIMEOUT must be above 0 (unset: Vertex AI's 7 days), got '$timeout'"
+    if [[ "$flex_start" == 1 ]] && ((seconds > 7 * 86400)); then
+      die "TIMEOUT=$timeout: a FLEX_START=1 job runs at most 7d; lower TIMEOUT"
+    fi
+    fields+=("\"timeout\": \"${seconds}s\"")
+  fi
+  [[ "$restart_on_worker_restart" != 1 ]] || fields+=('"restartJobOnWorkerRestart": true')
+  scheduling=''
+  if ((${#fields[@]})); then
+    local joined
+    joined=$(printf ', %s' "${fields[@]}")
+    scheduling=",
+  \"scheduling\": {${joined:2}}"
+  fi
+}
+
 submit_checks() {
   local name value
   for name in DATA_DIR MODEL_DIR; do
@@ -149,6 +229,9 @@ submit_checks() {
     require_gs "$name" "$value" "a Vertex AI job cannot read this machine's disk"
   done
   machine_checks
+  scheduling_checks
+  # preflight: here (MACHINE_TYPE, ACCELERATOR_TYPE and the image variant
+  # `kind`, or IMAGE, are known; no gcloud call yet)
 }
 
 build_checks() {
@@ -340,7 +423,7 @@ submit() {
   "workerPoolSpecs": [
 $pools
   ],
-  "baseOutputDirectory": {"outputUriPrefix": $(json_string "$MODEL_DIR")}
+  "baseOutputDirectory": {"outputUriPrefix": $(json_string "$MODEL_DIR")}$scheduling
 }
 SPEC
   if [[ "$dry_run" == "1" ]]; then
@@ -528,7 +611,7 @@ tune() {
     "workerPoolSpecs": [
 $pools
     ],
-    "baseOutputDirectory": {"outputUriPrefix": $(json_string "$MODEL_DIR")}
+    "baseOutputDirectory": {"outputUriPrefix": $(json_string "$MODEL_DIR")}${scheduling//$'\n'/$'\n  '}
   }
 }
 SPEC

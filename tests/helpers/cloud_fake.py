@@ -258,8 +258,17 @@ def custom_job_errors(job: dict) -> list[tuple[str, str]]:
   the first worker pool is the chief (primary replica): exactly one
   replica; a pool that is not empty (an empty one skips that role) has a
   machineSpec with a machineType, one task (containerSpec or
-  pythonPackageSpec, a oneof); acceleratorCount needs acceleratorType."""
+  pythonPackageSpec, a oneof); acceleratorCount needs acceleratorType;
+  scheduling's timeout and maxWaitDuration are google.protobuf.Duration
+  values, whose JSON form is seconds ending in "s" ("86400s", "1.5s":
+  protobuf's JSON mapping), so "24h" is refused."""
   errors = []
+  scheduling = job.get("jobSpec", {}).get("scheduling") or {}
+  for name in ("timeout", "maxWaitDuration"):
+    value = scheduling.get(name)
+    if value is not None and not re.fullmatch(r"-?[0-9]+(\.[0-9]{1,9})?s", value):
+      errors.append((f"job_spec.scheduling.{_snake(name)}", "Invalid value "
+                     f"(type.googleapis.com/google.protobuf.Duration), {json.dumps(value)}"))
   pools = job.get("jobSpec", {}).get("workerPoolSpecs", [])
   if not pools or not pools[0]:
     errors.append(("job_spec.worker_pool_specs[0]",

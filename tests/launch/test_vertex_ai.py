@@ -11,7 +11,8 @@ import tarfile
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.cloud_fake import PROJECT, error_line, ok
+from tests.helpers.cloud_fake import (PROJECT, HttpError, check_body,
+                                      custom_job_errors, error_line, ok)
 
 SCRIPT = os.path.join(ROOT, "launch", "vertex_ai.sh")
 JOBS = "/v1/projects/test-project/locations/us-central1/customJobs"
@@ -23,7 +24,8 @@ REGISTRY = "us-central1-docker.pkg.dev/test-project/masked-attention"
 SETTINGS = ("PROJECT", "REGION", "REPOSITORY", "IMAGE", "STAGING_DIR",
             "DATA_DIR", "MODEL_DIR", "POLL_SECONDS", "MACHINE_TYPE",
             "ACCELERATOR_TYPE", "ACCELERATOR_COUNT", "WORKERS", "TPU_TOPOLOGY",
-            "CONFIG", "DRY_RUN", "JOB_NAME", "REPO_DIR")
+            "CONFIG", "DRY_RUN", "JOB_NAME", "REPO_DIR", "SPOT", "FLEX_START",
+            "MAX_WAIT", "TIMEOUT", "RESTART_ON_WORKER_RESTART")
 
 
 def vertex_ai(cloud, *args, env=None, gcs=None, timeout=120, project=PROJECT):
@@ -133,6 +135,7 @@ def test_submit_gpus_from_an_existing_image_and_from_ones_own(cloud):
   assert pool["containerSpec"]["imageUri"] == uri
   assert pool["containerSpec"]["args"] == [
       "--config=configs/gpu.py", "--strategy=mirrored", "--data_dir=gs://b/arith"]
+  assert "scheduling" not in submitted(cloud)["jobSpec"]  # none asked for
   cloud.reset()
   own = "europe-docker.pkg.dev/someone/images/trainer:v2"
   ok(vertex_ai(cloud, "submit", env={**env, "WORKERS": "3", "IMAGE": own}))
@@ -229,6 +232,23 @@ def test_a_refused_job_is_one_line(cloud):
     (["submit"], {"TPU_TOPOLOGY": "2x2"}, "error: TPU_TOPOLOGY=2x2 is for TPU machine types"),
     (["submit"], {"ACCELERATOR_COUNT": "2"},
      "error: ACCELERATOR_COUNT=2 without ACCELERATOR_TYPE"),
+    (["submit"], {"SPOT": "yes"}, "error: SPOT must be 0 or 1, got 'yes'"),
+    (["submit"], {"RESTART_ON_WORKER_RESTART": "true"},
+     "error: RESTART_ON_WORKER_RESTART must be 0 or 1, got 'true'"),
+    (["submit"], {"SPOT": "1", "FLEX_START": "1", "ACCELERATOR_TYPE": "NVIDIA_L4"},
+     "error: SPOT=1 and FLEX_START=1 are two scheduling strategies: choose one"),
+    (["submit"], {"FLEX_START": "1"}, "error: FLEX_START=1 queues GPU machines "
+     "(Dynamic Workload Scheduler): set ACCELERATOR_TYPE, or drop FLEX_START"),
+    (["submit"], {"SPOT": "1", "MAX_WAIT": "2h"}, "error: MAX_WAIT=2h is the wait for "
+     "FLEX_START=1 machines: set FLEX_START=1, or drop MAX_WAIT"),
+    (["submit"], {"TIMEOUT": "1.5h"}, "error: TIMEOUT must be a duration: seconds or a "
+     "number with s, m, h or d (e.g. 86400, 90m, 24h, 7d), got '1.5h'"),
+    (["submit"], {"TIMEOUT": "0s"}, "error: TIMEOUT must be above 0"),
+    (["submit"], {"FLEX_START": "1", "ACCELERATOR_TYPE": "NVIDIA_L4",
+                  "MAX_WAIT": "soon"}, "error: MAX_WAIT must be a duration"),
+    (["submit"], {"FLEX_START": "1", "ACCELERATOR_TYPE": "NVIDIA_L4", "TIMEOUT": "8d"},
+     "error: TIMEOUT=8d: a FLEX_START=1 job runs at most 7d; lower TIMEOUT"),
+    (["tune", "study.txt"], {"SPOT": "2"}, "error: SPOT must be 0 or 1, got '2'"),
     (["build", "arm"], {}, "error: unknown image variant 'arm': cpu, gpu or tpu"),
     (["build", "cpu", "gpu"], {}, "error: usage: launch/vertex_ai.sh build [cpu|gpu|tpu]"),
     (["build"], {"TPU_TOPOLOGY": "2x2"}, "error: TPU_TOPOLOGY=2x2 is for TPU machine types"),
@@ -238,8 +258,12 @@ def test_a_refused_job_is_one_line(cloud):
     (["build", "cpu"], {"POLL_SECONDS": "soon"},
      "error: POLL_SECONDS must be a number of seconds, got 'soon'"),
 ])
-def test_bad_settings_are_refused_before_any_request(cloud, args, env, message):
+def test_bad_settings_are_refused_before_any_request(cloud, tmp_path, args, env,
+                                                    message):
   full = {**paths("b"), **env}
+  if args[0] == "tune":
+    args = ["tune", study(tmp_path)]
+    full["IMAGE"] = "example.com/trainer:1"
   result = vertex_ai(cloud, *args, env={k: v for k, v in full.items() if v is not None})
   assert result.returncode == 2
   assert error_line(result).startswith(message)
@@ -440,3 +464,52 @@ def test_tune_needs_a_study_file_and_the_submit_settings(cloud, tmp_path):
   no_data = vertex_ai(cloud, "tune", study(tmp_path), env={**env, "DATA_DIR": "/data"})
   assert error_line(no_data).startswith("error: DATA_DIR must be a gs:// URL")
   assert cloud.requests == []
+
+
+def test_scheduling_reaches_the_job_and_the_tuning_trials(cloud, tmp_path):
+  """SPOT, FLEX_START, MAX_WAIT, TIMEOUT and RESTART_ON_WORKER_RESTART become
+  the job spec's scheduling (durations as the API's "Ns" strings), through
+  gcloud's --config, for a custom job and for a tuning job's trials."""
+  env = {**paths("b"), "IMAGE": "example.com/trainer:1"}
+  ok(vertex_ai(cloud, "submit", env={**env, "SPOT": "1", "TIMEOUT": "24h",
+                                     "RESTART_ON_WORKER_RESTART": "1"}))
+  assert submitted(cloud)["jobSpec"]["scheduling"] == {
+      "strategy": "SPOT", "timeout": "86400s", "restartJobOnWorkerRestart": True}
+  cloud.reset()
+  ok(vertex_ai(cloud, "submit", env={
+      **env, "FLEX_START": "1", "MAX_WAIT": "90m", "TIMEOUT": "7d", "WORKERS": "2",
+      "ACCELERATOR_TYPE": "NVIDIA_H100_80GB", "MACHINE_TYPE": "a3-highgpu-1g"}))
+  spec = submitted(cloud)["jobSpec"]
+  assert spec["scheduling"] == {"strategy": "FLEX_START", "maxWaitDuration": "5400s",
+                                "timeout": "604800s"}
+  assert len(spec["workerPoolSpecs"]) == 2
+  cloud.reset()
+  ok(vertex_ai(cloud, "tune", study(tmp_path), env={
+      **env, "SPOT": "1", "TIMEOUT": "3600", "RESTART_ON_WORKER_RESTART": "1"}))
+  (request,) = cloud.find("POST", TUNING_JOBS + "$")
+  assert request.body["trialJobSpec"]["scheduling"] == {
+      "strategy": "SPOT", "timeout": "3600s", "restartJobOnWorkerRestart": True}
+  assert "scheduling" not in request.body  # the trials', not the tuning job's
+
+
+def test_the_fake_reads_scheduling_as_the_api_does():
+  """Scheduling's fields are the SDK message's: a misspelt name or an
+  unknown strategy is a 400, and a Duration is "Ns", never "24h"."""
+  pool = {"machineSpec": {"machineType": "n1-standard-8"}, "replicaCount": 1,
+          "containerSpec": {"imageUri": "example.com/trainer:1"}}
+  good = {"strategy": "FLEX_START", "maxWaitDuration": "0s", "timeout": "1.5s",
+          "restartJobOnWorkerRestart": True}
+  body = {"displayName": "j", "jobSpec": {"workerPoolSpecs": [pool], "scheduling": good}}
+  check_body("POST", JOBS, body)
+  assert custom_job_errors(body) == []
+  for scheduling, words in (({"restartJobOnWorkerRestrat": True}, "Unknown name "
+                             '"restartJobOnWorkerRestrat"'),
+                            ({"strategy": "PREEMPTIBLE"}, "Invalid value at "
+                             "'custom_job.job_spec.scheduling.strategy'")):
+    with pytest.raises(HttpError) as refused:
+      check_body("POST", JOBS, {"jobSpec": {"workerPoolSpecs": [pool],
+                                            "scheduling": scheduling}})
+    assert refused.value.code == 400 and words in refused.value.message
+  assert custom_job_errors({"jobSpec": {"workerPoolSpecs": [pool], "scheduling": {
+      "timeout": "24h"}}}) == [("job_spec.scheduling.timeout", "Invalid value "
+                                "(type.googleapis.com/google.protobuf.Duration), \"24h\"")]
