@@ -1,3 +1,5 @@
+import json
+import os
 import socket
 import threading
 import time
@@ -59,6 +61,15 @@ def test_more_gpus_than_visible():
     ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker"}}',
      "task index None is not one of"),
     ('{"cluster": [], "task": {}}', "cluster must map jobs to address lists"),
+    ('{"cluster": {"master": ["h:1"], "chief": ["h:2"]}, '
+     '"task": {"type": "master", "index": 0}}',
+     "TF_CONFIG's cluster has both a 'master' and a 'chief' job: they are the "
+     "same task"),
+    ('{"cluster": {"master": ["h:1", "h:2"]}, "task": {"type": "master", '
+     '"index": 0}}', "TF_CONFIG's cluster has 2 'chief' \\(or 'master'\\) "
+     "tasks: a cluster has at most one"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "master", "index": 0}}',
+     r"task type 'master' is not a job of its cluster \(worker\)"),
 ])
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config,
                                               message):
@@ -68,6 +79,33 @@ def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config,
     monkeypatch.setenv("TF_CONFIG", tf_config)
   with pytest.raises(errors.UserError, match=message):
     strategy_lib.make_strategy("multi_worker_mirrored")
+
+
+def test_a_master_task_is_the_chief_for_tensorflow_too(monkeypatch):
+  """The legacy service's `master` becomes `chief` in TF_CONFIG itself, so
+  TensorFlow's resolver (which refuses `master`) reads a chief, and
+  is_chief answers for it."""
+  monkeypatch.setenv("TF_CONFIG", json.dumps({
+      "cluster": {"worker": ["127.0.0.1:2"], "master": ["127.0.0.1:1"]},
+      "task": {"type": "master", "index": 0}, "environment": "cloud"}))
+  strategy_lib.make_strategy("default")
+  assert json.loads(os.environ["TF_CONFIG"]) == {
+      "cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+      "task": {"type": "chief", "index": 0}, "environment": "cloud"}
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  assert resolver.cluster_spec().as_dict() == {"chief": ["127.0.0.1:1"],
+                                               "worker": ["127.0.0.1:2"]}
+  assert (resolver.task_type, resolver.task_id) == ("chief", 0)
+  assert strategy_lib.is_chief(types.SimpleNamespace(cluster_resolver=resolver))
+  # A worker of that cluster keeps its type, and is not the chief.
+  monkeypatch.setenv("TF_CONFIG", json.dumps({
+      "cluster": {"master": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+      "task": {"type": "worker", "index": 0}}))
+  strategy_lib.make_strategy("default")
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  assert (resolver.task_type, resolver.task_id) == ("worker", 0)
+  assert not strategy_lib.is_chief(
+      types.SimpleNamespace(cluster_resolver=resolver))
 
 
 def test_unknown_collective(monkeypatch):

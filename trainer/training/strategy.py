@@ -57,6 +57,41 @@ def _parse_tf_config() -> dict | None:
   return tf_config
 
 
+def _master_as_chief(tf_config: dict | None) -> None:
+  """Renames a `master` task of TF_CONFIG to `chief`, in the environment.
+
+  The legacy Cloud ML Engine / AI Platform Training service named the
+  first worker pool's task `master`; Vertex AI and TensorFlow name it
+  `chief`. TensorFlow does not know `master`: TFConfigClusterResolver
+  passes the cluster to multi_worker_util, whose _validate_cluster_spec
+  accepts the task types chief, worker, evaluator and ps only (a ValueError
+  traceback otherwise; read in TF 2.21). So the job is renamed here, before
+  any strategy reads TF_CONFIG, and written back to os.environ, which
+  TensorFlow reads again at every cluster_spec(): from then on the master
+  is the chief everywhere (is_chief, the coordination service's leader,
+  the config comparison), and messages call it `chief`.
+
+  Raises:
+    UserError: a cluster with both a `master` and a `chief` job.
+  """
+  if not tf_config or not isinstance(tf_config.get("cluster"), dict):
+    return
+  cluster = tf_config["cluster"]
+  if "master" not in cluster:
+    return
+  if "chief" in cluster:
+    raise errors.UserError(
+        "TF_CONFIG's cluster has both a 'master' and a 'chief' job: they are "
+        "the same task (the legacy AI Platform name and TensorFlow's); keep "
+        "one of them")
+  tf_config["cluster"] = {"chief": cluster["master"], **{
+      job: addresses for job, addresses in cluster.items() if job != "master"}}
+  task = tf_config.get("task")
+  if isinstance(task, dict) and task.get("type") == "master":
+    tf_config["task"] = {**task, "type": "chief"}
+  os.environ["TF_CONFIG"] = json.dumps(tf_config)
+
+
 def _tf_config() -> dict:
   tf_config = _parse_tf_config()
   if not tf_config:
@@ -78,8 +113,9 @@ _JOBS = ("chief", "worker")
 
 def _check_cluster(cluster, task) -> None:
   """TF_CONFIG's cluster and task are a MultiWorkerMirrored one: jobs chief
-  and worker, each a list of "host:port" addresses, and this task one of
-  them (TensorFlow's own errors here are tracebacks).
+  (one task at most; the legacy `master` is renamed to it first) and worker,
+  each a list of "host:port" addresses, and this task one of them
+  (TensorFlow's own errors here are tracebacks).
 
   Raises:
     UserError: naming the entry, what it holds and what it should.
@@ -103,6 +139,10 @@ def _check_cluster(cluster, task) -> None:
       raise errors.UserError(
           f"TF_CONFIG's cluster job {job!r} must be a list of \"host:port\" "
           f"addresses, got {addresses!r}")
+  if len(cluster.get("chief", [])) > 1:
+    raise errors.UserError(
+        f"TF_CONFIG's cluster has {len(cluster['chief'])} 'chief' (or "
+        "'master') tasks: a cluster has at most one, the others are 'worker's")
   if not isinstance(task, dict):
     raise errors.UserError(f"TF_CONFIG's task must be an object with 'type' "
                            f"and 'index', got {task!r}")
@@ -453,7 +493,7 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
     raise errors.UserError(f"--strategy={name!r} is not one of "
                         f"{', '.join(STRATEGIES)}")
   split_cpu(num_cpu_devices)
-  _parse_tf_config()
+  _master_as_chief(_parse_tf_config())
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "one_device":
@@ -471,7 +511,8 @@ def make_strategy(name: str, tpu: str | None = None, num_gpus: int = 0,
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """True on the worker that writes checkpoints, summaries and exports.
 
-  That is the `chief` task, or worker 0 of a cluster without one; every
+  That is the `chief` task (or the legacy `master`, which make_strategy
+  renamed to `chief`), or worker 0 of a cluster without one; every
   single-machine strategy (and TPU, driven from one host) is the chief.
   """
   resolver = getattr(strategy, "cluster_resolver", None)
