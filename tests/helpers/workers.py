@@ -34,9 +34,11 @@ class Workers:
   """N trainer processes with TF_CONFIG; logs under log_dir."""
 
   def __init__(self, count, flags, log_dir, with_chief=False, env=None,
-               worker_flags=None, config=SMOKE):
+               worker_flags=None, config=SMOKE, chief_type="chief"):
     """with_chief: the first process is a `chief` task and the others
     `worker` 0..count-2, as Vertex AI sets TF_CONFIG; else all are workers.
+    chief_type: that first task's job name (`master`: the legacy AI
+    Platform Training service's).
     worker_flags: {process index: flags after `flags`} for some of them.
     config: the --config file of every process (log_dir: a pathlib.Path)."""
     # Held until kill() (see reserve_ports): no race for them.
@@ -46,8 +48,8 @@ class Workers:
     tasks = [("worker", i) for i in range(count)]
     cluster = {"worker": addresses}
     if with_chief:
-      cluster = {"chief": addresses[:1], "worker": addresses[1:]}
-      tasks = [("chief", 0)] + [("worker", i) for i in range(count - 1)]
+      cluster = {chief_type: addresses[:1], "worker": addresses[1:]}
+      tasks = [(chief_type, 0)] + [("worker", i) for i in range(count - 1)]
     self.log_dir = log_dir
     self.tmp_dir = log_dir / "tmp"  # TMPDIR: where non-chiefs write
     self.tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,28 @@ def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
   assert float(entries[-1]["loss"]) == pytest.approx(metrics["eval"]["loss"])
 
 
+def test_a_legacy_master_task_is_the_chief(smoke_data, tmp_path):
+  """TF_CONFIG as the legacy AI Platform Training service set it: pool 0's
+  task is `master`. It leads and writes like a chief (checkpoints, export,
+  metrics); the worker writes nothing; both train the same weights."""
+  model_dir = tmp_path / "run"
+  workers = Workers(2, [f"--data_dir={smoke_data}", f"--model_dir={model_dir}"],
+                    tmp_path, with_chief=True, chief_type="master")
+  try:
+    assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
+  finally:
+    workers.kill()
+  master, other = workers.log(0), workers.log(1)
+  assert "; chief" in master and "; worker" in other
+  assert fingerprint(master) == fingerprint(other)
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert metrics["num_replicas"] == 2 and metrics["step"] == 40
+  assert metrics["weights_sha256"] == fingerprint(master)
+  assert (model_dir / "export" / "saved_model.pb").exists()
+  assert (model_dir / "checkpoints" / "checkpoint").exists()
+  assert list(workers.tmp_dir.iterdir()) == []
+
+
 def checkpoint_saved(model_dir, step):
   """True once the `checkpoint` state file names ckpt-<step> (it is written
   after the checkpoint's own files)."""
