@@ -182,7 +182,7 @@ duration_seconds() {
 # RESTART_ON_WORKER_RESTART; empty when none is set. Durations go as the
 # API's Duration strings ("86400s").
 scheduling_checks() {
-  local name fields=() seconds
+  local name entries=() seconds
   for name in SPOT FLEX_START RESTART_ON_WORKER_RESTART; do
     case "${!name:-0}" in
       0 | 1) ;;
@@ -195,13 +195,13 @@ scheduling_checks() {
   if [[ "$flex_start" == 1 && "$kind" != gpu ]]; then
     die "FLEX_START=1 queues GPU machines (Dynamic Workload Scheduler): set ACCELERATOR_TYPE, or drop FLEX_START"
   fi
-  [[ "$spot" != 1 ]] || fields+=('"strategy": "SPOT"')
-  [[ "$flex_start" != 1 ]] || fields+=('"strategy": "FLEX_START"')
+  [[ "$spot" != 1 ]] || entries+=('"strategy": "SPOT"')
+  [[ "$flex_start" != 1 ]] || entries+=('"strategy": "FLEX_START"')
   if [[ -n "$max_wait" ]]; then
     [[ "$flex_start" == 1 ]] ||
       die "MAX_WAIT=$max_wait is the wait for FLEX_START=1 machines: set FLEX_START=1, or drop MAX_WAIT"
     seconds=$(duration_seconds MAX_WAIT "$max_wait") || exit 2
-    fields+=("\"maxWaitDuration\": \"${seconds}s\"")
+    entries+=("\"maxWaitDuration\": \"${seconds}s\"")
   fi
   if [[ -n "$timeout" ]]; then
     seconds=$(duration_seconds TIMEOUT "$timeout") || exit 2
@@ -209,13 +209,13 @@ scheduling_checks() {
     if [[ "$flex_start" == 1 ]] && ((seconds > 7 * 86400)); then
       die "TIMEOUT=$timeout: a FLEX_START=1 job runs at most 7d; lower TIMEOUT"
     fi
-    fields+=("\"timeout\": \"${seconds}s\"")
+    entries+=("\"timeout\": \"${seconds}s\"")
   fi
-  [[ "$restart_on_worker_restart" != 1 ]] || fields+=('"restartJobOnWorkerRestart": true')
+  [[ "$restart_on_worker_restart" != 1 ]] || entries+=('"restartJobOnWorkerRestart": true')
   scheduling=''
-  if ((${#fields[@]})); then
+  if ((${#entries[@]})); then
     local joined
-    joined=$(printf ', %s' "${fields[@]}")
+    joined=$(printf ', %s' "${entries[@]}")
     scheduling=",
   \"scheduling\": {${joined:2}}"
   fi
