@@ -177,7 +177,10 @@ MACHINE_FAMILIES = (
     MachineFamily("a3-ultragpu-", "gpu", ("NVIDIA_H200_141GB",), True),
     MachineFamily("g2-standard-", "gpu", ("NVIDIA_L4",), True),
     MachineFamily("cloud-tpu", "tpu", ("TPU_V2", "TPU_V3"), True, "v3"),
-    MachineFamily("ct5lp-hightpu-", "tpu", tpu_generation="v5e"),
+    # The v1 API's AcceleratorType has TPU_V5_LITEPOD (none for v6e): the
+    # machine type alone says the TPU, so it is optional.
+    MachineFamily("ct5lp-hightpu-", "tpu", ("TPU_V5_LITEPOD",),
+                  tpu_generation="v5e"),
     MachineFamily("ct6e-standard-", "tpu", tpu_generation="v6e"),
     MachineFamily("tpu7x-standard-", "tpu", tpu_generation="tpu7x"),
 )
@@ -425,12 +428,14 @@ def check_vertex(machine_type: str, accelerator_type: str | None,
       _fail(f"--accelerator_type={accelerator}: TPU machine type "
             f"{machine_type} takes no GPUs: drop it, or use a GPU machine "
             "(g2-standard-*, a2-*, n1-*)")
-    if family.accelerators and accelerator not in family.accelerators:
+    if accelerator and accelerator not in family.accelerators:
+      _fail(f"--accelerator_type={accelerator} does not fit {machine_type}: "
+            + (f"it takes {' or '.join(family.accelerators)}"
+               if family.accelerators else "its TPU is built in (its "
+               "topology says the slice): drop it"))
+    if family.accelerator_required and not accelerator:
       _fail(f"--machine_type={machine_type} needs --accelerator_type "
             f"{' or '.join(family.accelerators)}")
-    if not family.accelerators and accelerator:
-      _fail(f"--accelerator_type={accelerator}: {machine_type} has its TPU "
-            "built in (its topology says the slice): drop it")
     machine_kind = "tpu"
   elif accelerator:
     if accelerator not in family.accelerators:
@@ -483,7 +488,10 @@ def markdown() -> str:
             "gpu image | tpu image |", "| --- | --- | --- | --- | --- |"]
   for f in MACHINE_FAMILIES:
     name = f.prefix + ("*" if f.prefix.endswith("-") else "")
-    rows = [(f.kind, ", ".join(f.accelerators) or "none")]
+    accelerators = ", ".join(f.accelerators) or "none"
+    if f.accelerators and not f.accelerator_required:
+      accelerators = "none or " + accelerators
+    rows = [(f.kind, accelerators)]
     if f.kind == "cpu" and f.accelerators:  # GPUs attach to these
       rows = [("cpu", "none"), ("gpu", ", ".join(f.accelerators))]
     for kind, accelerators in rows:
