@@ -359,3 +359,13 @@ def test_the_gke_job_has_the_fields_kubernetes_requires():
     assert container["name"] and container["image"]
     assert all(isinstance(a, str) for a in container["args"])
     assert all(isinstance(e["value"], str) for e in container["env"])
+
+
+def test_the_commands_docs_running_shows_pass():
+  with open(os.path.join(ROOT, "docs", "running.md"), encoding="utf-8") as f:
+    commands = re.findall(r"^python3 -m trainer\.cloud\.preflight (.+)$",
+                          f.read(), re.M)
+  assert len(commands) >= 4
+  for command in commands:
+    result = _cli(*command.split())
+    assert (result.returncode, result.stderr) == (0, ""), command
