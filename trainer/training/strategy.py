@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import errors
+from trainer.cloud import preflight
 from trainer.cloud import storage
 from trainer.data import manifest
 
@@ -435,6 +436,10 @@ def _no_tpu(address: str, cause: str) -> errors.UserError:
 
 
 def _tpu(tpu: str | None) -> tf.distribute.Strategy:
+  # A generation this TensorFlow cannot run (TPU7x) is one line, before
+  # anything touches the TPU.
+  preflight.check_tpu_host(preflight.host_accelerator_type(os.environ),
+                           tf.__version__)
   address = tpu or "local"
   if address.startswith("grpc://"):
     # Connecting to an address where nothing listens waits forever: probe it.
