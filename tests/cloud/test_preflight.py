@@ -196,7 +196,8 @@ VERTEX_ROWS = [
     ("cloud-tpu", None, "tpu", "needs --accelerator_type TPU_V2 or TPU_V3"),
     ("cloud-tpu", "TPU_V3", "gpu", "no TPU runtime in it"),
     ("tpu7x-standard-4t", None, "tpu", TPU7X),
-    ("m1-ultramem-40", None, "cpu", "is not in the table"),
+    ("c4-standard-8", None, "cpu", None),  # not in the table: not refused
+    ("c4-standard-8", "NVIDIA_L4", "gpu", None),
     ("ct6e-standard-4t", None,
      "us-central1-docker.pkg.dev/p/r/trainer-gpu:0123456789ab",
      "the gpu image cannot train"),
