@@ -24,9 +24,13 @@ def files_read(log, split):
 
 def test_two_workers_train_identically_and_only_the_chief_writes(
     smoke_data, tmp_path):
+  # TF_CONFIG as the legacy AI Platform Training service set it: pool 0's
+  # task is `master` (Vertex AI's `chief` is the Vertex test's below;
+  # worker 0 as the chief, the fault tests'). It leads and writes.
   model_dir = tmp_path / "run"
   workers = Workers(2, [f"--data_dir={smoke_data}",
-                        f"--model_dir={model_dir}"], tmp_path)
+                        f"--model_dir={model_dir}"], tmp_path,
+                    with_chief=True, chief_type="master")
   try:
     assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
   finally:
@@ -100,28 +104,6 @@ def test_vertex_ai_chief_and_worker_write_to_the_aip_directories(
       ("20", False), ("20", True), ("40", False), ("40", True)]
   assert {e["trial"] for e in entries} == {"7"}
   assert float(entries[-1]["loss"]) == pytest.approx(metrics["eval"]["loss"])
-
-
-def test_a_legacy_master_task_is_the_chief(smoke_data, tmp_path):
-  """TF_CONFIG as the legacy AI Platform Training service set it: pool 0's
-  task is `master`. It leads and writes like a chief (checkpoints, export,
-  metrics); the worker writes nothing; both train the same weights."""
-  model_dir = tmp_path / "run"
-  workers = Workers(2, [f"--data_dir={smoke_data}", f"--model_dir={model_dir}"],
-                    tmp_path, with_chief=True, chief_type="master")
-  try:
-    assert workers.wait(timeout=240) == [0, 0], workers.logs_tail()
-  finally:
-    workers.kill()
-  master, other = workers.log(0), workers.log(1)
-  assert "; chief" in master and "; worker" in other
-  assert fingerprint(master) == fingerprint(other)
-  metrics = json.loads((model_dir / "metrics.json").read_text())
-  assert metrics["num_replicas"] == 2 and metrics["step"] == 40
-  assert metrics["weights_sha256"] == fingerprint(master)
-  assert (model_dir / "export" / "saved_model.pb").exists()
-  assert (model_dir / "checkpoints" / "checkpoint").exists()
-  assert list(workers.tmp_dir.iterdir()) == []
 
 
 def checkpoint_saved(model_dir, step):
