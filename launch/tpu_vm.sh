@@ -159,6 +159,9 @@ esac
 [[ "$poll_seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "POLL_SECONDS must be a number, got '$poll_seconds'"
 
 # preflight: here
+# (ACCELERATOR_TYPE, API, the host count and RUNTIME_VERSION when set are
+# known, and nothing has asked gcloud yet; a runtime left to `create` is
+# picked later, from the zone's list: choose_runtime.)
 require_gcloud
 echo "tpu_vm: TPU_NAME=$tpu_name ZONE=$zone ACCELERATOR_TYPE=$accelerator_type" \
   "($hosts host(s)) PROJECT=$project API=$api SPOT=$spot QUEUED=$queued POD=$pod" >&2

@@ -15,7 +15,8 @@ Saying no as the APIs do:
 
 * Bodies: every request body in _BODIES (TPU v2 nodes create/patch,
   getGuestAttributes, queuedResources create; Compute
-  setCommonInstanceMetadata; Vertex AI customJobs and
+  setCommonInstanceMetadata and instances, instanceTemplates,
+  instanceGroupManagers, resourcePolicies inserts; Vertex AI customJobs and
   hyperparameterTuningJobs create; Cloud Build v1
   builds create; Artifact Registry v1 repositories create) is read with the
   Cloud SDK's own message class and apitools (``check_body``): an unknown
@@ -32,6 +33,25 @@ Saying no as the APIs do:
   400 INVALID_ARGUMENT ``Cloud TPU received a bad request. the accelerator
   v9-13 was not found in zone Z`` (that sentence as reported from the real
   API for an accelerator; the runtime one is modelled on it).
+* Compute Engine (v1): instances, instanceTemplates, instanceGroupManagers
+  and resourcePolicies insert/get/list/delete (``compute``, keyed by the
+  path after ``projects/``), a DONE operation of the request's scope for
+  each insert/delete, ``listManagedInstances``, the image family Google
+  names for TPU VMs (COMPUTE_IMAGE_FAMILIES) and an empty autoscaler list
+  (``instance-groups managed delete`` asks). A machine type not in
+  COMPUTE_TPU_MACHINE_TYPES (or the few general ones) is a 400 ``Invalid
+  value for field 'resource.machineType': '...'. Machine type with name 'X'
+  does not exist in zone 'Z'.``; deleting a template or policy a group
+  uses is a 400 ``... is already being used by ...``. Each VM (alone or a
+  group's) gets natIP 127.0.3.k and networkIP 127.0.4.k (k counts every VM
+  the fake made), so ``gcloud compute ssh/scp`` reach its own sandbox
+  (``host_home(natIP)``). Measured with gcloud 528: ``compute ssh NAME``
+  GETs the instance and the project, sets the key in the project's
+  metadata when missing, then runs ``ssh ... -o HostKeyAlias=compute.<id>
+  root@<natIP> -- CMD`` (the first time after adding the key, ``-- :`` once
+  first); ``instances create --image-family`` sends ``imageFamilyViews``
+  without a GET, ``instance-templates create`` GETs the family; ``managed
+  list-instances --format=value(instance.basename(),instanceStatus)``.
 * Vertex AI: ``custom_job_errors``: the chief pool (the first) has exactly one
   replica, a non-empty pool a machineSpec.machineType and exactly one of
   containerSpec / pythonPackageSpec, acceleratorCount needs acceleratorType;
