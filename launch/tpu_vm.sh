@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Creates, sets up, trains on and deletes a Cloud TPU VM with gcloud.
+# Creates, sets up, trains on and deletes a Cloud TPU VM with gcloud: through
+# the Cloud TPU API (API=tpu, every generation) or, for v5p and v6e, as
+# Compute Engine resources (API=compute: an instance, or for a multi-host
+# slice a managed instance group with a workload policy).
 #
 #   PROJECT=my-project launch/tpu_vm.sh create
 #   launch/tpu_vm.sh setup
@@ -17,12 +20,15 @@ usage() {
 usage: launch/tpu_vm.sh SUBCOMMAND [arguments]
 
 Subcommands:
-  create           create the TPU VM (QUEUED=1: a queued resource, waited on
+  create           create the TPU VM (API=compute: a Compute Engine instance,
+                   or a workload policy, instance template and managed
+                   instance group of one VM per host; QUEUED=1: a queued resource, waited on
                    until ACTIVE unless WAIT=0); the runtime is the newest
                    TensorFlow PJRT runtime the zone lists for the accelerator
                    (-pod on a multi-host slice) unless RUNTIME_VERSION is set
   setup            ship this repository's HEAD (git archive) to every worker
-                   and pip install it there (the VM's TensorFlow is kept)
+                   and pip install it there (the VM's TensorFlow is kept;
+                   API=compute: with the [tpu] extra, TensorFlow's TPU build)
   train [flags]    start `python3 -m trainer.task --strategy=tpu` on worker 0,
                    detached from the SSH session (--tpu=local on one host,
                    --tpu=$TPU_NAME on a pod); extra trainer flags are passed
@@ -40,10 +46,19 @@ Environment (default):
   TPU_NAME          masked-attention-tpu
   ZONE              us-central2-b
   ACCELERATOR_TYPE  v4-8 (v4-32, v5litepod-16, ... are multi-host slices)
+  API               tpu (the Cloud TPU API); compute: Compute Engine, for
+                    v5p and v6e only (machine types ct5p-hightpu-4t,
+                    ct6e-standard-1t/4t/8t)
+  TOPOLOGY          API=compute, multi-host: the workload policy's
+                    accelerator topology (default: from ACCELERATOR_TYPE)
+  RESERVATION       API=compute: consume this reservation (specific affinity)
+  IMAGE_FAMILY      API=compute: ubuntu-accel-2204-amd64-tpu-v5e-v5p-v6e
+  IMAGE_PROJECT     API=compute: ubuntu-os-accelerator-images
   RUNTIME_VERSION   the newest tpu-vm-tf-*-pjrt runtime that fits, from
                     `gcloud compute tpus tpu-vm versions list --zone=ZONE`
   PROJECT           gcloud's configured project
-  SPOT              0; 1 creates a Spot (preemptible) TPU
+  SPOT              0; 1 creates a Spot (preemptible) TPU (API=compute:
+                    provisioning model SPOT, terminated by a STOP)
   QUEUED            0; 1 creates through queued resources (for pods)
   WAIT              1; 0: create returns once a queued resource is accepted
   WAIT_TIMEOUT      create: seconds to wait for ACTIVE (default 3600)
@@ -90,17 +105,71 @@ case "$generation" in
   v5litepod | v5e | v6e) if ((size <= 8)); then hosts=1; else hosts=$((size / 4)); fi ;;
   *) die "ACCELERATOR_TYPE=$accelerator_type: unknown TPU generation '$generation' (v2, v3, v4, v5p, v5litepod, v6e)" ;;
 esac
+# API=compute: the machine type of each VM and, on several hosts, the
+# accelerator topology of the workload policy. From Compute Engine's "TPU
+# machine types" page and the v5p/v6e pages: v6e types count chips and a
+# single-host slice is ct6e-standard-1t, -4t or -8t (1, 4, 8 chips); a
+# multi-host v6e slice is VMs of ct6e-standard-4t (4 chips each), topology
+# 4x4 for v6e-16 up to 16x16 for v6e-256. v5p types count TensorCores (2 a
+# chip): each VM is ct5p-hightpu-4t (4 chips, v5p-8), v5p-16 is 2x2x2.
+compute_machine_type() {
+  topology=""
+  case "$generation-$size" in
+    v6e-1 | v6e-4 | v6e-8) machine_type=ct6e-standard-${size}t ;;
+    v6e-*)
+      machine_type=ct6e-standard-4t
+      case "$size" in 16) topology=4x4 ;; 32) topology=4x8 ;; 64) topology=8x8 ;;
+        128) topology=8x16 ;; 256) topology=16x16 ;; esac
+      ;;
+    v5p-*)
+      machine_type=ct5p-hightpu-4t
+      case "$size" in 8) topology=2x2x1 ;; 16) topology=2x2x2 ;; 32) topology=2x2x4 ;;
+        64) topology=2x4x4 ;; 128) topology=4x4x4 ;; esac
+      ;;
+    *) die "ACCELERATOR_TYPE=$accelerator_type is not a Compute Engine TPU machine type (API=compute takes v5p-N and v6e-N): use API=tpu for $generation" ;;
+  esac
+  topology=${TOPOLOGY:-$topology}
+  if ((hosts > 1)) && [[ -z "$topology" ]]; then
+    die "ACCELERATOR_TYPE=$accelerator_type: no documented topology for it here: set TOPOLOGY (e.g. 4x8 for v6e-32, 2x2x4 for v5p-32)"
+  fi
+  [[ -z "$topology" || "$topology" =~ ^[0-9]+(x[0-9]+){1,2}$ ]] ||
+    die "TOPOLOGY must look like 4x4 or 2x2x2, got '$topology'"
+}
+
 case "${POD:-auto}" in
   auto) if ((hosts > 1)); then pod=1; else pod=0; fi ;;
   0 | 1) pod=$POD ;;
   *) die "POD must be auto, 0 or 1, got '$POD'" ;;
 esac
+api=${API:-tpu}
+reservation=${RESERVATION:-}
+image_family=${IMAGE_FAMILY:-ubuntu-accel-2204-amd64-tpu-v5e-v5p-v6e}
+image_project=${IMAGE_PROJECT:-ubuntu-os-accelerator-images}
+case "$api" in
+  tpu)
+    [[ -z "$reservation" ]] || die "RESERVATION is for API=compute; the Cloud TPU API path takes no reservation here: unset it or set API=compute"
+    ;;
+  compute)
+    [[ "$queued" != "1" ]] || die "QUEUED=1 is a Cloud TPU API queued resource: with API=compute leave QUEUED unset"
+    compute_machine_type
+    ;;
+  *) die "API must be tpu or compute, got '$api'" ;;
+esac
 [[ "$wait_timeout" =~ ^[0-9]+$ ]] || die "WAIT_TIMEOUT must be a number of seconds, got '$wait_timeout'"
 [[ "$poll_seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "POLL_SECONDS must be a number, got '$poll_seconds'"
 
+# preflight: here
+# (ACCELERATOR_TYPE, API, the host count and RUNTIME_VERSION when set are
+# known, and nothing has asked gcloud yet; a runtime left to `create` is
+# picked later, from the zone's list: choose_runtime.)
 require_gcloud
 echo "tpu_vm: TPU_NAME=$tpu_name ZONE=$zone ACCELERATOR_TYPE=$accelerator_type" \
-  "($hosts host(s)) PROJECT=$project SPOT=$spot QUEUED=$queued POD=$pod" >&2
+  "($hosts host(s)) PROJECT=$project API=$api SPOT=$spot QUEUED=$queued POD=$pod" >&2
+# API=compute, several hosts: the resources that make the slice (a managed
+# instance group in the zone, its template, a workload policy in the region).
+region=${zone%-*}
+template_name=$tpu_name-template
+policy_name=$tpu_name-policy
 
 location=(--zone="$zone" --project="$project")
 # On every worker: the run's directory (log, pid, exit status) and the code.
@@ -224,6 +293,10 @@ run_create() {
 }
 
 create_tpu() {
+  if [[ "$api" == "compute" ]]; then
+    create_compute
+    return
+  fi
   local runtime_version extra=()
   runtime_version=$(choose_runtime)
   echo "tpu_vm: RUNTIME_VERSION=$runtime_version" >&2
@@ -244,6 +317,140 @@ create_tpu() {
   if [[ "$wait_active" == "1" && "$dry_run" != "1" ]]; then
     wait_until_active
   fi
+}
+
+# API=compute. Flags every TPU VM takes (Compute Engine's "Create TPU VMs"
+# pages): the accelerator image family, no live migration (TPU hosts are
+# terminated for maintenance), and for Spot the SPOT provisioning model with
+# the termination action Google's "Request TPU Spot VMs" page gives (STOP).
+compute_vm_flags() {
+  vm_flags=(--machine-type="$machine_type" --image-family="$image_family"
+    --image-project="$image_project" --maintenance-policy=TERMINATE)
+  if [[ "$spot" == "1" ]]; then
+    vm_flags+=(--provisioning-model=SPOT --instance-termination-action=STOP)
+  fi
+  if [[ -n "$reservation" ]]; then
+    vm_flags+=(--reservation-affinity=specific --reservation="$reservation")
+  fi
+}
+
+create_compute() {
+  local vm_flags
+  compute_vm_flags
+  if ((hosts == 1)); then
+    run_create "creating instance $tpu_name" \
+      gcloud compute instances create "$tpu_name" "${location[@]}" "${vm_flags[@]}"
+    return
+  fi
+  echo "tpu_vm: $hosts x $machine_type, topology $topology: workload policy $policy_name ($region), template $template_name, managed instance group $tpu_name" >&2
+  run_create "creating workload policy $policy_name" \
+    gcloud compute resource-policies create workload-policy "$policy_name" \
+    --region="$region" --project="$project" --type=HIGH_THROUGHPUT \
+    --accelerator-topology="$topology"
+  run_create "creating instance template $template_name" \
+    gcloud compute instance-templates create "$template_name" \
+    --project="$project" "${vm_flags[@]}"
+  run_create "creating managed instance group $tpu_name" \
+    gcloud compute instance-groups managed create "$tpu_name" "${location[@]}" \
+    --template="$template_name" --size="$hosts" \
+    --workload-policy="projects/$project/regions/$region/resourcePolicies/$policy_name"
+}
+
+# API=compute: the slice's VMs, one name a line, worker 0 first (a managed
+# group's instances in name order). A dry run names them by index.
+compute_hosts() {
+  if ((hosts == 1)); then
+    echo "$tpu_name"
+  elif [[ "$dry_run" == "1" ]]; then
+    seq -f "$tpu_name-WORKER%g" 0 $((hosts - 1))
+  else
+    gcloud compute instance-groups managed list-instances "$tpu_name" \
+      "${location[@]}" --format='value(instance.basename())' | sort ||
+      die "no managed instance group $tpu_name in $zone ($project): create it with \`API=compute launch/tpu_vm.sh create\`"
+  fi
+}
+
+# Runs the lines of $1 (commands): the first alone, then the others at once
+# in the background, and waits for all; the exit status is the first failing
+# one's. (The first `compute ssh`/`scp` may add the user's key to the
+# project's metadata: run concurrently, several would race to update it.) A
+# dry run prints them in order.
+run_each() {
+  local pids=() status=0 pid line first
+  if [[ "$dry_run" == "1" ]]; then
+    while read -r line; do eval "$line"; done <<<"$1"
+    return
+  fi
+  first=${1%%$'\n'*}
+  eval "$first" || return
+  [[ "$1" == *$'\n'* ]] || return 0
+  while read -r line; do
+    eval "$line" &
+    pids+=("$!")
+  done <<<"${1#*$'\n'}"
+  for pid in "${pids[@]}"; do
+    wait "$pid" || { local s=$?; ((status)) || status=$s; }
+  done
+  return "$status"
+}
+
+# Runs COMMAND on worker WORKER (a number) or on every worker (all), through
+# the API's ssh: `tpu-vm ssh --worker`, or `compute ssh` to each VM (to all
+# at once, as `tpu-vm ssh --worker=all` does).
+on_workers() {
+  local worker=$1 command=$2 name index=0
+  if [[ "$api" == "tpu" ]]; then
+    run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
+      --worker="$worker" --command="$command"
+    return
+  fi
+  local names commands=""
+  names=$(compute_hosts)
+  while read -r name; do
+    if [[ "$worker" == "all" || "$worker" == "$index" ]]; then
+      commands+="run gcloud compute ssh $(printf '%q' "$name") \"\${location[@]}\" --command=$(printf '%q' "$command") </dev/null"$'\n'
+    fi
+    index=$((index + 1))
+  done <<<"$names"
+  if [[ "$worker" != "all" ]] && ((worker >= index)); then
+    die "WORKER=$worker: the slice has $index worker(s) (0 to $((index - 1)))"
+  fi
+  run_each "${commands%$'\n'}"
+}
+
+# API=compute, several hosts: the trainer's --tpu, every VM's TPU worker
+# address (grpc://INTERNAL_IP:8470, worker 0 first), which TensorFlow's
+# TPUClusterResolver takes instead of asking the Cloud TPU API for a node.
+compute_tpu_endpoints() {
+  local name names ip endpoints=()
+  names=$(compute_hosts)
+  while read -r name; do
+    if [[ "$dry_run" == "1" ]]; then
+      ip=INTERNAL_IP_OF_$name
+    else
+      ip=$(gcloud compute instances describe "$name" "${location[@]}" \
+        --format='value(networkInterfaces[0].networkIP)')
+    fi
+    endpoints+=("grpc://$ip:8470")
+  done <<<"$names"
+  local IFS=,
+  echo "${endpoints[*]}"
+}
+
+# Copies FILE to ~/DEST on every worker.
+copy_to_workers() {
+  local file=$1 dest=$2 name names
+  if [[ "$api" == "tpu" ]]; then
+    run gcloud compute tpus tpu-vm scp "$file" "$tpu_name:$dest" \
+      "${location[@]}" --worker=all
+    return
+  fi
+  local commands=""
+  names=$(compute_hosts)
+  while read -r name; do
+    commands+="run gcloud compute scp $(printf '%q' "$file") $(printf '%q' "$name:$dest") \"\${location[@]}\" </dev/null"$'\n'
+  done <<<"$names"
+  run_each "${commands%$'\n'}"
 }
 
 # Polls the queued resource until ACTIVE; a failed or suspended one, or the
@@ -289,22 +496,28 @@ setup_workers() {
   make_temp_dir package_dir
   package=$(build_package "$repo_dir" "$package_dir")
   echo "tpu_vm: shipping $(basename "$package") to every worker" >&2
-  run gcloud compute tpus tpu-vm scp "$package" \
-    "$tpu_name:masked-attention-trainer.tar.gz" "${location[@]}" --worker=all
+  copy_to_workers "$package" masked-attention-trainer.tar.gz
   # Replaces the code directory whole (a re-run does not nest copies), then
   # installs the package and its light dependencies; TensorFlow is not a
-  # dependency of the base package, so the VM's own stays as it is.
+  # dependency of the base package, so the VM's own stays as it is. A
+  # Compute Engine image has no TensorFlow: there the [tpu] extra brings
+  # TensorFlow's TPU build (and libtpu) first.
+  local tpu_extra=""
+  if [[ "$api" == "compute" ]]; then
+    tpu_extra="python3 -m pip --version >/dev/null 2>&1 || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-pip; }
+python3 -m pip install --quiet --user \"\$HOME/${code_dir#\~/}[tpu]\""
+  fi
   remote="set -e
 if $alive_check; then echo \"error: a run is going on \$(hostname) (pid \$(cat $run_dir/train.pid)): stop it first (launch/tpu_vm.sh stop)\" >&2; exit 2; fi
 rm -rf $code_dir.new && mkdir -p $code_dir.new
 tar -xzf ~/masked-attention-trainer.tar.gz -C $code_dir.new --strip-components=1
 rm -rf $code_dir && mv $code_dir.new $code_dir
+$tpu_extra
 tf_version=\$(python3 -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null) || { echo \"error: no TensorFlow on \$(hostname): create the TPU with a tpu-vm-tf-* runtime, or pip install the package's [tpu] extra there\" >&2; exit 2; }
 python3 -m pip install --quiet --user --force-reinstall --no-deps $code_dir
 python3 -m pip install --quiet --user $code_dir
 echo \"setup: \$(hostname): trainer installed; TensorFlow \$tf_version\""
-  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-    --worker=all --command="$remote"
+  on_workers all "$remote"
 }
 
 # The command that starts the trainer on worker 0 detached from the SSH
@@ -313,7 +526,10 @@ echo \"setup: \$(hostname): trainer installed; TensorFlow \$tf_version\""
 # train.exit. A run still alive is refused.
 remote_train_command() {
   local tpu_flag=--tpu=local environment=""
-  if ((pod == 1)); then
+  if ((pod == 1)) && [[ "$api" == "compute" ]]; then
+    tpu_flag=--tpu=$(compute_tpu_endpoints)
+    environment="export TPU_LOAD_LIBRARY=0;"
+  elif ((pod == 1)); then
     tpu_flag=--tpu=$tpu_name
     # TensorFlow on a multi-host slice: the TPU is driven from worker 0 by
     # name; the TPU library is loaded by the TPU workers, not this process.
@@ -354,13 +570,27 @@ REMOTE
 confirm_delete() {
   if [[ "${1:-}" != "--yes" && "$dry_run" != "1" ]]; then
     [[ -t 0 ]] || die "refusing to delete $tpu_name without a terminal: pass --yes"
-    read -r -p "Delete TPU $tpu_name in $zone ($project)? [y/N] " answer
+    local what="TPU $tpu_name"
+    if [[ "$api" == "compute" ]] && ((hosts == 1)); then
+      what="Compute Engine instance $tpu_name"
+    elif [[ "$api" == "compute" ]]; then
+      what="managed instance group $tpu_name ($hosts VMs), template $template_name and workload policy $policy_name"
+    fi
+    read -r -p "Delete $what in $zone ($project)? [y/N] " answer
     [[ "$answer" == "y" || "$answer" == "Y" ]] || die "not deleted"
   fi
 }
 
 delete_tpu() {
-  if [[ "$queued" == "1" ]]; then
+  if [[ "$api" == "compute" ]] && ((hosts == 1)); then
+    run gcloud compute instances delete "$tpu_name" "${location[@]}" --quiet
+  elif [[ "$api" == "compute" ]]; then
+    # The group first (it deletes its VMs), then what it used.
+    run gcloud compute instance-groups managed delete "$tpu_name" "${location[@]}" --quiet
+    run gcloud compute instance-templates delete "$template_name" --project="$project" --quiet
+    run gcloud compute resource-policies delete "$policy_name" --region="$region" \
+      --project="$project" --quiet
+  elif [[ "$queued" == "1" ]]; then
     run gcloud compute tpus queued-resources delete "$tpu_name" \
       "${location[@]}" --force --quiet
   else
@@ -380,12 +610,55 @@ cmd_train() {
   local why="the TPU workers cannot read this machine's disk"
   require_gs DATA_DIR "${DATA_DIR:-}" "$why"
   require_gs MODEL_DIR "${MODEL_DIR:-}" "$why"
-  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-    --worker=0 --command="$(remote_train_command "$@")"
+  local command
+  command=$(remote_train_command "$@")
+  on_workers 0 "$command"
+}
+
+# API=compute: the VMs' states (the group's too on several hosts), then the
+# run's on worker 0 when it is RUNNING.
+status_compute() {
+  local names name state first="" line
+  if [[ "$dry_run" == "1" ]]; then
+    if ((hosts > 1)); then
+      run gcloud compute instance-groups managed list-instances "$tpu_name" \
+        "${location[@]}" --format='value(instance.basename(),instanceStatus)'
+    else
+      run gcloud compute instances describe "$tpu_name" "${location[@]}" --format='value(status)'
+    fi
+    on_workers 0 "$(run_status_command)"
+    return
+  fi
+  if ((hosts > 1)); then
+    names=$(gcloud compute instance-groups managed list-instances "$tpu_name" \
+      "${location[@]}" --format='value(instance.basename(),instanceStatus)' 2>/dev/null) ||
+      die "no managed instance group $tpu_name in $zone ($project): create it with \`API=compute launch/tpu_vm.sh create\`"
+    echo "group: $tpu_name, $(grep -c . <<<"$names") of $hosts VMs"
+    while read -r line; do
+      name=${line%%$'\t'*}
+      state=${line#*$'\t'}
+      echo "vm: $name ${state:-(no status yet)}"
+      [[ -n "$first" ]] || first=$state
+    done <<<"$(sort <<<"$names")"
+    state=$first
+  else
+    state=$(gcloud compute instances describe "$tpu_name" "${location[@]}" \
+      --format='value(status)' 2>/dev/null) ||
+      die "no instance $tpu_name in $zone ($project): create it with \`API=compute launch/tpu_vm.sh create\`"
+    echo "vm: $tpu_name $state"
+  fi
+  case "$state" in
+    RUNNING) on_workers 0 "$(run_status_command)" ;;
+    TERMINATED | STOPPED) echo "vm: stopped (a Spot preemption or maintenance): \`API=compute launch/tpu_vm.sh recreate\`, then the same \`train\` resumes from the last checkpoint" ;;
+  esac
 }
 
 cmd_status() {
   local state
+  if [[ "$api" == "compute" ]]; then
+    status_compute
+    return
+  fi
   if [[ "$dry_run" == "1" ]]; then
     if [[ "$queued" == "1" ]]; then
       run gcloud compute tpus queued-resources describe "$tpu_name" \
@@ -428,18 +701,23 @@ cmd_logs() {
     -f) follow=" -f" ;;
     *) die "logs takes -f (follow) or nothing, got '$1'" ;;
   esac
-  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-    --worker=0 --command="if [ -f $run_dir/train.log ]; then tail -n $lines$follow $run_dir/train.log; else echo 'error: no run log on worker 0 yet: launch/tpu_vm.sh train starts a run' >&2; exit 2; fi"
+  on_workers 0 "if [ -f $run_dir/train.log ]; then tail -n $lines$follow $run_dir/train.log; else echo 'error: no run log on worker 0 yet: launch/tpu_vm.sh train starts a run' >&2; exit 2; fi"
 }
 
 cmd_stop() {
-  run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
-    --worker=0 --command="if $alive_check; then kill -TERM -- -\"\$(ps -o pgid= -p \"\$(cat $run_dir/train.pid)\" | tr -d ' ')\" && echo 'stop: SIGTERM sent: the run checkpoints at the end of its host loop and exits'; else echo 'stop: no run is going'; fi"
+  on_workers 0 "if $alive_check; then kill -TERM -- -\"\$(ps -o pgid= -p \"\$(cat $run_dir/train.pid)\" | tr -d ' ')\" && echo 'stop: SIGTERM sent: the run checkpoints at the end of its host loop and exits'; else echo 'stop: no run is going'; fi"
 }
 
 cmd_ssh() {
   local worker=${WORKER:-0}
   [[ "$worker" =~ ^[0-9]+$ ]] || die "WORKER must be a worker index, got '$worker'"
+  if [[ "$api" == "compute" ]]; then
+    local names
+    names=$(compute_hosts)
+    ((worker < $(wc -l <<<"$names"))) || die "WORKER=$worker: the slice has $(wc -l <<<"$names") worker(s)"
+    run gcloud compute ssh "$(sed -n "$((worker + 1))p" <<<"$names")" "${location[@]}"
+    return
+  fi
   run gcloud compute tpus tpu-vm ssh "$tpu_name" "${location[@]}" \
     --worker="$worker"
 }

@@ -293,7 +293,8 @@ LAUNCH_SETTINGS = (
     "REGION", "MACHINE_TYPE", "ACCELERATOR_COUNT", "WORKERS", "TPU_TOPOLOGY",
     "IMAGE", "JOB_NAME", "REPO_DIR", "LOG_DIR", "GPU", "NUM_GPUS",
     "REPOSITORY", "POLL_SECONDS", "POD", "WAIT", "CUDA_VISIBLE_DEVICES",
-    "FLEX_START", "MAX_WAIT", "TIMEOUT", "RESTART_ON_WORKER_RESTART")
+    "FLEX_START", "MAX_WAIT", "TIMEOUT", "RESTART_ON_WORKER_RESTART", "API",
+    "TOPOLOGY", "RESERVATION", "IMAGE_FAMILY", "IMAGE_PROJECT")
 
 
 def setup_commands():
@@ -341,6 +342,11 @@ def test_the_docs_local_commands_run(run):
     if "single_gpu" in command or "multi_gpu" in command:
       words = shlex.split(printed.splitlines()[-1])
       assert words[1:3] == ["-m", "trainer.task"], printed
+    elif "tpu_vm.sh" in command and "API=compute" in command:
+      # Compute Engine: an instance of the v6e machine type, worker 0 by ssh.
+      assert "gcloud compute instances create" in printed
+      assert "--machine-type=ct6e-standard-4t" in printed
+      assert "gcloud compute tpus" not in printed and "--strategy=tpu" in printed
     elif "tpu_vm.sh" in command:
       assert "gcloud compute tpus" in printed
       assert "--strategy=tpu" in printed

@@ -15,7 +15,8 @@ Saying no as the APIs do:
 
 * Bodies: every request body in _BODIES (TPU v2 nodes create/patch,
   getGuestAttributes, queuedResources create; Compute
-  setCommonInstanceMetadata; Vertex AI customJobs and
+  setCommonInstanceMetadata and instances, instanceTemplates,
+  instanceGroupManagers, resourcePolicies inserts; Vertex AI customJobs and
   hyperparameterTuningJobs create; Cloud Build v1
   builds create; Artifact Registry v1 repositories create) is read with the
   Cloud SDK's own message class and apitools (``check_body``): an unknown
@@ -32,6 +33,25 @@ Saying no as the APIs do:
   400 INVALID_ARGUMENT ``Cloud TPU received a bad request. the accelerator
   v9-13 was not found in zone Z`` (that sentence as reported from the real
   API for an accelerator; the runtime one is modelled on it).
+* Compute Engine (v1): instances, instanceTemplates, instanceGroupManagers
+  and resourcePolicies insert/get/list/delete (``compute``, keyed by the
+  path after ``projects/``), a DONE operation of the request's scope for
+  each insert/delete, ``listManagedInstances``, the image family Google
+  names for TPU VMs (COMPUTE_IMAGE_FAMILIES) and an empty autoscaler list
+  (``instance-groups managed delete`` asks). A machine type not in
+  COMPUTE_TPU_MACHINE_TYPES (or the few general ones) is a 400 ``Invalid
+  value for field 'resource.machineType': '...'. Machine type with name 'X'
+  does not exist in zone 'Z'.``; deleting a template or policy a group
+  uses is a 400 ``... is already being used by ...``. Each VM (alone or a
+  group's) gets natIP 127.0.3.k and networkIP 127.0.4.k (k counts every VM
+  the fake made), so ``gcloud compute ssh/scp`` reach its own sandbox
+  (``host_home(natIP)``). Measured with gcloud 528: ``compute ssh NAME``
+  GETs the instance and the project, sets the key in the project's
+  metadata when missing, then runs ``ssh ... -o HostKeyAlias=compute.<id>
+  root@<natIP> -- CMD`` (the first time after adding the key, ``-- :`` once
+  first); ``instances create --image-family`` sends ``imageFamilyViews``
+  without a GET, ``instance-templates create`` GETs the family; ``managed
+  list-instances --format=value(instance.basename(),instanceStatus)``.
 * Vertex AI: ``custom_job_errors``: the chief pool (the first) has exactly one
   replica, a non-empty pool a machineSpec.machineType and exactly one of
   containerSpec / pythonPackageSpec, acceleratorCount needs acceleratorType;
@@ -213,6 +233,18 @@ HOSTS = {
     "v5litepod-8": 1, "v5litepod-16": 4,
 }
 
+# TPU machine types Compute Engine offers (its "TPU machine types" page:
+# ct6e-standard-1t/4t/8t for v6e, ct5p-hightpu-4t for v5p; 1, 4, 8 and 4
+# chips). An instance or MIG with another machine type is refused as the
+# Compute API refuses a machine type the zone does not have.
+COMPUTE_TPU_MACHINE_TYPES = ("ct6e-standard-1t", "ct6e-standard-4t", "ct6e-standard-8t",
+                             "ct5p-hightpu-4t")
+COMPUTE_OTHER_MACHINE_TYPES = ("e2-standard-4", "n2-standard-8")
+# (project, family) of the public images the fake serves: the family Google
+# documents for TPU VMs on Compute Engine (v5e, v5p and v6e hosts).
+COMPUTE_IMAGE_FAMILIES = (("ubuntu-os-accelerator-images",
+                           "ubuntu-accel-2204-amd64-tpu-v5e-v5p-v6e"),)
+
 
 class UnknownAcceleratorType(KeyError):
   """An accelerator type not in HOSTS (gcloud gets a 400 naming it)."""
@@ -233,7 +265,7 @@ def host_count(accelerator_type: str) -> int:
 # kind (an operation, except for customJobs.create which only fails).
 OPERATION_KINDS = ("tpu.nodes.create", "tpu.nodes.delete", "tpu.nodes.patch",
                    "tpu.queuedResources.create", "tpu.queuedResources.delete",
-                   "aiplatform.customJobs.create",
+                   "aiplatform.customJobs.create", "compute.instances.insert",
                    "aiplatform.hyperparameterTuningJobs.create")
 
 
@@ -433,6 +465,11 @@ class CloudFake:
       self._qr_gets: dict[str, int] = {}
       self._forced: dict[str, dict] = {}     # queued resource id -> its state
       self.project_metadata: dict = {"kind": "compute#metadata", "items": []}
+      # Compute Engine, keyed "P/zones/Z/instances/N" (the path after
+      # projects/): instances, instanceGroupManagers, instanceTemplates
+      # ("P/global/..."), resourcePolicies ("P/regions/R/...").
+      self.compute: dict[str, dict] = {}
+      self._next_host = itertools.count(1)
       self._plans: dict[str, list[_Plan]] = {}   # kind -> plans, first next
       self._pending: dict[str, list] = {}      # operation -> [polls, deadline, on_done]
       self._ids = itertools.count(1)
@@ -816,6 +853,150 @@ class CloudFake:
   def compute_operation(self, m, q, b):
     return self._get(self.operations, f"compute/{m['p']}/{m['op']}")
 
+  # ------------------------------------------ Compute Engine (v1): TPU VMs
+  #
+  # Instances, instance templates, managed instance groups and resource
+  # policies, keyed by the path after /compute/v1/projects/ (e.g.
+  # "P/zones/Z/instances/N"). Every insert/delete answers a DONE operation
+  # of its scope (zone, region or global), as Compute's are once finished.
+  # An instance's host k (counted over the fake's life) has networkIP
+  # 127.0.4.k and natIP 127.0.3.k: its sandbox is host_home(natIP).
+
+  def _compute_link(self, key):
+    return f"{self.url}/compute/v1/projects/{key}"
+
+  def _compute_operation(self, m, kind, target_key, verb, plan=None):
+    """A finished Compute operation on target_key in the request's scope;
+    with a failing `plan` (fail_next) it ends DONE with an error, as a
+    Compute insert out of capacity does."""
+    name = f"operation-{next(self._ids)}"
+    scope = m["scope"]
+    key = f"compute/{m['p']}/{name}" if scope == "global" else f"compute/{m['p']}/{scope}/{name}"
+    operation = {
+        "kind": "compute#operation", "id": str(next(self._ids)), "name": name,
+        "operationType": verb, "status": "DONE", "progress": 100,
+        "targetLink": self._compute_link(target_key),
+        "selfLink": self._compute_link(f"{m['p']}/{scope}/operations/{name}"),
+        "insertTime": _now(), "startTime": _now(), "endTime": _now(), "user": ACCOUNT}
+    if scope.startswith("zones/"):
+      operation["zone"] = self._compute_link(f"{m['p']}/{scope}")
+    elif scope.startswith("regions/"):
+      operation["region"] = self._compute_link(f"{m['p']}/{scope}")
+    if plan is not None and plan.status:
+      operation["error"] = {"errors": [{"code": plan.status, "message": plan.message}]}
+      operation["httpErrorStatusCode"] = 400
+      operation["httpErrorMessage"] = plan.status
+    self.operations[key] = operation
+    return operation
+
+  def compute_scoped_operation(self, m, q, b):
+    return self._get(self.operations, f"compute/{m['p']}/{m['scope']}/{m['op']}")
+
+  def _compute_key(self, m, name=None):
+    return f"{m['p']}/{m['scope']}/{m['coll']}/{name or m['name']}"
+
+  def _check_machine_type(self, machine_type, zone, field):
+    """Compute's 400 for a machine type the zone does not have."""
+    name = machine_type.rsplit("/", 1)[-1]
+    if name not in COMPUTE_TPU_MACHINE_TYPES + COMPUTE_OTHER_MACHINE_TYPES:
+      raise HttpError(400, "INVALID_ARGUMENT", f"Invalid value for field '{field}': "
+                      f"'{machine_type}'. Machine type with name '{name}' does not "
+                      f"exist in zone '{zone}'.")
+
+  def _make_instance(self, m, zone, spec):
+    host = next(self._next_host)
+    key = f"{m['p']}/zones/{zone}/instances/{spec['name']}"
+    machine_type = spec.get("machineType", "")
+    if "/" not in machine_type:   # a template's properties name it alone
+      machine_type = f"zones/{zone}/machineTypes/{machine_type}"
+    instance = {
+        **spec, "kind": "compute#instance", "id": str(4000000000 + next(self._ids)),
+        "creationTimestamp": _now(), "status": "RUNNING",
+        "machineType": self._compute_link(f"{m['p']}/{machine_type.split('projects/' + m['p'] + '/')[-1]}"),
+        "zone": self._compute_link(f"{m['p']}/zones/{zone}"),
+        "selfLink": self._compute_link(key),
+        "networkInterfaces": [{
+            "kind": "compute#networkInterface", "name": "nic0",
+            "networkIP": f"127.0.4.{host}",
+            "accessConfigs": [{"kind": "compute#accessConfig", "name": "external-nat",
+                               "type": "ONE_TO_ONE_NAT", "natIP": f"127.0.3.{host}"}]}]}
+    self.compute[key] = instance
+    return instance
+
+  def compute_insert(self, m, q, body):
+    key = self._compute_key(m, body.get("name", ""))
+    if key in self.compute:
+      raise HttpError(409, "ALREADY_EXISTS", f"The resource 'projects/{key}' already exists")
+    coll, zone = m["coll"], m["scope"].split("/")[-1]
+    if coll == "instances":
+      self._check_machine_type(body.get("machineType", ""), zone, "resource.machineType")
+      plan = self._plan("compute.instances.insert")
+      if not plan.status:
+        self._make_instance(m, zone, body)
+      return self._compute_operation(m, coll, key, "insert", plan)
+    resource = {**body, "id": str(5000000000 + next(self._ids)), "creationTimestamp": _now(),
+                "selfLink": self._compute_link(key)}
+    if coll == "instanceGroupManagers":
+      template = self._get(self.compute, _compute_key(body.get("instanceTemplate", "")))
+      for policy in (body.get("resourcePolicies") or {}).values():
+        self._get(self.compute, _compute_key(policy))
+      machine_type = template["properties"].get("machineType", "")
+      self._check_machine_type(machine_type, zone, "resource.instanceTemplate.properties.machineType")
+      base = body.get("baseInstanceName") or body["name"]
+      members = []
+      for _ in range(int(body.get("targetSize", 0))):
+        spec = {**template["properties"], "name": f"{base}-{uuid.uuid4().hex[:4]}"}
+        members.append(self._make_instance(m, zone, spec)["selfLink"])
+      resource.update(zone=self._compute_link(f"{m['p']}/{m['scope']}"), members=members,
+                      status={"isStable": True})
+    self.compute[key] = resource
+    return self._compute_operation(m, coll, key, "insert")
+
+  def compute_get(self, m, q, b):
+    return self._get(self.compute, self._compute_key(m))
+
+  def compute_list(self, m, q, b):
+    prefix = f"{m['p']}/{m['scope']}/{m['coll']}/"
+    items = [v for k, v in self.compute.items() if k.startswith(prefix) and "/" not in k[len(prefix):]]
+    return {"kind": "compute#list", "items": items, "id": prefix}
+
+  def compute_delete(self, m, q, b):
+    key = self._compute_key(m)
+    resource = self._get(self.compute, key)
+    for other in self.compute.values():   # Compute refuses to delete a resource in use
+      users = [other.get("instanceTemplate"), *(other.get("resourcePolicies") or {}).values()]
+      if key in [_compute_key(u) for u in users if u]:
+        raise HttpError(400, "FAILED_PRECONDITION", f"The {m['coll']} resource 'projects/{key}' "
+                        f"is already being used by 'projects/{_compute_key(other['selfLink'])}'")
+    for member in resource.get("members", []):
+      self.compute.pop(_compute_key(member), None)
+    del self.compute[key]
+    return self._compute_operation(m, m["coll"], key, "delete")
+
+  def compute_list_managed(self, m, q, b):
+    mig = self._get(self.compute, self._compute_key(m))
+    managed = []
+    for member in mig["members"]:
+      instance = self.compute.get(_compute_key(member))
+      managed.append({"instance": member, "id": instance and instance["id"],
+                      "instanceStatus": instance["status"] if instance else "STOPPED",
+                      "currentAction": "NONE" if instance else "RECREATING"})
+    return {"managedInstances": managed}
+
+  def compute_image_family(self, m, q, b):
+    """The newest image of a public family in COMPUTE_IMAGE_FAMILIES."""
+    if (m["p"], m["family"]) not in COMPUTE_IMAGE_FAMILIES:
+      raise HttpError(404, "NOT_FOUND", f"The resource 'projects/{m['p']}/global/images/family/"
+                      f"{m['family']}' was not found")
+    name = f"{m['family']}-v20261201"
+    return {"kind": "compute#image", "id": "7000000001", "name": name, "family": m["family"],
+            "status": "READY", "selfLink": self._compute_link(f"{m['p']}/global/images/{name}")}
+
+  def compute_guest_attributes(self, m, q, b):
+    self._get(self.compute, self._compute_key(m))
+    raise HttpError(404, "NOT_FOUND", f"The resource 'projects/{self._compute_key(m)}"
+                    f"/guestAttributes/{q.get('queryPath', '')}' was not found")
+
   def job_create(self, m, q, body):
     errors = custom_job_errors(body)
     if errors:
@@ -963,6 +1144,12 @@ def _name(m):
   return m[0].split("/", 2)[2].split(":")[0]
 
 
+def _compute_key(link):
+  """A Compute resource's URL (full or partial) -> its key in
+  CloudFake.compute ("P/zones/Z/instances/N")."""
+  return re.sub(r"^.*?projects/", "", link, count=1)
+
+
 def _last(name):
   return name.rsplit("/", 1)[1]
 
@@ -973,6 +1160,9 @@ def _now():
 
 _LOC = r"/projects/(?P<p>[^/]+)/locations/(?P<loc>[^/]+)"
 _TPU, _AI = "/v2" + _LOC, "/v1" + _LOC
+# Compute Engine resources in a scope (a zone, a region, or global).
+_GCE = r"/compute/v1/projects/(?P<p>[^/]+)/(?P<scope>zones/[^/]+|regions/[^/]+|global)"
+_GCE_COLL = "/(?P<coll>instances|instanceTemplates|instanceGroupManagers|resourcePolicies)"
 _C = CloudFake
 _ROUTES = [
     (_TPU + "/runtimeVersions", {"GET": _C.runtime_versions_list}),
@@ -991,6 +1181,19 @@ _ROUTES = [
      {"POST": _C.compute_set_metadata}),
     (r"/compute/v1/projects/(?P<p>[^/]+)/global/operations/(?P<op>[^/]+)",
      {"GET": _C.compute_operation}),
+    (_GCE + "/operations/(?P<op>[^/]+)", {"GET": _C.compute_scoped_operation}),
+    (_GCE + "/operations/(?P<op>[^/]+)/wait", {"POST": _C.compute_scoped_operation}),
+    (_GCE + _GCE_COLL, {"POST": _C.compute_insert, "GET": _C.compute_list}),
+    (_GCE + _GCE_COLL + "/(?P<name>[^/]+)", {"GET": _C.compute_get,
+                                             "DELETE": _C.compute_delete}),
+    (_GCE + "/(?P<coll>instanceGroupManagers)/(?P<name>[^/]+)/listManagedInstances",
+     {"POST": _C.compute_list_managed}),
+    (r"/compute/v1/projects/(?P<p>[^/]+)/global/images/family/(?P<family>[^/]+)",
+     {"GET": _C.compute_image_family}),
+    (_GCE + "/autoscalers", {"GET": lambda s, m, q, b: {"kind": "compute#autoscalerList",
+                                                        "items": []}}),
+    (_GCE + "/(?P<coll>instances)/(?P<name>[^/]+)/getGuestAttributes",
+     {"GET": _C.compute_guest_attributes}),
     (_AI + "/customJobs", {"GET": lambda s, m, q, b: {"customJobs": [
         j for j in s.jobs.values() if j["name"].startswith(_parent(m) + "/")]},
                            "POST": _C.job_create}),
@@ -1095,6 +1298,14 @@ _BODIES = [
      "queued_resource", "google.cloud.tpu.v2"),
     ("POST", r"/compute/v1/projects/[^/]+/setCommonInstanceMetadata", "compute", "v1",
      "Metadata", "metadata_resource", "google.cloud.compute.v1"),
+    ("POST", r"/compute/v1/projects/[^/]+/zones/[^/]+/instances", "compute", "v1",
+     "Instance", "instance_resource", "google.cloud.compute.v1"),
+    ("POST", r"/compute/v1/projects/[^/]+/global/instanceTemplates", "compute", "v1",
+     "InstanceTemplate", "instance_template_resource", "google.cloud.compute.v1"),
+    ("POST", r"/compute/v1/projects/[^/]+/zones/[^/]+/instanceGroupManagers", "compute", "v1",
+     "InstanceGroupManager", "instance_group_manager_resource", "google.cloud.compute.v1"),
+    ("POST", r"/compute/v1/projects/[^/]+/regions/[^/]+/resourcePolicies", "compute", "v1",
+     "ResourcePolicy", "resource_policy_resource", "google.cloud.compute.v1"),
     ("POST", _AI + "/customJobs", "aiplatform", "v1", "GoogleCloudAiplatformV1CustomJob",
      "custom_job", "google.cloud.aiplatform.v1"),
     ("POST", _AI + "/hyperparameterTuningJobs", "aiplatform", "v1",

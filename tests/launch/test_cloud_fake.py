@@ -26,6 +26,9 @@ STUDY = {"metrics": [{"metricId": "accuracy", "goal": "MAXIMIZE"}],
          "parameters": [{"parameterId": "config.train.learning_rate", **DOUBLE}]}
 TUNING_JOB = {"displayName": "t", "studySpec": STUDY, "maxTrialCount": 4,
               "parallelTrialCount": 2, "trialJobSpec": {"workerPoolSpecs": [POOL]}}
+GCE = "/compute/v1/projects/test-project"
+INSTANCE = {"name": "i", "machineType": "zones/us-east5-b/machineTypes/ct6e-standard-4t",
+            "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"}}
 UNKNOWN = "Invalid JSON payload received. Unknown name \"{}\" at '{}': Cannot find field."
 # Bypass any proxy of the environment: the fake is on 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -91,6 +94,27 @@ BODY_CASES = [
      {"items": [{"key": "a", "vaule": "b"}]}, "vaule", "metadata_resource.items[0]",
      {"items": [{"key": ["a"]}]}, "Invalid value at 'metadata_resource.items[0].key' "
      "(TYPE_STRING), [\"a\"]"),
+    ("POST", f"{GCE}/zones/us-east5-b/instances", INSTANCE,
+     {**INSTANCE, "scheduling": {"provisioningModle": "SPOT"}}, "provisioningModle",
+     "instance_resource.scheduling", {**INSTANCE, "scheduling": {"provisioningModel": "CHEAP"}},
+     "Invalid value at 'instance_resource.scheduling.provisioning_model' "
+     "(type.googleapis.com/google.cloud.compute.v1.ProvisioningModel), \"CHEAP\""),
+    ("POST", f"{GCE}/regions/us-east5/resourcePolicies",
+     {"name": "p", "workloadPolicy": {"type": "HIGH_THROUGHPUT", "acceleratorTopology": "4x4"}},
+     {"name": "p", "workloadPolicy": {"topology": "4x4"}}, "topology",
+     "resource_policy_resource.workload_policy",
+     {"name": "p", "workloadPolicy": {"type": "FAST"}}, "Invalid value at "
+     "'resource_policy_resource.workload_policy.type'"),
+    ("POST", f"{GCE}/global/instanceTemplates",
+     {"name": "t", "properties": {"machineType": "ct6e-standard-4t"}},
+     {"name": "t", "properties": {"machineTyp": "ct6e-standard-4t"}}, "machineTyp",
+     "instance_template_resource.properties", {"name": "t2", "properties": {"machineType": 5}},
+     "Invalid value at 'instance_template_resource.properties.machine_type' (TYPE_STRING), 5"),
+    ("POST", f"{GCE}/zones/us-east5-b/instanceGroupManagers",
+     {"name": "g", "instanceTemplate": "x", "targetSize": 2},
+     {"name": "g", "targetSise": 2}, "targetSise", "instance_group_manager_resource",
+     {"name": "g", "targetSize": "two"},
+     "Invalid value at 'instance_group_manager_resource.target_size' (TYPE_INT32), \"two\""),
     ("POST", JOBS, {"displayName": "j", "jobSpec": {"workerPoolSpecs": [POOL]}},
      {"displayName": "j", "jobSpec": {"workerPoolSpecs": [POOL], "baseOutputDir": {}}},
      "baseOutputDir", "custom_job.job_spec",
@@ -160,6 +184,40 @@ def test_cloud_tpu_refuses_what_it_does_not_offer(cloud):
                     {**NODE, "acceleratorType": accelerator})
     assert status == 200
     assert len(cloud.nodes[f"{TPU[4:]}/nodes/{accelerator}"]["networkEndpoints"]) == hosts
+
+
+def test_compute_refuses_a_machine_type_the_zone_lacks_and_a_resource_in_use(cloud):
+  # Through the real gcloud: the error it prints for Compute's 400.
+  result = cloud.gcloud("compute", "instances", "create", "v", "--zone=us-east5-b",
+                        "--machine-type=ct6e-standard-3t")
+  assert result.returncode == 1
+  assert ("Machine type with name 'ct6e-standard-3t' does not exist in zone "
+          "'us-east5-b'.") in result.stderr
+  assert not cloud.compute
+  status, _ = api(cloud, "POST", f"{GCE}/global/instanceTemplates",
+                  {"name": "t", "properties": {"machineType": "ct5p-hightpu-4t"}})
+  assert status == 200
+  status, _ = api(cloud, "POST", f"{GCE}/regions/us-east5/resourcePolicies",
+                  {"name": "p", "workloadPolicy": {"type": "HIGH_THROUGHPUT"}})
+  assert status == 200
+  status, _ = api(cloud, "POST", f"{GCE}/zones/us-east5-b/instanceGroupManagers", {
+      "name": "g", "instanceTemplate": "projects/test-project/global/instanceTemplates/t", "targetSize": 3,
+      "resourcePolicies": {"workloadPolicy": "projects/test-project/regions/us-east5/"
+                                             "resourcePolicies/p"}})
+  assert status == 200
+  status, reply = api(cloud, "POST",
+                      f"{GCE}/zones/us-east5-b/instanceGroupManagers/g/listManagedInstances")
+  assert [m["instanceStatus"] for m in reply["managedInstances"]] == ["RUNNING"] * 3
+  # Each VM its own sandbox address; the template and policy are in use.
+  ips = {i["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
+         for k, i in cloud.compute.items() if "/instances/" in k}
+  assert len(ips) == 3
+  for path in ("global/instanceTemplates/t", "regions/us-east5/resourcePolicies/p"):
+    status, reply = api(cloud, "DELETE", f"{GCE}/{path}")
+    assert status == 400 and "is already being used by" in reply["error"]["message"]
+  assert api(cloud, "DELETE", f"{GCE}/zones/us-east5-b/instanceGroupManagers/g")[0] == 200
+  assert sorted(cloud.compute) == ["test-project/global/instanceTemplates/t",
+                                   "test-project/regions/us-east5/resourcePolicies/p"]
 
 
 @pytest.mark.parametrize("pools, field, words", [

@@ -71,7 +71,8 @@ def tpu_vm(cloud, *args, env=None, timeout=240, project=PROJECT):
   return cloud.run_script(SCRIPT, *args, timeout=timeout, unset=(
       "TPU_NAME", "ZONE", "PROJECT", "DRY_RUN", "QUEUED", "SPOT",
       "RUNTIME_VERSION", "ACCELERATOR_TYPE", "DATA_DIR", "MODEL_DIR", "CONFIG",
-      "LINES"), env={**defaults, **(env or {})})
+      "LINES", "API", "TOPOLOGY", "RESERVATION", "IMAGE_FAMILY", "IMAGE_PROJECT"),
+      env={**defaults, **(env or {})})
 
 
 def created_node(cloud):
@@ -514,7 +515,8 @@ def test_help_names_every_subcommand_and_variable():
                "delete", "recreate", "TPU_NAME", "ZONE", "ACCELERATOR_TYPE",
                "RUNTIME_VERSION", "PROJECT", "SPOT", "QUEUED", "WAIT",
                "WAIT_TIMEOUT", "POLL_SECONDS", "POD", "CONFIG", "DATA_DIR",
-               "MODEL_DIR", "REPO_DIR", "WORKER", "LINES", "DRY_RUN"):
+               "MODEL_DIR", "REPO_DIR", "WORKER", "LINES", "DRY_RUN", "API",
+               "TOPOLOGY", "RESERVATION", "IMAGE_FAMILY", "IMAGE_PROJECT"):
     assert word in result.stdout
   bogus = subprocess.run(["bash", SCRIPT, "bogus"], capture_output=True,
                          text=True)
