@@ -166,6 +166,22 @@ require_gcloud() {
   fi
 }
 
+# Asks the table of what runs where (trainer/cloud/preflight.py) whether a
+# TPU slice or a Vertex AI machine and image can run the trainer, before any
+# cloud call: its one line `error: ...` and exit 2 when they cannot. It runs
+# on this machine with the standard library alone (python3 -S: no
+# TensorFlow, no site-packages), from this checkout.
+# Its flags' names in the line become the launchers' variables.
+preflight() {
+  local message
+  if message=$(PYTHONPATH="$repo_root" python3 -S -m trainer.cloud.preflight "$@" 2>&1); then
+    return
+  fi
+  sed -e 's/--accelerator_type/ACCELERATOR_TYPE/g; s/--runtime/RUNTIME_VERSION/g' \
+    -e 's/--machine_type/MACHINE_TYPE/g; s/--api/API/g; s/--image/IMAGE/g' <<<"$message" >&2
+  exit 2
+}
+
 # Writes the package (setup.py, README.md, LICENSE, trainer/, configs/ of the git HEAD
 # of REPO, as pip installs it) to OUT_DIR and prints the archive's path. Only
 # committed files ship: uncommitted changes get a warning.

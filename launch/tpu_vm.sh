@@ -96,6 +96,11 @@ repo_dir=${REPO_DIR:-$repo_root}
 # VM up to 8, else VMs of 4 chips (v5litepod-16: four). The v5e page's
 # topology table counts 8-chip physical hosts (4x4: 2); the VMs of a
 # multi-host v5e/v6e slice are its 4-chip VM type (ct5lp-hightpu-4t).
+# What cannot run is refused here, for every generation and API (TPU7x: no
+# TensorFlow; a runtime the generation does not run; an API that does not
+# offer it), before the checks below and any gcloud call.
+preflight tpu --accelerator_type="$accelerator_type" --api="${API:-tpu}" \
+  ${RUNTIME_VERSION:+--runtime="$RUNTIME_VERSION"}
 generation=${accelerator_type%-*}
 size=${accelerator_type##*-}
 [[ "$size" =~ ^[0-9]+$ && "$generation" =~ ^v[0-9] ]] ||
@@ -158,10 +163,6 @@ esac
 [[ "$wait_timeout" =~ ^[0-9]+$ ]] || die "WAIT_TIMEOUT must be a number of seconds, got '$wait_timeout'"
 [[ "$poll_seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "POLL_SECONDS must be a number, got '$poll_seconds'"
 
-# preflight: here
-# (ACCELERATOR_TYPE, API, the host count and RUNTIME_VERSION when set are
-# known, and nothing has asked gcloud yet; a runtime left to `create` is
-# picked later, from the zone's list: choose_runtime.)
 require_gcloud
 echo "tpu_vm: TPU_NAME=$tpu_name ZONE=$zone ACCELERATOR_TYPE=$accelerator_type" \
   "($hosts host(s)) PROJECT=$project API=$api SPOT=$spot QUEUED=$queued POD=$pod" >&2
@@ -300,6 +301,11 @@ create_tpu() {
   local runtime_version extra=()
   runtime_version=$(choose_runtime)
   echo "tpu_vm: RUNTIME_VERSION=$runtime_version" >&2
+  # The runtime picked from the zone's list, through the same table.
+  if [[ -z "${RUNTIME_VERSION:-}" && "$dry_run" != "1" ]]; then
+    preflight tpu --accelerator_type="$accelerator_type" --api=tpu \
+      --runtime="$runtime_version"
+  fi
   if [[ "$spot" == "1" ]]; then extra+=(--spot); fi
   if [[ "$queued" != "1" ]]; then
     # gcloud waits for the create operation: the node is READY after this.

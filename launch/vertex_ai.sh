@@ -230,8 +230,11 @@ submit_checks() {
   done
   machine_checks
   scheduling_checks
-  # preflight: here (MACHINE_TYPE, ACCELERATOR_TYPE and the image variant
-  # `kind`, or IMAGE, are known; no gcloud call yet)
+  # The machine, its accelerator and the image (IMAGE, or the variant
+  # `kind` picks), through the table of what runs where, before any call.
+  preflight vertex --machine_type="$machine_type" \
+    ${accelerator_type:+--accelerator_type="$accelerator_type"} \
+    --image="${IMAGE:-$kind}"
 }
 
 build_checks() {

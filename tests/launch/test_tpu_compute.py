@@ -123,8 +123,15 @@ def test_multi_host_v5p_is_a_workload_policy_template_and_group_of_two(tpu):
 
 def test_bad_compute_settings_are_refused_before_any_cloud_call(tpu):
   for env, words in [
-      ({"ACCELERATOR_TYPE": "v4-8"}, "not a Compute Engine TPU machine type"),
-      ({"ACCELERATOR_TYPE": "v5litepod-8"}, "use API=tpu for v5litepod"),
+      # The table of what runs where (trainer/cloud/preflight.py) first.
+      ({"ACCELERATOR_TYPE": "v4-8"}, "Compute Engine (gcloud compute instances) "
+       "does not offer TPU v4: use API=tpu"),
+      ({"ACCELERATOR_TYPE": "v5litepod-8"}, "does not offer TPU v5e: use API=tpu"),
+      ({"ACCELERATOR_TYPE": "tpu7x-8"}, "TensorFlow does not support TPU7x: use v6e or earlier"),
+      ({"ACCELERATOR_TYPE": "v6e-8", "API": "tpu", "RUNTIME_VERSION": "tpu-vm-tf-2.18.0-se"},
+       "RUNTIME_VERSION=tpu-vm-tf-2.18.0-se: TPU v6e runs PJRT runtimes only"),
+      ({"ACCELERATOR_TYPE": "v6e-16", "API": "tpu", "RUNTIME_VERSION": "tpu-vm-tf-2.18.0-pjrt"},
+       "is a single-host runtime, but v6e-16 has 4 hosts"),
       ({"ACCELERATOR_TYPE": "v6e-48"}, "set TOPOLOGY"),
       ({"ACCELERATOR_TYPE": "v6e-16", "TOPOLOGY": "4by4"}, "TOPOLOGY must look like"),
       ({"ACCELERATOR_TYPE": "v6e-4", "QUEUED": "1"}, "QUEUED=1 is a Cloud TPU API"),

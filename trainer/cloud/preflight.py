@@ -328,7 +328,10 @@ def check_tpu(accelerator_type: str, api: str, runtime: str | None = None,
   if api not in APIS:
     _fail(f"--api={api} is not one of {', '.join(APIS)}")
   if api not in generation.apis:
-    offered = " or ".join(f"--api={a}" for a in generation.apis)
+    # GKE is a manifest (launch/gke/), not a launcher's API: named only
+    # when nothing else offers the generation.
+    offered = " or ".join(f"--api={a}" for a in (
+        [a for a in generation.apis if a != "gke"] or generation.apis))
     _fail(f"{API_NAMES[api]} does not offer TPU {generation.name}: use "
           f"{offered}")
   chips, hosts = chips_and_hosts(generation, size)
