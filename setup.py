@@ -48,6 +48,16 @@ setup(
         # TF >= 2.21 no longer installs it: without it the logs the trainer
         # writes cannot be opened (and newer tf.summary needs it).
         "tensorboard",
+        # Keras here, not in the extras beside TensorFlow: the package imports
+        # it itself, so the range holds on a bare install too (a TPU VM
+        # runtime's Keras is kept when inside it). The tested range: the
+        # smoke subset (tests/test_floor.py) passed on tensorflow-cpu 2.18.0
+        # with Keras 3.5.0 (the oldest pip pairs with 2.18.0: it requires
+        # keras>=3.5.0) and 2.18.1 with 3.6.0; the suite on 2.21.0 with
+        # 3.15.1 (the newest). TensorFlow narrows it further (2.21 requires
+        # keras>=3.12). The cap is the first untested minor, as TensorFlow's.
+        # .ci/run tests the floor pairing (both lower bounds).
+        "keras>=3.5.0,<3.16",
     ],
     extras_require={
         # TensorFlow only in extras: a TPU VM keeps the TensorFlow it has.
