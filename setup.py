@@ -71,6 +71,16 @@ setup(
         # untested minor.
         "cpu": ["tensorflow-cpu>=2.18.0,<2.22"],
         # The same TensorFlow releases, CUDA build (their CPU builds ran).
+        # gs:// needs no tensorflow-io-gcs-filesystem on Linux: TensorFlow's
+        # own GCS file system serves it, and `import tensorflow` does not
+        # load that package. Measured: the GCS tests (tests/cloud/, an
+        # emulator) passed on tensorflow-cpu 2.18.0 with and without it
+        # (0.37.1; importing it there fails: "File system for gs already
+        # registered") and on 2.21.0 without it (the suite); on 2.21.0 its
+        # plugin cannot load ("undefined symbol: TF_VLog"). 2.18 and 2.19
+        # require it on Python < 3.12; from 2.20 it is TensorFlow's
+        # `gcs-filesystem` extra, which pip's resolution of this `gpu`
+        # extra (2.21.0, and 2.22.0rc0) leaves out.
         "gpu": ["tensorflow[and-cuda]>=2.18.0,<2.22"],
         # A TPU VM created without a TensorFlow runtime (tpu-ubuntu2204-base,
         # v2-alpha-*): TensorFlow's TPU build, which brings libtpu from PyPI.
