@@ -48,6 +48,16 @@ setup(
         # TF >= 2.21 no longer installs it: without it the logs the trainer
         # writes cannot be opened (and newer tf.summary needs it).
         "tensorboard",
+        # Keras here, not in the extras beside TensorFlow: the package imports
+        # it itself, so the range holds on a bare install too (a TPU VM
+        # runtime's Keras is kept when inside it). The tested range: the
+        # smoke subset (tests/test_floor.py) passed on tensorflow-cpu 2.18.0
+        # with Keras 3.5.0 (the oldest pip pairs with 2.18.0: it requires
+        # keras>=3.5.0) and 2.18.1 with 3.6.0; the suite on 2.21.0 with
+        # 3.15.1 (the newest). TensorFlow narrows it further (2.21 requires
+        # keras>=3.12). The cap is the first untested minor, as TensorFlow's.
+        # .ci/run tests the floor pairing (both lower bounds).
+        "keras>=3.5.0,<3.16",
     ],
     extras_require={
         # TensorFlow only in extras: a TPU VM keeps the TensorFlow it has.
@@ -61,6 +71,16 @@ setup(
         # untested minor.
         "cpu": ["tensorflow-cpu>=2.18.0,<2.22"],
         # The same TensorFlow releases, CUDA build (their CPU builds ran).
+        # gs:// needs no tensorflow-io-gcs-filesystem on Linux: TensorFlow's
+        # own GCS file system serves it, and `import tensorflow` does not
+        # load that package. Measured: the GCS tests (tests/cloud/, an
+        # emulator) passed on tensorflow-cpu 2.18.0 with and without it
+        # (0.37.1; importing it there fails: "File system for gs already
+        # registered") and on 2.21.0 without it (the suite); on 2.21.0 its
+        # plugin cannot load ("undefined symbol: TF_VLog"). 2.18 and 2.19
+        # require it on Python < 3.12; from 2.20 it is TensorFlow's
+        # `gcs-filesystem` extra, which pip's resolution of this `gpu`
+        # extra (2.21.0, and 2.22.0rc0) leaves out.
         "gpu": ["tensorflow[and-cuda]>=2.18.0,<2.22"],
         # A TPU VM created without a TensorFlow runtime (tpu-ubuntu2204-base,
         # v2-alpha-*): TensorFlow's TPU build, which brings libtpu from PyPI.

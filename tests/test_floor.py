@@ -1,8 +1,9 @@
-"""The smoke subset for the oldest TensorFlow the package declares.
+"""The smoke subset for the oldest TensorFlow and Keras the package declares.
 
-.ci/run installs the package a second time, in .venv-floor with
-tensorflow-cpu pinned to the lower bound of setup.py's `cpu` extra, and runs
-these tests there:
+.ci/run installs the package a second time, in .venv-floor with the floor
+pairing: tensorflow-cpu pinned to the lower bound of setup.py's `cpu` extra
+and keras to the lower bound of its install_requires, and runs these tests
+there:
 
   pytest -m floor tests/test_floor.py
 

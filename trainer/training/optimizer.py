@@ -129,7 +129,7 @@ def assign_variables(variables, values) -> None:
   variables, values = list(variables), list(values)
   if not variables:
     return
-  if not is_distributed(variables[0]):
+  if not mirrors_variables(tf.distribute.get_strategy()):
     for variable, value in zip(variables, values):
       variable.assign(value)
     return
@@ -157,11 +157,19 @@ def _map_values(fn, gradient):
   return fn(gradient)
 
 
-def is_distributed(variable) -> bool:
-  """True for a variable a strategy mirrors (assigned through it)."""
-  return isinstance(_tf_variable(variable), tf.distribute.DistributedValues)
+def mirrors_variables(strategy: tf.distribute.Strategy) -> bool:
+  """True for a strategy whose variables are mirrored (each replica holds a
+  copy, assigned through the strategy): Mirrored, MultiWorkerMirrored (even
+  of one replica) and TPU; the default strategy and OneDevice keep plain
+  variables. Decided from the strategy's kind, which the trainer chose, not
+  from the variable's wrapper: Keras's variable classes differ between
+  versions (on Keras 3.6.0 a layer's variables are no `keras.Variable`)."""
+  return isinstance(strategy, (tf.distribute.MirroredStrategy,
+                               tf.distribute.MultiWorkerMirroredStrategy,
+                               tf.distribute.TPUStrategy))
 
 
 def _tf_variable(variable):
-  """The tf.Variable (a MirroredVariable) behind a Keras variable."""
-  return variable.value if isinstance(variable, keras.Variable) else variable
+  """The tf.Variable (a MirroredVariable when mirrored) behind a variable:
+  itself, or the one a Keras variable holds (`.value`; whatever its class)."""
+  return variable if isinstance(variable, tf.Variable) else variable.value

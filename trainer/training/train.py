@@ -170,8 +170,9 @@ class Trainer:
                                              self.model.trainable_variables)
       # Mirrored variables (MirroredStrategy or MultiWorkerMirrored, even of
       # one replica) are assigned through the strategy, which may not run
-      # inside a nested XLA function: fused only for plain variables.
-      if not optimizer_lib.is_distributed(self.model.trainable_variables[0]):
+      # inside a nested XLA function: fused only for plain variables (told
+      # by the strategy's kind, not by Keras's variable classes).
+      if not optimizer_lib.mirrors_variables(strategy):
         self.fused_step = tf.function(self._fused_step, jit_compile=True)
       else:
         self.apply_update = tf.function(self._apply_update, jit_compile=True)
