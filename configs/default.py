@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Keras's apply_gradients outside XLA (the slower path, for comparison).
   config.train.xla_update = True
   config.train.mixed_precision = "float32"  # float32 | bfloat16 | float16
+  # Threads of TensorFlow's inter-op pool (0 = its default, one a core): the
+  # host loop's ops run in order, so one thread saves the others' spinning.
+  config.train.inter_op_threads = 1
   # Exponential moving average of the trainable weights, moved after every
   # optimizer update (decay min(ema_decay, (1 + t) / (10 + t)) at update t),
   # checkpointed, and used for evaluation and export; 0 = off, else in (0, 1).

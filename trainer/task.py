@@ -123,9 +123,11 @@ def _main():
   tf = cli.import_tensorflow()
   resume = "the same command"  # until the run directory is known
   from trainer.training import loop  # pylint: disable=g-import-not-at-top
+  from trainer.training import runtime  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy  # pylint: disable=g-import-not-at-top
   cli.log_plainly()
   try:
+    runtime.configure(config)  # before the strategy's first op starts pools
     distribution = strategy.make_strategy(
         _STRATEGY.value, tpu=_TPU.value, num_gpus=_NUM_GPUS.value,
         collective=config.train.collective,
