@@ -20,5 +20,8 @@ def get_config():
   config.train.steps_per_loop = 500  # fewer host round trips
   config.train.learning_rate = 5e-3  # larger batch, larger step
   config.train.eval_every_steps = 5_000  # evaluate less often
+  # TensorFlow's inter-op pool as it sizes it: one thread was measured on
+  # CPUs only (several devices' ops may want to be issued side by side).
+  config.train.inter_op_threads = 0
   config.train.checkpoint_every_steps = 5_000  # checkpoint less often
   return config

@@ -24,5 +24,8 @@ def get_config():
   config.train.eval_every_steps = 5_000  # evaluate less often
   config.train.checkpoint_every_steps = 5_000  # checkpoint less often
   config.train.mixed_precision = "bfloat16"  # TPU-native compute dtype
+  # TensorFlow's inter-op pool as it sizes it: one thread was measured on
+  # CPUs only (several devices' ops may want to be issued side by side).
+  config.train.inter_op_threads = 0
   config.train.jit_compile = False  # TPUStrategy compiles the step itself
   return config
