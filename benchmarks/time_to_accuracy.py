@@ -1,7 +1,8 @@
 r"""Prints the trainer's time to an eval accuracy, start to target, N runs.
 
   python benchmarks/time_to_accuracy.py --config=configs/scaled.py \
-      --target=0.99 [--repeats=3] [--against=COMMIT] [-- TRAINER FLAGS...]
+      --target=0.99 [--repeats=3] [--seeds] [--against=COMMIT] \
+      [-- TRAINER FLAGS...]
 
 Each run is `python -m trainer.task --config=C --data_dir=D --model_dir=M`
 (plus the flags after `--`), as a user runs it, in a subprocess with a fresh
@@ -22,6 +23,13 @@ ends by itself also prints where its time went (metrics.json's "time":
 start-up, compile, training, input wait, evaluation, checkpointing, export,
 other; docs/running.md).
 
+CPU time is taken too (the machine is shared: CPU seconds move far less
+with its load than wall seconds): the process's own CPU (all its threads,
+/proc/PID/stat) when its target line appears, and its whole CPU to exit.
+With --seeds, run i trains with --config.seed=i (other initial weights and
+another data order on the same data set), so the runs show from how many
+initial weights the recipe reaches the target, not from one.
+
 --against=COMMIT checks COMMIT out (`git worktree add`, removed at the end)
 and runs it and this checkout in pairs on the same data, the order swapped
 every other pair (this, COMMIT, COMMIT, this, ...); the ratio of each pair's
@@ -36,6 +44,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,6 +71,8 @@ class Run:
   evals: list[tuple[float, int, float]] = dataclasses.field(
       default_factory=list)  # (seconds, step, accuracy)
   reached: tuple[float, int, float] | None = None  # the first at the target
+  reached_cpu: float | None = None  # the process's CPU seconds by then
+  exit_cpu: float | None = None  # its CPU seconds in all (ended by itself)
   exit_seconds: float | None = None  # when it ended by itself
   status: int | None = None  # its exit status; None: killed here
   timed_out: bool = False
@@ -78,8 +89,12 @@ class Run:
       seconds, step, accuracy = self.reached
       line = (f"{self.label}: time to target {seconds:.1f} s (step {step}, "
               f"accuracy {accuracy:.4f})")
+      if self.reached_cpu is not None:
+        line += f", {self.reached_cpu:.1f} s of CPU"
       if self.exit_seconds is not None:
         line += f"; start to exit {self.exit_seconds:.1f} s"
+      if self.exit_cpu is not None:
+        line += f" ({self.exit_cpu:.1f} s of CPU)"
       if self.time_split:
         line += f"; {describe_split(self.time_split)}"
       return line
@@ -112,6 +127,25 @@ def read_time_split(model_dir: str) -> dict[str, float] | None:
   return split if isinstance(split, dict) else None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+  """The CPU seconds (user + system, all threads) process `pid` has used so
+  far, from /proc/PID/stat; None where that cannot be read."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+  except (OSError, IndexError):
+    return None
+  # After the ")" closing the name: field 3 (state) is fields[0], so utime
+  # (14) and stime (15) are fields[11] and fields[12], in clock ticks.
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+  """CPU seconds of all waited-for child processes so far."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def trainer_command(config: str, data_dir: str, model_dir: str,
                     target: float, takes_target: bool,
                     trainer_flags: list[str]) -> list[str]:
@@ -132,6 +166,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
   ends_by_itself = any(arg.startswith(f"--{TARGET_FIELD}=")
                        for arg in command)
   with open(log_path, "w", encoding="utf-8") as log:
+    cpu_before = children_cpu_seconds()
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=checkout, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
@@ -151,6 +186,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
               + (" (target)" if at_target else ""), flush=True)
         if at_target:
           run.reached = run.evals[-1]
+          run.reached_cpu = process_cpu_seconds(process.pid)
           if not ends_by_itself:
             process.kill()  # the time is taken: no need for the rest
 
@@ -167,6 +203,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
   killed_here = run.timed_out or (run.reached and not ends_by_itself)
   if not killed_here:
     run.status, run.exit_seconds = process.returncode, ended
+    run.exit_cpu = children_cpu_seconds() - cpu_before
     if process.returncode:
       with open(log_path, encoding="utf-8") as f:
         tail = f.read()[-3000:]
@@ -227,6 +264,14 @@ def summary(label: str, runs: list[Run]) -> str:
     return f"{label}: no run reached the target"
   line = (f"{label}: time to target {statistics.median(times):.1f} s "
           f"({common.spread(times, 'runs', '{:.1f}')})")
+  cpus = [r.reached_cpu for r in runs if r.reached and
+          r.reached_cpu is not None]
+  if cpus:
+    line += (f", {statistics.median(cpus):.1f} s of CPU "
+             f"({common.spread(cpus, 'runs', '{:.1f}')})")
+  steps = [r.reached[1] for r in runs if r.reached]
+  line += (f", step {statistics.median(steps):g} "
+           f"({common.spread(steps, 'runs', '{:d}')})")
   exits = [r.exit_seconds for r in runs if r.reached and
            r.exit_seconds is not None]
   if exits:
@@ -248,6 +293,9 @@ def main():
                       help="eval accuracy to reach, e.g. 0.99")
   parser.add_argument("--repeats", type=int, default=3,
                       help="runs (pairs with --against)")
+  parser.add_argument("--seeds", action="store_true",
+                      help="run i trains with --config.seed=i (other "
+                      "initial weights, the same data set)")
   parser.add_argument("--against", metavar="COMMIT",
                       help="also time COMMIT's trainer, alternating")
   parser.add_argument("--data_dir", help="where the data set is (generated "
@@ -293,9 +341,11 @@ def main():
       for label, checkout in order:
         name = f"{'this' if checkout == ROOT else 'against'}{i + 1}"
         model_dir = os.path.join(work_dir, name)
-        command = trainer_command(args.config, data_dir, model_dir,
-                                  args.target, takes_target(checkout),
-                                  args.trainer_flags)
+        command = trainer_command(
+            args.config, data_dir, model_dir, args.target,
+            takes_target(checkout),
+            args.trainer_flags + ([f"--config.seed={i}"] if args.seeds
+                                  else []))
         print(f"run {i + 1}/{args.repeats}, {label}: started", flush=True)
         run = run_once(f"{label}, run {i + 1}", checkout, command,
                        args.target, args.timeout,
