@@ -1,8 +1,8 @@
 r"""Prints the trainer's time to an eval accuracy, start to target, N runs.
 
   python benchmarks/time_to_accuracy.py --config=configs/scaled.py \
-      --target=0.99 [--repeats=3] [--seeds] [--against=COMMIT] \
-      [-- TRAINER FLAGS...]
+      --target=0.99 [--repeats=3] [--seeds] \
+      [--against=COMMIT | --vs_config=C2] [-- TRAINER FLAGS...]
 
 Each run is `python -m trainer.task --config=C --data_dir=D --model_dir=M`
 (plus the flags after `--`), as a user runs it, in a subprocess with a fresh
@@ -35,7 +35,9 @@ and runs it and this checkout in pairs on the same data, the order swapped
 every other pair (this, COMMIT, COMMIT, this, ...); the ratio of each pair's
 times is printed, then the median and min-max of those ratios: the machine's
 speed drifts too much for ratios of separate runs (benchmarks/common.py). The config path and trainer flags are passed to both
-checkouts as given.
+checkouts as given. --vs_config=C2 pairs the same way this checkout's
+--config with its C2 (a recipe against another), each on its own config's
+data set.
 """
 
 from __future__ import annotations
@@ -298,6 +300,9 @@ def main():
                       "initial weights, the same data set)")
   parser.add_argument("--against", metavar="COMMIT",
                       help="also time COMMIT's trainer, alternating")
+  parser.add_argument("--vs_config", metavar="C2",
+                      help="also time this checkout with config C2, "
+                      "alternating")
   parser.add_argument("--data_dir", help="where the data set is (generated "
                       "there if missing); default: the trainer's cache")
   parser.add_argument("--timeout", type=float, default=3600,
@@ -312,15 +317,25 @@ def main():
   if args.repeats < 1:
     sys.exit(f"error: --repeats={args.repeats} must be >= 1")
 
-  if not os.path.isfile(os.path.join(ROOT, args.config)):
-    sys.exit(f"error: --config={args.config}: no such file in {ROOT}")
-  data_dir = generate_data(os.path.join(ROOT, args.config),
-                           args.trainer_flags, args.data_dir)
+  if args.against and args.vs_config:
+    sys.exit("error: --against and --vs_config: give one of them")
+  configs = [args.config] + ([args.vs_config] if args.vs_config else [])
+  for config in configs:
+    if not os.path.isfile(os.path.join(ROOT, config)):
+      sys.exit(f"error: {config}: no such file in {ROOT}")
+  data_dirs = {config: generate_data(os.path.join(ROOT, config),
+                                     args.trainer_flags, args.data_dir)
+               for config in configs}
   work_dir = tempfile.mkdtemp(prefix="time_to_accuracy_")
-  sides = [(f"this checkout ({git('rev-parse', '--short', 'HEAD')}"
-            + (", with changes" if git("status", "--porcelain",
-                                       "--untracked-files=no") else "") + ")",
-            ROOT)]
+  head = git("rev-parse", "--short", "HEAD") + (
+      ", with changes" if git("status", "--porcelain",
+                              "--untracked-files=no") else "")
+  # (label, checkout, config) of each side; the first is "this".
+  sides = [(f"this checkout ({head})"
+            + (f", {args.config}" if args.vs_config else ""), ROOT,
+            args.config)]
+  if args.vs_config:
+    sides.append((f"{args.vs_config} ({head})", ROOT, args.vs_config))
   try:
     if args.against:
       commit = git("rev-parse", "--short", "--verify", "--quiet",
@@ -328,21 +343,21 @@ def main():
                    error=f"--against={args.against} is not a commit here")
       checkout = os.path.join(work_dir, "against")
       git("worktree", "add", "--detach", checkout, commit)
-      sides.append((f"{args.against} ({commit})", checkout))
-    for label, checkout in sides:
-      if not os.path.exists(os.path.join(checkout, args.config)):
-        sys.exit(f"error: {label} has no {args.config}")
+      sides.append((f"{args.against} ({commit})", checkout, args.config))
+    for label, checkout, config in sides:
+      if not os.path.exists(os.path.join(checkout, config)):
+        sys.exit(f"error: {label} has no {config}")
       print(f"{label}: {checkout}; "
             + ("ends at the target by itself" if takes_target(checkout) else
                f"has no {TARGET_FIELD}: killed at its target eval line"),
             flush=True)
-    runs: dict[str, list[Run]] = {label: [] for label, _ in sides}
+    runs: dict[str, list[Run]] = {label: [] for label, _, _ in sides}
     for i, order in common.alternate(sides, args.repeats):
-      for label, checkout in order:
-        name = f"{'this' if checkout == ROOT else 'against'}{i + 1}"
+      for label, checkout, config in order:
+        name = f"{'this' if label == sides[0][0] else 'against'}{i + 1}"
         model_dir = os.path.join(work_dir, name)
         command = trainer_command(
-            args.config, data_dir, model_dir, args.target,
+            config, data_dirs[config], model_dir, args.target,
             takes_target(checkout),
             args.trainer_flags + ([f"--config.seed={i}"] if args.seeds
                                   else []))
@@ -356,33 +371,38 @@ def main():
         if not args.keep:
           shutil.rmtree(model_dir, ignore_errors=True)
       if len(sides) == 2:
-        this, other = (runs[label][-1] for label, _ in sides)
+        this, other = (runs[label][-1] for label, _, _ in sides)
         if this.reached and other.reached:
           print(f"pair {i + 1}/{args.repeats}: time to target "
                 f"{this.reached[0]:.1f} s vs {other.reached[0]:.1f} s: "
                 f"{this.reached[0] / other.reached[0]:.2f}x", flush=True)
 
-    for label, _ in sides:
+    for label, _, _ in sides:
       print(summary(label, runs[label]))
     if len(sides) == 2:
-      (this_label, _), (other_label, _) = sides
+      (this_label, _, _), (other_label, _, _) = sides
       pairs = [(a, b) for a, b in zip(runs[this_label], runs[other_label])
                if a.reached and b.reached]
       if pairs:
         ratios = [a.reached[0] / b.reached[0] for a, b in pairs]
-        print(f"time to target, this checkout / {other_label}: "
+        print(f"time to target, {this_label} / {other_label}: "
               f"{common.ratio(ratios)}")
         exit_ratios = [a.exit_seconds / b.reached[0] for a, b in pairs
                        if a.exit_seconds is not None]
         if exit_ratios:
-          print(f"this checkout's start to exit / {other_label}'s time to "
-                f"target: {common.ratio(exit_ratios)}")
+          print(f"start to exit of {this_label} / time to target of "
+                f"{other_label}: {common.ratio(exit_ratios)}")
+        cpu_ratios = [a.reached_cpu / b.reached_cpu for a, b in pairs
+                      if a.reached_cpu and b.reached_cpu]
+        if cpu_ratios:
+          print(f"CPU seconds to target, {this_label} / {other_label}: "
+                f"{common.ratio(cpu_ratios)}")
     missed = sum(not r.reached for side in runs.values() for r in side)
     if missed:
       sys.exit(f"error: {missed} run(s) did not reach accuracy "
                f"{args.target:g}")
   finally:
-    if len(sides) == 2:
+    if args.against and len(sides) == 2:
       git("worktree", "remove", "--force", sides[1][1])
     if args.keep:
       print(f"kept {work_dir}")
