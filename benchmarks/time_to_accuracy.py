@@ -272,7 +272,7 @@ def summary(label: str, runs: list[Run]) -> str:
     line += (f", {statistics.median(cpus):.1f} s of CPU "
              f"({common.spread(cpus, 'runs', '{:.1f}')})")
   steps = [r.reached[1] for r in runs if r.reached]
-  line += (f", step {statistics.median(steps):g} "
+  line += (f", step {statistics.median(steps):.0f} "
            f"({common.spread(steps, 'runs', '{:d}')})")
   exits = [r.exit_seconds for r in runs if r.reached and
            r.exit_seconds is not None]
