@@ -8,8 +8,9 @@ action.
   schedule.run(step, End.STOP)                # the rows of a stop alone
 
 A row is an action (a callable of the step, e.g. `actions.checkpoint`) and
-when it is due: every `every` steps (from step `start` on), at the `also` steps, and at the ends of
-training it names in `at` (num_steps, the target, a stop) or at its start.
+when it is due: every `every` steps (from step `start` on), at the `also`
+steps, and at the ends of training it names in `at` (num_steps, the target,
+a stop) or at its start.
 A host loop (one compiled call of `steps_per_loop` steps or fewer) ends at
 the next step where any row is due, so every action runs between host loops,
 on every worker at the same step, in the table's order. A new periodic
