@@ -6,8 +6,8 @@
 
 Hardware: a 2-core CPU (AVX-512, no accelerator, TF 2.21), shared.
 Time and result there: 0.99 eval accuracy at step 12,000 (scaled: 11,500)
-at ~11 ms of CPU a step (scaled ~19 ms): 0.60x scaled's CPU seconds to the
-target (130 vs 215 s, one pair on a busy machine). From 1 of 3 initial
+in 161 s from process start (scaled: 248 s in the same pair, load average
+~10): 0.65x the time, 0.60x the CPU seconds (2 pairs), ~11 ms of CPU a step. From 1 of 3 initial
 weights only: seeds 1 and 2 peak at 0.9838 and 0.9843 (0.9855 and 0.9873
 with 16,000 steps); subtraction is what stays behind. Not the 90 s goal:
 docs/measurements.md ("Time to 0.99") has the limit, the curve, the seeds
