@@ -9,7 +9,8 @@ Time and result there: 0.99 eval accuracy at step 12,000 (scaled: 11,500)
 in 161 s from process start (scaled: 248 s in the same pair, load average
 ~10): 0.65x the time, 0.60x the CPU seconds (2 pairs), ~11 ms of CPU a step. From 1 of 3 initial
 weights only: seeds 1 and 2 peak at 0.9838 and 0.9843 (0.9855 and 0.9873
-with 16,000 steps); subtraction is what stays behind. Not the 90 s goal:
+with 16,000 steps; scaled from seed 1 reaches 0.99 at 12,000); subtraction
+is what stays behind. Not the 90 s goal:
 docs/measurements.md ("Time to 0.99") has the limit, the curve, the seeds
 and the time split.
 
