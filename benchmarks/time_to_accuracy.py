@@ -1,7 +1,8 @@
 r"""Prints the trainer's time to an eval accuracy, start to target, N runs.
 
   python benchmarks/time_to_accuracy.py --config=configs/scaled.py \
-      --target=0.99 [--repeats=3] [--against=COMMIT] [-- TRAINER FLAGS...]
+      --target=0.99 [--repeats=3] [--seeds] \
+      [--against=COMMIT | --vs_config=C2] [-- TRAINER FLAGS...]
 
 Each run is `python -m trainer.task --config=C --data_dir=D --model_dir=M`
 (plus the flags after `--`), as a user runs it, in a subprocess with a fresh
@@ -22,12 +23,21 @@ ends by itself also prints where its time went (metrics.json's "time":
 start-up, compile, training, input wait, evaluation, checkpointing, export,
 other; docs/running.md).
 
+CPU time is taken too (the machine is shared: CPU seconds move far less
+with its load than wall seconds): the process's own CPU (all its threads,
+/proc/PID/stat) when its target line appears, and its whole CPU to exit.
+With --seeds, run i trains with --config.seed=i (other initial weights and
+another data order on the same data set), so the runs show from how many
+initial weights the recipe reaches the target, not from one.
+
 --against=COMMIT checks COMMIT out (`git worktree add`, removed at the end)
 and runs it and this checkout in pairs on the same data, the order swapped
 every other pair (this, COMMIT, COMMIT, this, ...); the ratio of each pair's
 times is printed, then the median and min-max of those ratios: the machine's
 speed drifts too much for ratios of separate runs (benchmarks/common.py). The config path and trainer flags are passed to both
-checkouts as given.
+checkouts as given. --vs_config=C2 pairs the same way this checkout's
+--config with its C2 (a recipe against another), each on its own config's
+data set.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,6 +73,8 @@ class Run:
   evals: list[tuple[float, int, float]] = dataclasses.field(
       default_factory=list)  # (seconds, step, accuracy)
   reached: tuple[float, int, float] | None = None  # the first at the target
+  reached_cpu: float | None = None  # the process's CPU seconds by then
+  exit_cpu: float | None = None  # its CPU seconds in all (ended by itself)
   exit_seconds: float | None = None  # when it ended by itself
   status: int | None = None  # its exit status; None: killed here
   timed_out: bool = False
@@ -78,8 +91,12 @@ class Run:
       seconds, step, accuracy = self.reached
       line = (f"{self.label}: time to target {seconds:.1f} s (step {step}, "
               f"accuracy {accuracy:.4f})")
+      if self.reached_cpu is not None:
+        line += f", {self.reached_cpu:.1f} s of CPU"
       if self.exit_seconds is not None:
         line += f"; start to exit {self.exit_seconds:.1f} s"
+      if self.exit_cpu is not None:
+        line += f" ({self.exit_cpu:.1f} s of CPU)"
       if self.time_split:
         line += f"; {describe_split(self.time_split)}"
       return line
@@ -112,6 +129,25 @@ def read_time_split(model_dir: str) -> dict[str, float] | None:
   return split if isinstance(split, dict) else None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+  """The CPU seconds (user + system, all threads) process `pid` has used so
+  far, from /proc/PID/stat; None where that cannot be read."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+  except (OSError, IndexError):
+    return None
+  # After the ")" closing the name: field 3 (state) is fields[0], so utime
+  # (14) and stime (15) are fields[11] and fields[12], in clock ticks.
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+  """CPU seconds of all waited-for child processes so far."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
 def trainer_command(config: str, data_dir: str, model_dir: str,
                     target: float, takes_target: bool,
                     trainer_flags: list[str]) -> list[str]:
@@ -132,6 +168,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
   ends_by_itself = any(arg.startswith(f"--{TARGET_FIELD}=")
                        for arg in command)
   with open(log_path, "w", encoding="utf-8") as log:
+    cpu_before = children_cpu_seconds()
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=checkout, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
@@ -151,6 +188,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
               + (" (target)" if at_target else ""), flush=True)
         if at_target:
           run.reached = run.evals[-1]
+          run.reached_cpu = process_cpu_seconds(process.pid)
           if not ends_by_itself:
             process.kill()  # the time is taken: no need for the rest
 
@@ -167,6 +205,7 @@ def run_once(label: str, checkout: str, command: list[str], target: float,
   killed_here = run.timed_out or (run.reached and not ends_by_itself)
   if not killed_here:
     run.status, run.exit_seconds = process.returncode, ended
+    run.exit_cpu = children_cpu_seconds() - cpu_before
     if process.returncode:
       with open(log_path, encoding="utf-8") as f:
         tail = f.read()[-3000:]
@@ -227,6 +266,14 @@ def summary(label: str, runs: list[Run]) -> str:
     return f"{label}: no run reached the target"
   line = (f"{label}: time to target {statistics.median(times):.1f} s "
           f"({common.spread(times, 'runs', '{:.1f}')})")
+  cpus = [r.reached_cpu for r in runs if r.reached and
+          r.reached_cpu is not None]
+  if cpus:
+    line += (f", {statistics.median(cpus):.1f} s of CPU "
+             f"({common.spread(cpus, 'runs', '{:.1f}')})")
+  steps = [r.reached[1] for r in runs if r.reached]
+  line += (f", step {statistics.median(steps):.0f} "
+           f"({common.spread(steps, 'runs', '{:d}')})")
   exits = [r.exit_seconds for r in runs if r.reached and
            r.exit_seconds is not None]
   if exits:
@@ -248,8 +295,14 @@ def main():
                       help="eval accuracy to reach, e.g. 0.99")
   parser.add_argument("--repeats", type=int, default=3,
                       help="runs (pairs with --against)")
+  parser.add_argument("--seeds", action="store_true",
+                      help="run i trains with --config.seed=i (other "
+                      "initial weights, the same data set)")
   parser.add_argument("--against", metavar="COMMIT",
                       help="also time COMMIT's trainer, alternating")
+  parser.add_argument("--vs_config", metavar="C2",
+                      help="also time this checkout with config C2, "
+                      "alternating")
   parser.add_argument("--data_dir", help="where the data set is (generated "
                       "there if missing); default: the trainer's cache")
   parser.add_argument("--timeout", type=float, default=3600,
@@ -264,15 +317,25 @@ def main():
   if args.repeats < 1:
     sys.exit(f"error: --repeats={args.repeats} must be >= 1")
 
-  if not os.path.isfile(os.path.join(ROOT, args.config)):
-    sys.exit(f"error: --config={args.config}: no such file in {ROOT}")
-  data_dir = generate_data(os.path.join(ROOT, args.config),
-                           args.trainer_flags, args.data_dir)
+  if args.against and args.vs_config:
+    sys.exit("error: --against and --vs_config: give one of them")
+  configs = [args.config] + ([args.vs_config] if args.vs_config else [])
+  for config in configs:
+    if not os.path.isfile(os.path.join(ROOT, config)):
+      sys.exit(f"error: {config}: no such file in {ROOT}")
+  data_dirs = {config: generate_data(os.path.join(ROOT, config),
+                                     args.trainer_flags, args.data_dir)
+               for config in configs}
   work_dir = tempfile.mkdtemp(prefix="time_to_accuracy_")
-  sides = [(f"this checkout ({git('rev-parse', '--short', 'HEAD')}"
-            + (", with changes" if git("status", "--porcelain",
-                                       "--untracked-files=no") else "") + ")",
-            ROOT)]
+  head = git("rev-parse", "--short", "HEAD") + (
+      ", with changes" if git("status", "--porcelain",
+                              "--untracked-files=no") else "")
+  # (label, checkout, config) of each side; the first is "this".
+  sides = [(f"this checkout ({head})"
+            + (f", {args.config}" if args.vs_config else ""), ROOT,
+            args.config)]
+  if args.vs_config:
+    sides.append((f"{args.vs_config} ({head})", ROOT, args.vs_config))
   try:
     if args.against:
       commit = git("rev-parse", "--short", "--verify", "--quiet",
@@ -280,22 +343,24 @@ def main():
                    error=f"--against={args.against} is not a commit here")
       checkout = os.path.join(work_dir, "against")
       git("worktree", "add", "--detach", checkout, commit)
-      sides.append((f"{args.against} ({commit})", checkout))
-    for label, checkout in sides:
-      if not os.path.exists(os.path.join(checkout, args.config)):
-        sys.exit(f"error: {label} has no {args.config}")
+      sides.append((f"{args.against} ({commit})", checkout, args.config))
+    for label, checkout, config in sides:
+      if not os.path.exists(os.path.join(checkout, config)):
+        sys.exit(f"error: {label} has no {config}")
       print(f"{label}: {checkout}; "
             + ("ends at the target by itself" if takes_target(checkout) else
                f"has no {TARGET_FIELD}: killed at its target eval line"),
             flush=True)
-    runs: dict[str, list[Run]] = {label: [] for label, _ in sides}
+    runs: dict[str, list[Run]] = {label: [] for label, _, _ in sides}
     for i, order in common.alternate(sides, args.repeats):
-      for label, checkout in order:
-        name = f"{'this' if checkout == ROOT else 'against'}{i + 1}"
+      for label, checkout, config in order:
+        name = f"{'this' if label == sides[0][0] else 'against'}{i + 1}"
         model_dir = os.path.join(work_dir, name)
-        command = trainer_command(args.config, data_dir, model_dir,
-                                  args.target, takes_target(checkout),
-                                  args.trainer_flags)
+        command = trainer_command(
+            config, data_dirs[config], model_dir, args.target,
+            takes_target(checkout),
+            args.trainer_flags + ([f"--config.seed={i}"] if args.seeds
+                                  else []))
         print(f"run {i + 1}/{args.repeats}, {label}: started", flush=True)
         run = run_once(f"{label}, run {i + 1}", checkout, command,
                        args.target, args.timeout,
@@ -306,33 +371,38 @@ def main():
         if not args.keep:
           shutil.rmtree(model_dir, ignore_errors=True)
       if len(sides) == 2:
-        this, other = (runs[label][-1] for label, _ in sides)
+        this, other = (runs[label][-1] for label, _, _ in sides)
         if this.reached and other.reached:
           print(f"pair {i + 1}/{args.repeats}: time to target "
                 f"{this.reached[0]:.1f} s vs {other.reached[0]:.1f} s: "
                 f"{this.reached[0] / other.reached[0]:.2f}x", flush=True)
 
-    for label, _ in sides:
+    for label, _, _ in sides:
       print(summary(label, runs[label]))
     if len(sides) == 2:
-      (this_label, _), (other_label, _) = sides
+      (this_label, _, _), (other_label, _, _) = sides
       pairs = [(a, b) for a, b in zip(runs[this_label], runs[other_label])
                if a.reached and b.reached]
       if pairs:
         ratios = [a.reached[0] / b.reached[0] for a, b in pairs]
-        print(f"time to target, this checkout / {other_label}: "
+        print(f"time to target, {this_label} / {other_label}: "
               f"{common.ratio(ratios)}")
         exit_ratios = [a.exit_seconds / b.reached[0] for a, b in pairs
                        if a.exit_seconds is not None]
         if exit_ratios:
-          print(f"this checkout's start to exit / {other_label}'s time to "
-                f"target: {common.ratio(exit_ratios)}")
+          print(f"start to exit of {this_label} / time to target of "
+                f"{other_label}: {common.ratio(exit_ratios)}")
+        cpu_ratios = [a.reached_cpu / b.reached_cpu for a, b in pairs
+                      if a.reached_cpu and b.reached_cpu]
+        if cpu_ratios:
+          print(f"CPU seconds to target, {this_label} / {other_label}: "
+                f"{common.ratio(cpu_ratios)}")
     missed = sum(not r.reached for side in runs.values() for r in side)
     if missed:
       sys.exit(f"error: {missed} run(s) did not reach accuracy "
                f"{args.target:g}")
   finally:
-    if len(sides) == 2:
+    if args.against and len(sides) == 2:
       git("worktree", "remove", "--force", sides[1][1])
     if args.keep:
       print(f"kept {work_dir}")

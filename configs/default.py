@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 300  # linear warm-up from 0 to the peak
   config.train.min_learning_rate_ratio = 0.05  # cosine decay ends at peak * this
   config.train.eval_every_steps = 5_000  # evaluate on the eval split this often
+  # No periodic evaluation before this step (the one at num_steps stays):
+  # evaluations long before a target are time on its clock; 0 = from the start.
+  config.train.eval_start_step = 0
   config.train.eval_steps = 0  # eval batches per evaluation; 0 = one full pass
   # End the run, finished (checkpoint, export, metrics.json), at the first
   # evaluation (needs eval_steps=0) with accuracy >= target_accuracy or loss

@@ -212,3 +212,28 @@ def test_scaled_config_validates_and_builds():
   assert [l.name for l in model.layers if l.name.startswith("block")] == [
       "block_0", "block_1"]
   assert model.get_layer("positions") is not None
+
+
+def test_fast_config_validates_builds_and_evaluates_from_step_8000():
+  from configs import fast  # pylint: disable=g-import-not-at-top
+  from configs import scaled  # pylint: disable=g-import-not-at-top
+  from trainer.training import plan  # pylint: disable=g-import-not-at-top
+  from trainer.training import schedule  # pylint: disable=g-import-not-at-top
+  config = fast.get_config()
+  run_plan = plan.resolve(config, num_replicas=1)
+  assert run_plan.target == plan.Target("accuracy", 0.99)
+  model = model_lib.build_model(config.model)
+  # scaled's model with one block of its two: the same sizes otherwise.
+  assert [l.name for l in model.layers if l.name.startswith("block")] == [
+      "block"]  # one block: no index
+  scaled_model = model_lib.build_model(scaled.get_config().model)
+  block = scaled_model.get_layer("block_1").count_params()
+  assert model.count_params() == scaled_model.count_params() - block
+  # Its evaluations: every 500 steps from 8,000, and the final one.
+  table = schedule.Schedule.of(run_plan)
+  step, evaluations = 0, []
+  while step < table.num_steps:
+    step = table.next_boundary(step)
+    if schedule.Action.EVALUATE in table.due(step):
+      evaluations.append(step)
+  assert evaluations == list(range(8_000, config.train.num_steps + 1, 500))

@@ -92,3 +92,12 @@ def test_no_module_but_the_plan_reads_the_parsed_fields():
           readers.setdefault(field, set()).add(os.path.relpath(path, ROOT))
   assert readers == {field: {"trainer/training/plan.py"}
                      for field in _PARSED_FIELDS}
+
+
+def test_a_negative_eval_start_step_is_one_error():
+  config = smoke.get_config()
+  config.train.eval_start_step = -1
+  with pytest.raises(
+      errors.UserError,
+      match=r"^config\.train\.eval_start_step=-1 must be >= 0$"):
+    plan.resolve(config)

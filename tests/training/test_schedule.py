@@ -15,8 +15,10 @@ End = schedule_lib.End
 
 
 def make(num_steps=100, steps_per_loop=10, eval_every=0, checkpoint_every=0,
-         profile="", histogram_every=0, target_accuracy=0.0, actions=None):
+         profile="", histogram_every=0, target_accuracy=0.0, actions=None,
+         eval_start=0):
   config = smoke.get_config()
+  config.train.eval_start_step = eval_start
   config.train.histogram_every_steps = histogram_every
   config.train.num_steps = num_steps
   config.train.steps_per_loop = steps_per_loop
@@ -38,15 +40,16 @@ def walk(schedule, start=0):
 
 
 def expected_walk(num_steps, steps_per_loop, eval_every, checkpoint_every,
-                  profile_bounds, histogram_every=0, start=0):
+                  profile_bounds, histogram_every=0, start=0, eval_start=0):
   """The same, one step at a time: a host loop ends at the first step where
   something is due, after steps_per_loop steps, or at num_steps, where the
   checkpoint, the final evaluation, the histograms (unless off) and the end
-  of a trace are due."""
+  of a trace are due; no other evaluation before eval_start."""
   out, loop_start = [], start
   for step in range(start + 1, num_steps + 1):
     last = step == num_steps
-    evaluate = (bool(eval_every) and step % eval_every == 0) or last
+    evaluate = (bool(eval_every) and step % eval_every == 0 and
+                step >= eval_start) or last
     checkpoint = (bool(checkpoint_every) and step % checkpoint_every == 0
                   ) or last
     profile_start = bool(profile_bounds) and step == profile_bounds[0]
@@ -84,6 +87,25 @@ def test_boundaries_and_due_actions_match_a_step_by_step_reading(
     assert walk(schedule, start) == expected_walk(
         num_steps, steps_per_loop, eval_every, checkpoint_every, bounds,
         histogram_every, start), start
+
+
+@pytest.mark.parametrize("num_steps, steps_per_loop, eval_every, eval_start",
+                         [(100, 10, 10, 45), (100, 7, 20, 40), (100, 10, 10, 1),
+                          (50, 100, 5, 60), (30, 4, 3, 30)])
+def test_no_periodic_evaluation_before_eval_start_step(
+    num_steps, steps_per_loop, eval_every, eval_start):
+  schedule = make(num_steps, steps_per_loop, eval_every,
+                  eval_start=eval_start)
+  for start in (0, 3, eval_start - 1, num_steps - 1):  # fresh and resumed
+    start = min(max(start, 0), num_steps - 1)
+    assert walk(schedule, start) == expected_walk(
+        num_steps, steps_per_loop, eval_every, 0, (), start=start,
+        eval_start=eval_start), start
+  evaluations = [step for step, due in walk(schedule)
+                 if Action.EVALUATE in due]
+  assert evaluations == sorted(
+      {s for s in range(eval_every, num_steps + 1, eval_every)
+       if s >= eval_start} | {num_steps})
 
 
 def test_no_host_loop_is_longer_than_steps_per_loop_or_passes_the_end():

@@ -192,21 +192,27 @@ def test_the_benchmark_times_a_run_that_ends_at_its_target(benchmarked):
   assert float(accuracy) >= target
   found = re.search(
       rf"^{label}, run 1: time to target ([\d.]+) s \(step {step}, accuracy "
-      rf"{accuracy}\); start to exit ([\d.]+) s; time: training \d+% "
+      rf"{accuracy}\), ([\d.]+) s of CPU; start to exit ([\d.]+) s "
+      r"\(([\d.]+) s of CPU\); time: training \d+% "
       r"\([\d.]+ s\), (.+); total ([\d.]+) s$", result.stdout, re.M)
   assert found, result.stdout
-  to_target, to_exit = float(found.group(1)), float(found.group(2))
+  to_target, cpu_to_target, to_exit, cpu_to_exit = (
+      float(found.group(i)) for i in (1, 2, 3, 4))
   assert 0 < to_target < to_exit
+  # The process's CPU at its target line, then in all (its threads).
+  assert 0 < cpu_to_target <= cpu_to_exit
   # The run's own time split (metrics.json "time"), every part named.
-  parts = dict(part.rsplit(" ", 2)[:2] for part in found.group(3).split(", "))
+  parts = dict(part.rsplit(" ", 2)[:2] for part in found.group(5).split(", "))
   assert set(parts) == {"start_up", "compile", "input_wait", "eval",
-                        "checkpoint", "export", "other"}, found.group(3)
-  assert float(found.group(4)) <= to_exit
+                        "checkpoint", "export", "other"}, found.group(5)
+  assert float(found.group(6)) <= to_exit
   assert re.search(
       rf"^{label}: time to target {found.group(1)} s \(median of 1 runs; min "
-      rf"{found.group(1)}, max {found.group(1)}\); start to exit "
-      rf"{found.group(2)} s \(median of 1 runs; min {found.group(2)}, max "
-      rf"{found.group(2)}\)$", result.stdout, re.M), result.stdout
+      rf"{found.group(1)}, max {found.group(1)}\), {found.group(2)} s of CPU "
+      rf"\(median of 1 runs; min {found.group(2)}, max {found.group(2)}\), "
+      rf"step {step} \(median of 1 runs; min {step}, max {step}\); start to "
+      rf"exit {found.group(3)} s \(median of 1 runs; min {found.group(3)}, "
+      rf"max {found.group(3)}\)$", result.stdout, re.M), result.stdout
 
 
 def test_a_run_at_its_target_ends_finished_and_a_rerun_has_nothing_to_do(
@@ -217,7 +223,7 @@ def test_a_run_at_its_target_ends_finished_and_a_rerun_has_nothing_to_do(
   with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
   to_target, to_exit = (float(t) for t in re.search(
-      r"time to target ([\d.]+) s .*; start to exit ([\d.]+) s; time: ",
+      r"time to target ([\d.]+) s .*; start to exit ([\d.]+) s .*; time: ",
       result.stdout, re.M).groups())
   reached = metrics["eval"]["accuracy"]
   assert reached >= target

@@ -239,8 +239,9 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
   if not 0 <= model.dropout < 1:
     raise errors.UserError(
         f"config.model.dropout={model.dropout} must be in [0, 1)")
-  for name in ("eval_every_steps", "eval_steps", "checkpoint_every_steps",
-               "warmup_steps", "histogram_every_steps", "inter_op_threads"):
+  for name in ("eval_every_steps", "eval_start_step", "eval_steps",
+               "checkpoint_every_steps", "warmup_steps",
+               "histogram_every_steps", "inter_op_threads"):
     if train[name] < 0:
       raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
   if not (math.isfinite(train.learning_rate) and train.learning_rate > 0):

@@ -8,8 +8,9 @@ action.
   schedule.run(step, End.STOP)                # the rows of a stop alone
 
 A row is an action (a callable of the step, e.g. `actions.checkpoint`) and
-when it is due: every `every` steps, at the `also` steps, and at the ends of
-training it names in `at` (num_steps, the target, a stop) or at its start.
+when it is due: every `every` steps (from step `start` on), at the `also`
+steps, and at the ends of training it names in `at` (num_steps, the target,
+a stop) or at its start.
 A host loop (one compiled call of `steps_per_loop` steps or fewer) ends at
 the next step where any row is due, so every action runs between host loops,
 on every worker at the same step, in the table's order. A new periodic
@@ -65,10 +66,11 @@ class Actions(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """`action`, run by `run(step)`, due every `every` steps (0: never), at
-  the `also` steps and at the ends in `at`."""
+  """`action`, run by `run(step)`, due every `every` steps (0: never) from
+  step `start` on, at the `also` steps and at the ends in `at`."""
   action: Action
   every: int = 0
+  start: int = 0
   also: tuple[int, ...] = ()
   at: frozenset[End] = frozenset()
   run: Callable[[int], End | None] | None = dataclasses.field(
@@ -76,13 +78,15 @@ class Row:
 
   def due(self, step: int) -> bool:
     """Due at `step` by its interval or its steps (its ends aside)."""
-    return bool(self.every and step % self.every == 0) or step in self.also
+    return bool(self.every and step % self.every == 0 and
+                step >= self.start) or step in self.also
 
   def next_after(self, step: int) -> int | None:
     """The first step after `step` where it is due, or None."""
     steps = [s for s in self.also if s > step]
     if self.every:
-      steps.append((step // self.every + 1) * self.every)
+      after = max(step, self.start - 1)  # the first due step is >= start
+      steps.append((after // self.every + 1) * self.every)
     return min(steps, default=None)
 
 
@@ -120,13 +124,16 @@ class Schedule:
             # shorter than the interval has them; 0 = none at all.
             Row(Action.HISTOGRAMS, train.histogram_every_steps,
                 at=histograms, run=bind("histograms")),
-            # The final evaluation is the one at num_steps.
+            # The final evaluation is the one at num_steps; none before
+            # eval_start_step (each is on a time-to-accuracy clock).
             Row(Action.EVALUATE, train.eval_every_steps,
+                start=train.eval_start_step,
                 at=frozenset({End.FINISH}), run=bind("evaluate")),
             # Wherever an evaluation ran (at the target too: its step is an
             # evaluation's), right after it: config.train.keep_best.
             Row(Action.KEEP_BEST,
                 train.eval_every_steps if keep_best else 0,
+                start=train.eval_start_step,
                 at=(frozenset({End.FINISH, End.TARGET}) if keep_best
                     else frozenset()),
                 run=bind("keep_best")),
