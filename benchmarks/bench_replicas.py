@@ -77,7 +77,9 @@ def in_memory_measure(config, files, num_batches, strategy):
 def mirrored_pairs(args, config, data_dir):
   """(a): default vs mirrored over 2 logical CPUs, in this process."""
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from trainer.training import runtime  # pylint: disable=g-import-not-at-top
   strategy_lib.split_cpu(2)  # before any TensorFlow op
+  runtime.configure(config)  # as trainer/task.py does
   files = training_files(config, data_dir)
   sides = [(name, in_memory_measure(config, files, args.memory_batches,
                                     strategy_lib.make_strategy(name)))
