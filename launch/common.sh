@@ -174,6 +174,10 @@ require_gcloud() {
 # Its flags' names in the line become the launchers' variables.
 preflight() {
   local message
+  if ! command -v python3 >/dev/null 2>&1; then
+    warn "python3 not found: what runs where (trainer/cloud/preflight.py) is not checked"
+    return
+  fi
   if message=$(PYTHONPATH="$repo_root" python3 -S -m trainer.cloud.preflight "$@" 2>&1); then
     return
   fi

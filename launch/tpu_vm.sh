@@ -301,11 +301,6 @@ create_tpu() {
   local runtime_version extra=()
   runtime_version=$(choose_runtime)
   echo "tpu_vm: RUNTIME_VERSION=$runtime_version" >&2
-  # The runtime picked from the zone's list, through the same table.
-  if [[ -z "${RUNTIME_VERSION:-}" && "$dry_run" != "1" ]]; then
-    preflight tpu --accelerator_type="$accelerator_type" --api=tpu \
-      --runtime="$runtime_version"
-  fi
   if [[ "$spot" == "1" ]]; then extra+=(--spot); fi
   if [[ "$queued" != "1" ]]; then
     # gcloud waits for the create operation: the node is READY after this.

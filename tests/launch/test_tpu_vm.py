@@ -138,25 +138,28 @@ def test_create_orders_versions_numerically_and_spot(tpu):
 
 
 @pytest.mark.parametrize("env, message", [
+    # The table of what runs where (trainer/cloud/preflight.py) first.
     ({"RUNTIME_VERSION": "tpu-vm-tf-2.19.1-pjrt"},
-     "error: RUNTIME_VERSION=tpu-vm-tf-2.19.1-pjrt is not offered in "
-     "us-central2-b; closest listed for v4-8: "
-     "tpu-vm-tf-2.18.0-pjrt-v5p-and-below, tpu-vm-tf-2.17.0-pjrt, "
-     "tpu-vm-tf-2.16.1-pjrt"),
+     "error: RUNTIME_VERSION=tpu-vm-tf-2.19.1-pjrt: there is no TensorFlow TPU "
+     "runtime newer than 2.18.0: use tpu-vm-tf-2.18.0-pjrt, or "
+     "tpu-ubuntu2204-base and the [tpu] extra"),
     ({"RUNTIME_VERSION": "tpu-vm-tf-2.17.0-pjrt", "ACCELERATOR_TYPE": "v4-32"},
      "error: RUNTIME_VERSION=tpu-vm-tf-2.17.0-pjrt is a single-host runtime, "
-     "but v4-32 has 4 hosts: use a -pod runtime, e.g. "
-     "tpu-vm-tf-2.18.0-pod-pjrt-v5p-and-below"),
+     "but v4-32 has 4 hosts: use tpu-vm-tf-2.18.0-pod-pjrt"),
     ({"RUNTIME_VERSION": "tpu-vm-tf-2.17.0-pod-pjrt"},
      "error: RUNTIME_VERSION=tpu-vm-tf-2.17.0-pod-pjrt is a multi-host (-pod) "
-     "runtime, but v4-8 is a single host: use e.g. "
-     "tpu-vm-tf-2.18.0-pjrt-v5p-and-below"),
+     "runtime, but v4-8 is one host: use tpu-vm-tf-2.18.0-pjrt"),
+    # Then the zone's list.
+    ({"RUNTIME_VERSION": "tpu-vm-tf-2.15.0-pjrt"},
+     "error: RUNTIME_VERSION=tpu-vm-tf-2.15.0-pjrt is not offered in "
+     "us-central2-b; closest listed for v4-8: tpu-vm-tf-2.16.1-pjrt, "
+     "tpu-vm-tf-2.17.0-pjrt, tpu-vm-tf-2.18.0-pjrt-v5p-and-below"),
     ({"ACCELERATOR_TYPE": "v6e-16", "ZONE": "europe-west4-a"},
      "error: zone europe-west4-a lists no TensorFlow PJRT runtime for v6e-16 "
      "(4 host(s)); listed: tpu-ubuntu2204-base v2-alpha-tpuv6e - set "
      "RUNTIME_VERSION or pick another ZONE"),
-    ({"ACCELERATOR_TYPE": "v4"}, "error: ACCELERATOR_TYPE=v4: expected a type "
-     "like v4-8, v5p-16 or v5litepod-16"),
+    ({"ACCELERATOR_TYPE": "v4"}, "error: ACCELERATOR_TYPE=v4: expected a TPU "
+     "type such as v6e-8, v5p-16, v5litepod-16 or v4-8"),
 ])
 def test_create_refuses_a_runtime_before_creating_anything(tpu, env, message):
   tpu.runtime_versions["europe-west4-a"] = ["tpu-ubuntu2204-base",
