@@ -45,11 +45,13 @@ _DATA = {"num_train_shards": 2, "train_examples_per_shard": 10_000,
          "num_eval_shards": 1, "eval_examples_per_shard": 1_000}
 
 
-def make_config(batch_size, steps_per_call=None):
-  config = bench_steady_state.make_config(batch_size)
+def make_config(args):
+  config = bench_steady_state.make_config(args.batch_size)
   config.data.update(_DATA)
-  if steps_per_call is not None:
-    config.train.steps_per_call = steps_per_call
+  if args.steps_per_call is not None:
+    config.train.steps_per_call = args.steps_per_call
+  if args.malloc_top_pad_mb is not None:
+    config.train.malloc_top_pad_mb = args.malloc_top_pad_mb
   return config
 
 
@@ -101,6 +103,8 @@ def mirrored_pairs(args, config, data_dir):
           f"{cpu_us['mirrored'][-1]:.2f}", flush=True)
   report("(a) mirrored over 2 logical CPUs / default strategy", rates,
          cpu_us, ratios)
+  if args.json:
+    print(json.dumps({"rates": rates, "cpu_us": cpu_us}), flush=True)
 
 
 def report(title, rates, cpu_us, ratios):
@@ -115,8 +119,10 @@ def report(title, rates, cpu_us, ratios):
 def worker_main(args):
   """One MultiWorkerMirrored worker of (b) (TF_CONFIG set): prints one JSON
   line {"seconds", "cpu"} of its timed loops."""
+  from trainer.training import runtime  # pylint: disable=g-import-not-at-top
   from trainer.training import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
-  config = make_config(args.batch_size, args.steps_per_call)
+  config = make_config(args)
+  runtime.configure(config)  # as trainer/task.py does
   strategy = strategy_lib.make_strategy("multi_worker_mirrored",
                                         collective="RING")
   measure = in_memory_measure(config, training_files(config, args.data_dir),
@@ -134,6 +140,8 @@ def run_workers(count, args, data_dir, log_dir):
            f"--memory_batches={args.memory_batches}", f"--data_dir={data_dir}"]
   if args.steps_per_call is not None:
     flags.append(f"--steps_per_call={args.steps_per_call}")
+  if args.malloc_top_pad_mb is not None:
+    flags.append(f"--malloc_top_pad_mb={args.malloc_top_pad_mb}")
   processes = []
   try:
     for index in range(count):
@@ -198,6 +206,12 @@ def main():
   parser.add_argument("--steps_per_call", type=int, default=None,
                       help="config.train.steps_per_call (default: the "
                       "default config's)")
+  parser.add_argument("--malloc_top_pad_mb", type=int, default=None,
+                      help="config.train.malloc_top_pad_mb (default: the "
+                      "default config's; 0: glibc's own)")
+  parser.add_argument("--json", action="store_true",
+                      help="end (a) with a JSON line of its figures "
+                      "(benchmarks/bench_malloc.py reads it)")
   parser.add_argument("--memory_batches", type=int, default=64,
                       help="distinct in-memory batches")
   parser.add_argument("--mirrored", action=argparse.BooleanOptionalAction,
@@ -211,13 +225,14 @@ def main():
   if args.worker:
     worker_main(args)
     return
-  config = make_config(args.batch_size, args.steps_per_call)
+  config = make_config(args)
   data_dir = tempfile.mkdtemp(prefix="bench_replicas_")
   try:
     generate.ensure_dataset(data_dir, config.data, config.seed)
     print(f"batch {args.batch_size}, {config.train.steps_per_loop} steps per "
           f"host loop, steps_per_call {config.train.steps_per_call}, "
-          f"{args.loops} timed loops per side; {os.cpu_count()} cores; load "
+          f"{args.loops} timed loops per side, malloc top pad "
+          f"{config.train.malloc_top_pad_mb} MiB; {os.cpu_count()} cores; load "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
     start = time.perf_counter()
     if args.workers:  # first: (a) splits this process's CPU

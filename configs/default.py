@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Threads of TensorFlow's inter-op pool (0 = its default, one a core): the
   # host loop's ops run in order, so one thread saves the others' spinning.
   config.train.inter_op_threads = 1
+  # glibc malloc's top pad in MiB (0 = glibc's own, 128 KiB): a step's
+  # buffers stop growing and trimming the heaps every step
+  # (trainer/training/runtime.py).
+  config.train.malloc_top_pad_mb = 256
   # Exponential moving average of the trainable weights, moved after every
   # optimizer update (decay min(ema_decay, (1 + t) / (10 + t)) at update t),
   # checkpointed, and used for evaluation and export; 0 = off, else in (0, 1).

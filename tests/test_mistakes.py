@@ -88,6 +88,8 @@ def get_config():
      ["config.train.ema_decay=1.0 must be in [0, 1) (0: off; e.g. 0.999)"]),
     (["--config.train.inter_op_threads=-1"],
      ["config.train.inter_op_threads=-1 must be >= 0"]),
+    (["--config.train.malloc_top_pad_mb=4096"],
+     ["config.train.malloc_top_pad_mb=4096 must be in [0, 2047]"]),
     # Flags and arguments.
     (["--strategy=bogus"], ["flag --strategy=bogus: value should be one of"]),
     (["--num_step=5"], ["Unknown command line flag 'num_step'"]),

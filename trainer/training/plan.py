@@ -244,6 +244,10 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
                "histogram_every_steps", "inter_op_threads"):
     if train[name] < 0:
       raise errors.UserError(f"config.train.{name}={train[name]} must be >= 0")
+  if not 0 <= train.malloc_top_pad_mb <= 2047:  # mallopt takes an int
+    raise errors.UserError(
+        f"config.train.malloc_top_pad_mb={train.malloc_top_pad_mb} must be "
+        "in [0, 2047]")
   if not (math.isfinite(train.learning_rate) and train.learning_rate > 0):
     raise errors.UserError(
         f"config.train.learning_rate={train.learning_rate} must be a finite "
