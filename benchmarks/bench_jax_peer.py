@@ -270,7 +270,8 @@ def main():
     cpu_us = {name: [] for name in sides}
     over_first = {name: [] for name in sides[1:]}
     jax_name = next((s for s in sides if s.split()[0] == "jax"), None)
-    over_jax = {name: [] for name in sides if name != jax_name}
+    over_jax = ({name: [] for name in sides if name != jax_name}
+                if jax_name else {})
     for i, order in common.alternate(sides, args.repeats):
       for name in order:
         side = by_name[name]
