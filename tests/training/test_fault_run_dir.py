@@ -320,8 +320,10 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(
 def test_a_resume_the_checkpoint_cannot_continue_is_refused_untouched(
     resumable, smoke_data, flag, expected):
   before = every_file(resumable)
+  # As a user runs it (TF_CPP_MIN_LOG_LEVEL unset: the trainer quiets
+  # TensorFlow's import itself), so any WARNING left is the restore's own.
   result = run_trainer(f"--data_dir={smoke_data}", f"--model_dir={resumable}",
-                       flag)
+                       flag, env={"TF_CPP_MIN_LOG_LEVEL": None})
   assert_one_error(result, 2)
   assert error_lines(result) == [expected.format(model_dir=resumable)]
   assert "WARNING" not in result.stderr, result.stderr[-3000:]
