@@ -636,7 +636,19 @@ def _next_batches(iterator, count: int, after, read=next):
   with tf.control_dependencies(tf.nest.flatten(batches,
                                                expand_composites=True)):
     end = tf.timestamp()
+  # The step starts after `end`, its inputs passed through identities that
+  # wait for it: with one inter-op thread (config.train.inter_op_threads)
+  # the executor may otherwise run the step's XLA call before `end`, and the
+  # whole step (the first call's compile too) is counted as input wait.
+  with tf.control_dependencies([end]):
+    batches = tf.nest.map_structure(_identity_on_its_device, batches,
+                                    expand_composites=True)
   return batches, end - start
+
+
+def _identity_on_its_device(tensor):
+  with tf.device(tensor.device):
+    return tf.identity(tensor)
 
 
 def moving_average(ema, params, decay: float, updates) -> list[tf.Tensor]:
