@@ -5,14 +5,13 @@
       --target=0.99 --repeats=3 --seeds --vs_config=configs/scaled.py
 
 Hardware: a 2-core CPU (AVX-512, no accelerator, TF 2.21), shared.
-Time and result there: 0.99 eval accuracy at step 12,000 (scaled: 11,500)
-in 161 s from process start (scaled: 248 s in the same pair, load average
-~10): 0.65x the time, 0.60x the CPU seconds (2 pairs), ~11 ms of CPU a step. From 1 of 3 initial
-weights only: seeds 1 and 2 peak at 0.9838 and 0.9843 (0.9855 and 0.9873
-with 16,000 steps; scaled from seed 1 reaches 0.99 at 12,000); subtraction
-is what stays behind. Not the 90 s goal:
-docs/measurements.md ("Time to 0.99") has the limit, the curve, the seeds
-and the time split.
+Time and result there (a quiet machine): 0.99 eval accuracy at step 12,500
+in 79 s from process start (median of 2 runs; 76–82 s), ~126 s of CPU, ~10
+ms of CPU a step; scaled reached it in 129 s. 0.60x scaled's CPU seconds
+(2 pairs). From 1 of 3 initial weights only: seeds 1 and 2 peak at 0.9834
+and 0.9857 (scaled from seed 1 reaches 0.99 at 12,000); subtraction is what
+stays behind. docs/measurements.md ("Time to 0.99") has the curve, the
+seeds, the time split and the limit.
 
 One residual block instead of scaled's two: a step costs about half as much
 (the blocks' attention holds the step's time) and the eval curve stays
